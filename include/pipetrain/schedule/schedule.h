@@ -1,0 +1,90 @@
+// pipetrain/schedule/schedule.h: a pipeline schedule as plain data.
+//
+// A Schedule holds every rank's ordered list of actions, for all ranks at once. A slot in a
+// rank's list is either an action or empty (the rank idles at that step): generators lay out
+// their actions on a common step grid so that the printed grid reads like the usual pictures,
+// but only the order of a rank's actions matters to lowering, validation, simulation and the
+// runtime; empty slots are presentation.
+//
+// Stages are numbered 0 .. num_stages-1 in the direction of the forward pass. With
+// stages_per_rank = v, num_stages = num_ranks * v, and the placement says which rank runs
+// which stage:
+//   kLoop: stage s runs on rank s % num_ranks (1F1B, interleaved 1F1B, ZB-H1/H2: v = 1 or more)
+//   kV:    v = 2, rank r runs stages r and 2*num_ranks-1-r (ZB-V, DualPipeV)
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pipetrain/schedule/action.h"
+
+namespace pipetrain {
+
+enum class Placement { kLoop, kV };
+
+/// "loop" or "v".
+std::string_view to_string(Placement placement);
+
+class Schedule {
+ public:
+  using Slot = std::optional<Action>;
+
+  /// An empty schedule (no actions on any rank).
+  /// Throws InvalidArgument when num_ranks < 1, stages_per_rank < 1, num_microbatches < 1,
+  /// or placement is kV with stages_per_rank != 2.
+  Schedule(std::string name, int num_ranks, int stages_per_rank, int num_microbatches,
+           Placement placement = Placement::kLoop);
+
+  const std::string& name() const { return name_; }
+  int num_ranks() const { return num_ranks_; }
+  int stages_per_rank() const { return stages_per_rank_; }
+  int num_stages() const { return num_ranks_ * stages_per_rank_; }
+  int num_microbatches() const { return num_microbatches_; }
+  Placement placement() const { return placement_; }
+
+  /// The rank that runs `stage`. Throws InvalidArgument when stage is out of range.
+  int rank_of_stage(int stage) const;
+  /// The stages that `rank` runs, in increasing order.
+  std::vector<int> stages_of_rank(int rank) const;
+
+  /// Rank `rank`'s slots in execution order. Throws InvalidArgument when rank is out of range.
+  const std::vector<Slot>& rank_slots(int rank) const;
+  std::vector<Slot>& rank_slots(int rank);
+  /// Rank `rank`'s actions in execution order, empty slots left out.
+  std::vector<Action> rank_actions(int rank) const;
+
+  /// Appends an action (or an empty slot) to the end of rank `rank`'s list.
+  void append(int rank, const Action& action);
+  void append_idle(int rank);
+  /// Pads every rank with empty slots to the same length, then drops trailing columns
+  /// where every rank is empty.
+  void normalize();
+
+  /// Length of the longest rank list (the number of columns of the grid).
+  std::size_t num_steps() const;
+  /// Number of actions (non-empty slots) on all ranks.
+  std::size_t num_actions() const;
+  /// True when any rank holds a SEND_* or RECV_* action (the schedule is lowered).
+  bool has_comm() const;
+  /// True when any rank holds an I or W action.
+  bool has_split_backward() const;
+
+  /// The rank x step grid as text: a header row of step numbers, one row per rank,
+  /// fixed-width cells, "." for an empty slot. Lowered schedules print their communication
+  /// actions too. This is the golden-file form.
+  std::string to_grid() const;
+
+  friend bool operator==(const Schedule&, const Schedule&) = default;
+
+ private:
+  std::string name_;
+  int num_ranks_;
+  int stages_per_rank_;
+  int num_microbatches_;
+  Placement placement_;
+  std::vector<std::vector<Slot>> slots_;
+};
+
+}  // namespace pipetrain

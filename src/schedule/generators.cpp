@@ -1,0 +1,1 @@
+// Implementation of pipetrain/schedule/generators.h: being written.

@@ -1,0 +1,1 @@
+// Implementation of pipetrain/schedule/io.h: being written.

@@ -1,0 +1,1 @@
+// Implementation of pipetrain/schedule/passes.h: being written.

@@ -1,0 +1,149 @@
+#include "pipetrain/schedule/schedule.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include "pipetrain/error.h"
+
+namespace pipetrain {
+
+std::string_view to_string(Placement placement) {
+  return placement == Placement::kLoop ? "loop" : "v";
+}
+
+Schedule::Schedule(std::string name, int num_ranks, int stages_per_rank, int num_microbatches,
+                   Placement placement)
+    : name_(std::move(name)),
+      num_ranks_(num_ranks),
+      stages_per_rank_(stages_per_rank),
+      num_microbatches_(num_microbatches),
+      placement_(placement) {
+  PIPETRAIN_CHECK_ARG(num_ranks >= 1, "Schedule", "num_ranks=", num_ranks, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(stages_per_rank >= 1, "Schedule", "stages_per_rank=", stages_per_rank,
+                      " must be >= 1");
+  PIPETRAIN_CHECK_ARG(num_microbatches >= 1, "Schedule", "num_microbatches=", num_microbatches,
+                      " must be >= 1");
+  PIPETRAIN_CHECK_ARG(placement != Placement::kV || stages_per_rank == 2, "Schedule",
+                      "stages_per_rank=", stages_per_rank, " must be 2 for the V placement");
+  slots_.resize(static_cast<std::size_t>(num_ranks));
+}
+
+int Schedule::rank_of_stage(int stage) const {
+  PIPETRAIN_CHECK_ARG(stage >= 0 && stage < num_stages(), "Schedule::rank_of_stage", "stage=", stage,
+                      " must be in [0, ", num_stages(), ")");
+  if (placement_ == Placement::kLoop) return stage % num_ranks_;
+  return stage < num_ranks_ ? stage : 2 * num_ranks_ - 1 - stage;
+}
+
+std::vector<int> Schedule::stages_of_rank(int rank) const {
+  PIPETRAIN_CHECK_ARG(rank >= 0 && rank < num_ranks_, "Schedule::stages_of_rank", "rank=", rank,
+                      " must be in [0, ", num_ranks_, ")");
+  std::vector<int> stages;
+  if (placement_ == Placement::kLoop) {
+    for (int s = rank; s < num_stages(); s += num_ranks_) stages.push_back(s);
+  } else {
+    stages = {rank, 2 * num_ranks_ - 1 - rank};
+  }
+  return stages;
+}
+
+const std::vector<Schedule::Slot>& Schedule::rank_slots(int rank) const {
+  PIPETRAIN_CHECK_ARG(rank >= 0 && rank < num_ranks_, "Schedule::rank_slots", "rank=", rank,
+                      " must be in [0, ", num_ranks_, ")");
+  return slots_[static_cast<std::size_t>(rank)];
+}
+
+std::vector<Schedule::Slot>& Schedule::rank_slots(int rank) {
+  PIPETRAIN_CHECK_ARG(rank >= 0 && rank < num_ranks_, "Schedule::rank_slots", "rank=", rank,
+                      " must be in [0, ", num_ranks_, ")");
+  return slots_[static_cast<std::size_t>(rank)];
+}
+
+std::vector<Action> Schedule::rank_actions(int rank) const {
+  std::vector<Action> actions;
+  for (const Slot& slot : rank_slots(rank))
+    if (slot) actions.push_back(*slot);
+  return actions;
+}
+
+void Schedule::append(int rank, const Action& action) { rank_slots(rank).emplace_back(action); }
+void Schedule::append_idle(int rank) { rank_slots(rank).emplace_back(std::nullopt); }
+
+void Schedule::normalize() {
+  std::size_t last = 0;
+  for (const auto& row : slots_)
+    for (std::size_t i = 0; i < row.size(); ++i)
+      if (row[i]) last = std::max(last, i + 1);
+  for (auto& row : slots_) row.resize(last);
+}
+
+std::size_t Schedule::num_steps() const {
+  std::size_t steps = 0;
+  for (const auto& row : slots_) steps = std::max(steps, row.size());
+  return steps;
+}
+
+std::size_t Schedule::num_actions() const {
+  std::size_t count = 0;
+  for (const auto& row : slots_)
+    count += static_cast<std::size_t>(std::count_if(row.begin(), row.end(), [](const Slot& s) { return s.has_value(); }));
+  return count;
+}
+
+bool Schedule::has_comm() const {
+  for (const auto& row : slots_)
+    for (const Slot& slot : row)
+      if (slot && is_comm(slot->kind)) return true;
+  return false;
+}
+
+bool Schedule::has_split_backward() const {
+  for (const auto& row : slots_)
+    for (const Slot& slot : row)
+      if (slot && (slot->kind == ActionKind::kBackwardInput || slot->kind == ActionKind::kBackwardWeight))
+        return true;
+  return false;
+}
+
+std::string Schedule::to_grid() const {
+  const std::size_t steps = num_steps();
+  std::size_t width = 1;
+  for (const auto& row : slots_)
+    for (const Slot& slot : row)
+      if (slot) width = std::max(width, to_string(*slot).size());
+  width = std::max(width, std::to_string(steps == 0 ? 0 : steps - 1).size());
+  const std::string rank_label = "rank " + std::to_string(num_ranks_ - 1);
+  const std::size_t label_width = rank_label.size();
+
+  std::ostringstream out;
+  out << name_ << ": " << num_ranks_ << " ranks, " << num_stages() << " stages ("
+      << to_string(placement_) << "), " << num_microbatches_ << " microbatches\n";
+  auto pad = [](std::ostringstream& o, const std::string& text, std::size_t w) {
+    o << text;
+    for (std::size_t i = text.size(); i < w; ++i) o << ' ';
+  };
+  pad(out, "step", label_width);
+  for (std::size_t i = 0; i < steps; ++i) {
+    out << ' ';
+    pad(out, std::to_string(i), width);
+  }
+  std::string header = out.str();
+  while (!header.empty() && header.back() == ' ') header.pop_back();
+  out.str("");
+  out << header << '\n';
+  for (int r = 0; r < num_ranks_; ++r) {
+    std::ostringstream line;
+    pad(line, "rank " + std::to_string(r), label_width);
+    const auto& row = slots_[static_cast<std::size_t>(r)];
+    for (std::size_t i = 0; i < steps; ++i) {
+      line << ' ';
+      pad(line, i < row.size() && row[i] ? to_string(*row[i]) : ".", width);
+    }
+    std::string text = line.str();
+    while (!text.empty() && text.back() == ' ') text.pop_back();
+    out << text << '\n';
+  }
+  return out.str();
+}
+
+}  // namespace pipetrain

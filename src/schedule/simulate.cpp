@@ -1,0 +1,1 @@
+// Implementation of pipetrain/schedule/simulate.h: being written.

@@ -1,0 +1,1 @@
+// Implementation of pipetrain/schedule/validate.h: being written.
