@@ -1,1 +1,448 @@
-// Implementation of pipetrain/schedule/generators.h: being written.
+// Implementation of pipetrain/schedule/generators.h.
+//
+// Every generator first decides each rank's order of compute actions, then lays the orders out
+// on a common step grid by running them with unit time per action (an action starts one step
+// after its producer ended, as soon as its rank is free). ZB-H1 and ZB-H2 are instead built
+// directly on that unit-time grid by a list scheduler, as in Qi et al. 2024, section 3.
+#include "pipetrain/schedule/generators.h"
+
+#include <algorithm>
+#include <climits>
+#include <deque>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pipetrain/error.h"
+
+namespace pipetrain {
+namespace {
+
+constexpr ActionKind kF = ActionKind::kForward;
+constexpr ActionKind kB = ActionKind::kBackward;
+constexpr ActionKind kI = ActionKind::kBackwardInput;
+constexpr ActionKind kW = ActionKind::kBackwardWeight;
+
+using Orders = std::vector<std::vector<Action>>;
+
+void check_common(const char* function, int num_ranks, int num_microbatches,
+                  int stages_per_rank = 1) {
+  PIPETRAIN_CHECK_ARG(num_ranks >= 1, function, "num_ranks=", num_ranks, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(num_microbatches >= 1, function, "num_microbatches=", num_microbatches,
+                      " must be >= 1");
+  PIPETRAIN_CHECK_ARG(stages_per_rank >= 1, function, "stages_per_rank=", stages_per_rank,
+                      " must be >= 1");
+}
+
+// End times (in unit steps) of the actions placed so far, per (stage, microbatch).
+class EndTimes {
+ public:
+  EndTimes(int num_stages, int num_microbatches)
+      : num_microbatches_(num_microbatches),
+        forward_(static_cast<std::size_t>(num_stages * num_microbatches), INT_MAX),
+        backward_(forward_),
+        weight_(forward_) {}
+
+  int& at(ActionKind kind, int stage, int microbatch) {
+    auto& table = kind == kF ? forward_ : kind == kW ? weight_ : backward_;
+    return table[static_cast<std::size_t>(stage * num_microbatches_ + microbatch)];
+  }
+
+  // True when every producer of `action` ended by step `step` (see simulate.h for the rules).
+  bool ready(const Action& action, int step, int num_stages) {
+    auto done = [&](ActionKind kind, int stage) {
+      return at(kind, stage, action.microbatch) <= step;
+    };
+    switch (action.kind) {
+      case kF:
+        return action.stage == 0 || done(kF, action.stage - 1);
+      case kB:
+      case kI:
+        return done(kF, action.stage) &&
+               (action.stage == num_stages - 1 || done(kB, action.stage + 1));
+      default:
+        return done(kB, action.stage);  // W after its I
+    }
+  }
+
+ private:
+  int num_microbatches_;
+  std::vector<int> forward_, backward_, weight_;  // backward_ holds B or I
+};
+
+// Lays per-rank orders on the grid, one step per action, each action as early as its rank and
+// its producers allow. The orders come from the generators, so a stuck order is a bug here.
+Schedule lay_out(Schedule schedule, const Orders& orders) {
+  const int num_ranks = schedule.num_ranks();
+  EndTimes ends(schedule.num_stages(), schedule.num_microbatches());
+  std::vector<std::size_t> next(static_cast<std::size_t>(num_ranks), 0);
+  std::size_t remaining = 0;
+  for (const auto& order : orders) remaining += order.size();
+  for (int step = 0; remaining > 0; ++step) {
+    std::vector<Action> placed;
+    for (int r = 0; r < num_ranks; ++r) {
+      const auto& order = orders[static_cast<std::size_t>(r)];
+      std::size_t& i = next[static_cast<std::size_t>(r)];
+      if (i < order.size() && ends.ready(order[i], step, schedule.num_stages())) {
+        schedule.append(r, order[i]);
+        placed.push_back(order[i]);
+        ++i;
+      } else {
+        schedule.append_idle(r);
+      }
+    }
+    if (placed.empty())
+      throw Error("[lay_out] internal error: schedule '" + schedule.name() + "' is stuck");
+    for (const Action& a : placed) ends.at(a.kind, a.stage, a.microbatch) = step + 1;
+    remaining -= placed.size();
+  }
+  schedule.normalize();
+  return schedule;
+}
+
+Schedule empty(const char* name, int num_ranks, int stages_per_rank, int num_microbatches,
+               Placement placement = Placement::kLoop) {
+  return Schedule(name, num_ranks, stages_per_rank, num_microbatches, placement);
+}
+
+// 1F1B order of rank r for P ranks, one stage per rank (stage r).
+std::vector<Action> one_f_one_b_order(int r, int num_ranks, int num_microbatches) {
+  std::vector<Action> order;
+  const int warmup = std::min(num_ranks - 1 - r, num_microbatches);
+  int f = 0, b = 0;
+  while (f < warmup) order.push_back({r, kF, f++});
+  while (f < num_microbatches) {
+    order.push_back({r, kF, f++});
+    order.push_back({r, kB, b++});
+  }
+  while (b < num_microbatches) order.push_back({r, kB, b++});
+  return order;
+}
+
+// ---- zero-bubble list scheduler ---------------------------------------------------------------
+
+// Per-rank limits of the list scheduler, in (stage, microbatch) units.
+struct ZbLimits {
+  std::vector<int> max_activations;  // F done, I not yet (what 1F1B counts)
+  std::vector<int> max_held;         // F done, W not yet
+};
+
+// Builds a split-backward schedule on the unit-time grid with the heuristic of Qi et al. 2024
+// (section 3.1): in the warm-up a rank runs as many F as the memory limits allow until its first
+// I is ready; then it alternates F and I, and runs the oldest pending W whenever the action it
+// wants next is not ready or the memory limit blocks its F; the W left over run at the end.
+// With several local stages, the later stage is tried first.
+Schedule zb_list_schedule(Schedule schedule, const ZbLimits& limits) {
+  const int num_ranks = schedule.num_ranks();
+  const int num_stages = schedule.num_stages();
+  const int num_mb = schedule.num_microbatches();
+  EndTimes ends(num_stages, num_mb);
+  struct RankState {
+    std::vector<int> stages;
+    std::vector<int> next_f, next_i;
+    std::deque<Action> pending_w;  // I done, W not yet, oldest first
+    int activations = 0, held = 0, forwards_left = 0, inputs_left = 0;
+    bool warm = false;          // an I ran: the warm-up is over
+    bool want_forward = false;  // in the steady state: the kind to run next
+  };
+  std::vector<RankState> ranks(static_cast<std::size_t>(num_ranks));
+  std::size_t remaining = 0;
+  for (int r = 0; r < num_ranks; ++r) {
+    RankState& st = ranks[static_cast<std::size_t>(r)];
+    st.stages = schedule.stages_of_rank(r);
+    std::reverse(st.stages.begin(), st.stages.end());
+    st.next_f.assign(st.stages.size(), 0);
+    st.next_i.assign(st.stages.size(), 0);
+    st.forwards_left = st.inputs_left = num_mb * static_cast<int>(st.stages.size());
+    remaining += 3 * static_cast<std::size_t>(st.forwards_left);
+  }
+  for (int step = 0; remaining > 0; ++step) {
+    std::vector<Action> placed;
+    for (int r = 0; r < num_ranks; ++r) {
+      RankState& st = ranks[static_cast<std::size_t>(r)];
+      const auto ready = [&](ActionKind kind) -> std::optional<std::size_t> {
+        if (kind == kF && (st.activations >= limits.max_activations[static_cast<std::size_t>(r)] ||
+                           st.held >= limits.max_held[static_cast<std::size_t>(r)]))
+          return std::nullopt;
+        for (std::size_t k = 0; k < st.stages.size(); ++k) {
+          const int mb = kind == kF ? st.next_f[k] : st.next_i[k];
+          if (mb < num_mb && ends.ready({st.stages[k], kind, mb}, step, num_stages)) return k;
+        }
+        return std::nullopt;
+      };
+      std::optional<Action> pick;
+      if (!st.warm) {
+        if (auto k = ready(kI)) pick = Action{st.stages[*k], kI, st.next_i[*k]};
+        else if (auto k = ready(kF)) pick = Action{st.stages[*k], kF, st.next_f[*k]};
+      } else {
+        if (st.forwards_left == 0) st.want_forward = false;
+        if (st.inputs_left == 0) st.want_forward = true;
+        const ActionKind want = st.want_forward ? kF : kI;
+        const int left = st.want_forward ? st.forwards_left : st.inputs_left;
+        if (left > 0) {
+          if (auto k = ready(want))
+            pick = Action{st.stages[*k], want, want == kF ? st.next_f[*k] : st.next_i[*k]};
+        }
+      }
+      if (!pick && !st.pending_w.empty() &&
+          ends.at(kI, st.pending_w.front().stage, st.pending_w.front().microbatch) <= step)
+        pick = st.pending_w.front();
+      if (!pick) {
+        schedule.append_idle(r);
+        continue;
+      }
+      schedule.append(r, *pick);
+      placed.push_back(*pick);
+      const auto local = static_cast<std::size_t>(
+          std::find(st.stages.begin(), st.stages.end(), pick->stage) - st.stages.begin());
+      if (pick->kind == kF) {
+        ++st.next_f[local];
+        --st.forwards_left;
+        ++st.activations;
+        ++st.held;
+        st.want_forward = false;
+      } else if (pick->kind == kI) {
+        ++st.next_i[local];
+        --st.inputs_left;
+        --st.activations;
+        st.pending_w.push_back({pick->stage, kW, pick->microbatch});
+        st.warm = true;
+        st.want_forward = true;
+      } else {
+        st.pending_w.pop_front();
+        --st.held;
+      }
+    }
+    if (placed.empty())
+      throw Error("[zb_list_schedule] internal error: schedule '" + schedule.name() +
+                  "' is stuck");
+    for (const Action& a : placed) ends.at(a.kind, a.stage, a.microbatch) = step + 1;
+    remaining -= placed.size();
+  }
+  schedule.normalize();
+  return schedule;
+}
+
+}  // namespace
+
+Schedule gpipe(int num_ranks, int num_microbatches) {
+  check_common("gpipe", num_ranks, num_microbatches);
+  Orders orders(static_cast<std::size_t>(num_ranks));
+  for (int r = 0; r < num_ranks; ++r) {
+    auto& order = orders[static_cast<std::size_t>(r)];
+    for (int m = 0; m < num_microbatches; ++m) order.push_back({r, kF, m});
+    for (int m = 0; m < num_microbatches; ++m) order.push_back({r, kB, m});
+  }
+  return lay_out(empty("gpipe", num_ranks, 1, num_microbatches), orders);
+}
+
+Schedule one_f_one_b(int num_ranks, int num_microbatches) {
+  check_common("one_f_one_b", num_ranks, num_microbatches);
+  Orders orders;
+  for (int r = 0; r < num_ranks; ++r)
+    orders.push_back(one_f_one_b_order(r, num_ranks, num_microbatches));
+  return lay_out(empty("1f1b", num_ranks, 1, num_microbatches), orders);
+}
+
+Schedule interleaved_1f1b(int num_ranks, int num_microbatches, int stages_per_rank) {
+  check_common("interleaved_1f1b", num_ranks, num_microbatches, stages_per_rank);
+  const int p = num_ranks, m = num_microbatches, v = stages_per_rank;
+  Orders orders;
+  if (v == 1) {
+    for (int r = 0; r < p; ++r) orders.push_back(one_f_one_b_order(r, p, m));
+    return lay_out(empty("interleaved-1f1b", p, 1, m), orders);
+  }
+  PIPETRAIN_CHECK_ARG(m >= p, "interleaved_1f1b", "num_microbatches=", m,
+                      " must be >= num_ranks=", p);
+  // Megatron-Core's schedule table: microbatches in groups; a group goes through chunk 0, then
+  // chunk 1, ... before the next group starts. With M a multiple of P the groups have P
+  // microbatches (Megatron's default microbatch_group_size_per_vp_stage); otherwise, as the
+  // rounds of PyTorch's ScheduleInterleaved1F1B, there are M / P (rounded down) groups of sizes
+  // as equal as possible (between P and 2P-1), and the warm-up grows with the largest group.
+  const int rounds = m / p;
+  const int group = (m + rounds - 1) / rounds;  // the largest group
+  std::vector<std::pair<int, int>> table;       // (microbatch, chunk)
+  for (int g = 0, first = 0; g < rounds; ++g) {
+    const int size = m / rounds + (g < m % rounds ? 1 : 0);
+    for (int c = 0; c < v; ++c)
+      for (int mb = first; mb < first + size; ++mb) table.emplace_back(mb, c);
+    first += size;
+  }
+  const int total = m * v;
+  for (int r = 0; r < p; ++r) {
+    auto forward = [&](int k) { return Action{table[k].second * p + r, kF, table[k].first}; };
+    auto backward = [&](int k) {
+      return Action{(v - 1 - table[k].second) * p + r, kB, table[k].first};
+    };
+    const int warmup = std::min(2 * (p - 1 - r) + (v - 1) * group, total);
+    std::vector<Action> order;
+    for (int k = 0; k < warmup; ++k) order.push_back(forward(k));
+    for (int k = 0; k < total - warmup; ++k) {
+      order.push_back(forward(warmup + k));
+      order.push_back(backward(k));
+    }
+    for (int k = total - warmup; k < total; ++k) order.push_back(backward(k));
+    orders.push_back(std::move(order));
+  }
+  return lay_out(empty("interleaved-1f1b", p, v, m), orders);
+}
+
+Schedule looped_bfs(int num_ranks, int num_microbatches, int stages_per_rank) {
+  check_common("looped_bfs", num_ranks, num_microbatches, stages_per_rank);
+  const int p = num_ranks, m = num_microbatches, v = stages_per_rank;
+  Orders orders(static_cast<std::size_t>(p));
+  for (int r = 0; r < p; ++r) {
+    auto& order = orders[static_cast<std::size_t>(r)];
+    for (int c = 0; c < v; ++c)
+      for (int mb = 0; mb < m; ++mb) order.push_back({c * p + r, kF, mb});
+    for (int c = v - 1; c >= 0; --c)
+      for (int mb = 0; mb < m; ++mb) order.push_back({c * p + r, kB, mb});
+  }
+  return lay_out(empty("looped-bfs", p, v, m), orders);
+}
+
+Schedule zb_h1(int num_ranks, int num_microbatches) {
+  check_common("zb_h1", num_ranks, num_microbatches);
+  ZbLimits limits;
+  for (int r = 0; r < num_ranks; ++r) {
+    limits.max_activations.push_back(num_ranks - r);
+    limits.max_held.push_back(num_ranks);
+  }
+  return zb_list_schedule(empty("zb-h1", num_ranks, 1, num_microbatches), limits);
+}
+
+Schedule zb_h2(int num_ranks, int num_microbatches) {
+  check_common("zb_h2", num_ranks, num_microbatches);
+  ZbLimits limits;
+  for (int r = 0; r < num_ranks; ++r) {
+    limits.max_activations.push_back(2 * (num_ranks - 1 - r) + 1);
+    limits.max_held.push_back(2 * num_ranks - 1);
+  }
+  return zb_list_schedule(empty("zb-h2", num_ranks, 1, num_microbatches), limits);
+}
+
+Schedule zb_v(int num_ranks, int num_microbatches) {
+  check_common("zb_v", num_ranks, num_microbatches);
+  const int p = num_ranks, m = num_microbatches;
+  // The order of PyTorch's ScheduleZBVZeroBubble (the ZB-V of Qi et al. 2024, figure 6), built
+  // for at least 2P-1 microbatches; the microbatches past M are then dropped, which keeps every
+  // dependency of the ones left.
+  const int n = std::max(2 * p - 1, m);
+  Orders orders;
+  for (int r = 0; r < p; ++r) {
+    const int s0 = r, s1 = 2 * p - 1 - r;
+    std::vector<Action> order;
+    int f0 = 0, f1 = 0, b0 = 0, b1 = 0;
+    auto push = [&](int stage, ActionKind kind, int mb) {
+      if (mb < m) order.push_back({stage, kind, mb});
+    };
+    for (int i = 0; i < 2 * (p - r) - 1; ++i) push(s0, kF, f0++);
+    for (int i = 0; i < r; ++i) push(s1, kF, f1++), push(s0, kF, f0++);
+    for (int i = 0; i < p - r; ++i) {
+      push(s1, kF, f1++);
+      push(s1, kI, b1);
+      push(s1, kW, b1++);
+    }
+    while (f1 < f0 || f0 < n) {
+      if (f0 < n) push(s0, kF, f0++);
+      push(s0, kI, b0);
+      push(s0, kW, b0++);
+      push(s1, kF, f1++);
+      push(s1, kI, b1);
+      push(s1, kW, b1++);
+    }
+    int w0 = b0, w1 = b1;
+    for (int i = 0; i < r; ++i) push(s0, kI, b0++), push(s1, kI, b1++);
+    for (int i = 0; i < p - r; ++i) push(s0, kI, b0++), push(s0, kW, w0++);
+    while (w1 < b1) push(s1, kW, w1++);
+    while (w0 < b0) push(s0, kW, w0++);
+    orders.push_back(std::move(order));
+  }
+  return lay_out(empty("zb-v", p, 2, m, Placement::kV), orders);
+}
+
+Schedule dualpipe_v(int num_ranks, int num_microbatches) {
+  check_common("dualpipe_v", num_ranks, num_microbatches);
+  const int p = num_ranks, m = num_microbatches;
+  PIPETRAIN_CHECK_ARG(m >= 2 * p, "dualpipe_v", "num_microbatches=", m,
+                      " must be >= 2*num_ranks=", 2 * p);
+  Orders orders;
+  for (int r = 0; r < p; ++r) {
+    const int s0 = r, s1 = 2 * p - 1 - r;
+    std::vector<Action> order;
+    int f0 = 0, f1 = 0, b0 = 0, b1 = 0;
+    std::deque<Action> deferred_w;
+    auto forward = [&](int chunk) {
+      order.push_back(chunk == 0 ? Action{s0, kF, f0++} : Action{s1, kF, f1++});
+    };
+    // A backward, full or (zero_bubble) split into I now and W queued.
+    auto backward = [&](int chunk, bool zero_bubble) {
+      const Action a = chunk == 0 ? Action{s0, kB, b0++} : Action{s1, kB, b1++};
+      if (!zero_bubble) {
+        order.push_back(a);
+        return;
+      }
+      order.push_back({a.stage, kI, a.microbatch});
+      deferred_w.push_back({a.stage, kW, a.microbatch});
+    };
+    auto pop_w = [&] {
+      order.push_back(deferred_w.front());
+      deferred_w.pop_front();
+    };
+    for (int i = 0; i < 2 * (p - r - 1); ++i) forward(0);             // 1: nF0
+    for (int i = 0; i < r + 1; ++i) forward(0), forward(1);             // 2: nF0F1
+    for (int i = 0; i < p - r - 1; ++i) backward(1, true), pop_w(), forward(1);  // 3: nB1W1F1
+    for (int i = 0; i < m - 2 * p + r + 1; ++i)                         // 4: nF0B1F1B0
+      forward(0), backward(1, false), forward(1), backward(0, false);
+    for (int i = 0; i < p - r - 1; ++i)                                 // 5: nB1F1B0
+      backward(1, false), forward(1), backward(0, false);
+    bool zero_bubble = false;                                           // 6: nB1B0
+    for (int i = 0; i < r + 1; ++i) {
+      // The second half of step 6 splits its backwards; odd ranks start one backward earlier.
+      if (i == (r + 1) / 2 && r % 2 == 1) zero_bubble = true;
+      backward(1, zero_bubble);
+      if (i == (r + 1) / 2 && r % 2 == 0) zero_bubble = true;
+      backward(0, zero_bubble);
+    }
+    for (int i = 0; i < p - r - 1; ++i) pop_w(), backward(0, true);    // 7: nWB0
+    for (int i = 0; i < r + 1; ++i) pop_w();                            // 8: nW
+    orders.push_back(std::move(order));
+  }
+  return lay_out(empty("dualpipe-v", p, 2, m, Placement::kV), orders);
+}
+
+const std::vector<std::string>& schedule_names() {
+  static const std::vector<std::string> names = {
+      "gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipe-v"};
+  return names;
+}
+
+bool takes_stages_per_rank(std::string_view name) {
+  return name == "interleaved-1f1b" || name == "looped-bfs";
+}
+
+Schedule make_schedule(std::string_view name, int num_ranks, int num_microbatches,
+                       int stages_per_rank) {
+  const auto& names = schedule_names();
+  if (std::find(names.begin(), names.end(), name) == names.end()) {
+    std::string known;
+    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    throw InvalidArgument("[make_schedule] unknown schedule '" + std::string(name) +
+                          "': expected one of " + known);
+  }
+  if (name == "interleaved-1f1b")
+    return interleaved_1f1b(num_ranks, num_microbatches, stages_per_rank);
+  if (name == "looped-bfs") return looped_bfs(num_ranks, num_microbatches, stages_per_rank);
+  PIPETRAIN_CHECK_ARG(stages_per_rank == 1, "make_schedule", "stages_per_rank=", stages_per_rank,
+                      " must be 1 for schedule '", name,
+                      "' (only interleaved-1f1b and looped-bfs take it)");
+  if (name == "gpipe") return gpipe(num_ranks, num_microbatches);
+  if (name == "1f1b") return one_f_one_b(num_ranks, num_microbatches);
+  if (name == "zb-h1") return zb_h1(num_ranks, num_microbatches);
+  if (name == "zb-h2") return zb_h2(num_ranks, num_microbatches);
+  if (name == "zb-v") return zb_v(num_ranks, num_microbatches);
+  return dualpipe_v(num_ranks, num_microbatches);
+}
+
+}  // namespace pipetrain

@@ -18,17 +18,22 @@
 
 namespace pipetrain {
 
-/// GPipe (Huang et al. 2019): all M forwards, then all M backwards (B), stage order.
-/// Needs P >= 1, M >= 1.
+/// GPipe (Huang et al. 2019): all M forwards, then all M backwards (B), both in microbatch order.
+/// Needs P >= 1, M >= 1. Uniform costs: bubble (P-1)/(M+P-1), M activations held on every rank.
 Schedule gpipe(int num_ranks, int num_microbatches);
 
-/// 1F1B (PipeDream-Flush, Narayanan et al. 2021): rank r runs min(P-r, M) warm-up forwards... then
-/// alternates one backward and one forward. Needs P >= 1, M >= 1.
+/// 1F1B (PipeDream-Flush, Narayanan et al. 2021): rank r runs min(P-1-r, M) warm-up forwards
+/// (Megatron's count), then alternates one forward and one backward, then runs the backwards
+/// left. Needs P >= 1, M >= 1. Uniform costs: bubble (P-1)/(M+P-1); rank r holds min(P-r, M).
 Schedule one_f_one_b(int num_ranks, int num_microbatches);
 
 /// Interleaved 1F1B (Narayanan et al. 2021, Megatron-LM) with v = stages_per_rank model chunks per
-/// rank (loop placement). Microbatches go through the chunks in groups of P as in Megatron-Core,
-/// so M need not be a multiple of P. Needs v >= 1 and M >= P (when v > 1).
+/// rank (loop placement). Microbatches go through the chunks in groups: groups of P as in
+/// Megatron-Core when P divides M; otherwise M/P (rounded down) groups of sizes as equal as
+/// possible, larger first (PyTorch ScheduleInterleaved1F1B's rounds), every M >= P works. Rank r
+/// runs 2(P-1-r) + (v-1)*G warm-up forwards (G = the largest group). v = 1 gives one_f_one_b()'s
+/// order. Needs v >= 1 and M >= P when v > 1. Uniform per-stage costs, P | M: bubble
+/// (P-1)/(vM+P-1).
 Schedule interleaved_1f1b(int num_ranks, int num_microbatches, int stages_per_rank);
 
 /// Looped BFS (Lamy-Poirier 2023, "Breadth-First Pipeline Parallelism"): loop placement with v
@@ -37,20 +42,29 @@ Schedule interleaved_1f1b(int num_ranks, int num_microbatches, int stages_per_ra
 Schedule looped_bfs(int num_ranks, int num_microbatches, int stages_per_rank);
 
 /// ZB-H1 (Qi et al. 2024, "Zero Bubble Pipeline Parallelism"): 1F1B with the backward split into
-/// I and W; W is delayed to fill the cool-down bubble. Peak memory no more than 1F1B's.
+/// I and W; W is delayed to fill the cool-down bubble. Built by the paper's list heuristic on a
+/// unit-time grid. Any M >= 1. Uniform costs (F = I = W = 1), M >= P: makespan 3M+P-1, idle P-1 per
+/// rank (1F1B: 3(P-1)); per rank the activations (F..I) of 1F1B, min(P-r, M); F..W held: P on
+/// every rank, 1F1B's peak.
 Schedule zb_h1(int num_ranks, int num_microbatches);
 
 /// ZB-H2 (Qi et al. 2024): extra warm-up forwards fill the start bubble and W fills the rest;
 /// zero bubble under uniform costs once M is large enough, at most 2P-1 microbatches in flight.
+/// Any M >= 1. Uniform costs, M >= 2P-1: every rank busy without a gap from its first action to
+/// its last (makespan 3M+P-1, the least possible; the P-1 idle per rank is the start offset and
+/// tail of the parallelogram); peak held 2P-1.
 Schedule zb_h2(int num_ranks, int num_microbatches);
 
 /// ZB-V (Qi et al. 2024): V placement (v = 2, rank r holds stages r and 2P-1-r), split backward,
 /// peak memory within 1F1B's, zero bubble under uniform costs once M is large enough.
+/// The order of PyTorch's ScheduleZBVZeroBubble. Any M >= 1. Uniform costs per half-size stage,
+/// M >= 2P-1: no gap inside any rank's span, makespan 6M+P-1; peak held 2P stages = P ranks'
+/// shares, 1F1B's peak.
 Schedule zb_v(int num_ranks, int num_microbatches);
 
 /// DualPipeV (DeepSeek, "cut-in-half" DualPipe): V placement, the eight-phase order of
 /// deepseek-ai/DualPipe's dualpipev.py, with F and B of the two chunks interleaved.
-/// Needs M >= 2P.
+/// Needs M >= 2P. Uniform costs: makespan 6M+P-1 (idle P-1 per rank); peak held 2P+1 stages.
 Schedule dualpipe_v(int num_ranks, int num_microbatches);
 
 /// Names accepted by make_schedule(), in presentation order:

@@ -12,15 +12,32 @@ namespace pipetrain {
 /// come in the same order, so transports that match messages in order (NCCL) pair them
 /// correctly, and the result is deadlock-free under the blocking semantics of validate().
 /// Transfers between two stages on the same rank need no action.
+///
+/// Where the receives go: the compute schedule is run with every action taking one time unit
+/// (and unbounded buffering); a message produced at time T is received in the receiver's gap
+/// at T, after its actions that end by T and before those that start at T or later, its
+/// consumer among them. Both ends of every message thus meet at the same time, which makes the
+/// result deadlock-free under grouped blocking semantics (a receive placed just before its
+/// consumer can deadlock: see test_passes), and the receives between two ranks come in send
+/// order even when two streams share the pair (V placement).
+/// Layout: the compute actions keep the input's columns; each column is followed by as many
+/// columns as the most communication actions any rank needs there (sends right after their
+/// producer's column, receives right before their consumer's column), so the grid stays
+/// aligned. The name, sizes and placement are the input's; strip_comm() gives back its actions.
+/// Linear time apart from sorting the few actions of each gap.
 /// Throws InvalidArgument when `schedule` already has communication actions; throws
-/// ScheduleError (with the grid) when it is not a valid compute schedule.
+/// ScheduleError with validate()'s report when it is not a valid compute schedule.
 Schedule lower(const Schedule& schedule);
 
-/// Removes every communication action (and the empty slots), leaving the compute order.
+/// Removes every communication action and every empty slot, leaving each rank's compute order
+/// (rows may differ in length). Never throws.
 Schedule strip_comm(const Schedule& schedule);
 
-/// Replaces each I by a B of the same (stage, microbatch) and removes the matching W: the
-/// schedule a runtime without split backward runs. Works on compute-only and lowered schedules.
+/// Replaces each I by a B of the same (stage, microbatch) at the I's position and leaves an
+/// empty slot where each W was (so a lowered grid keeps its columns), then normalize()s: the
+/// schedule a runtime without split backward runs. Works on compute-only and lowered
+/// schedules; a valid schedule stays valid (a lowered one stays deadlock-free: removing a W can
+/// only join two communication groups, which posts operations earlier). Never throws.
 Schedule merge_backward(const Schedule& schedule);
 
 }  // namespace pipetrain

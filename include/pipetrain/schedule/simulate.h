@@ -21,12 +21,17 @@ struct MemoryProfile {
   std::vector<int> peak_held;         ///< per rank
 };
 
-/// Works on compute-only and lowered schedules. Throws ScheduleError when an I/B/W comes before
-/// its F on the same rank (validate() first for a full report).
+/// Works on compute-only and lowered schedules (communication actions are skipped); runs in
+/// time linear in the number of actions.
+/// Throws ScheduleError (with the grid, the faulty cells marked) when an I/B/W comes before its F
+/// on the same rank, a W before its I, or an action's stage or microbatch is out of range
+/// (validate() first for a full report).
 MemoryProfile analyze_memory(const Schedule& schedule);
 
 /// Execution times. Per-stage times in arbitrary units (seconds, or multiples of F).
-/// Each per-stage vector is either empty (use the scalar default) or has num_stages entries.
+/// Each per-stage vector is either empty (use the scalar of the same kind) or has num_stages
+/// entries. A full B takes `backward` (or backward_per_stage[s]); it is not derived from the I and
+/// W times, whose defaults merely add up to its default.
 struct CostModel {
   double forward = 1.0;
   double backward = 2.0;         ///< full B; defaults to backward_input + backward_weight
@@ -44,9 +49,10 @@ struct CostModel {
   /// B = 2F, I = W = F, free transfers: the model under which the published formulas hold.
   static CostModel uniform(double forward_time = 1.0);
 
-  /// Time of a compute action on its stage. Throws InvalidArgument for a stage out of range
-  /// of a non-empty per-stage vector.
+  /// Time of a compute action on its stage; 0 for a communication action. Throws
+  /// InvalidArgument for a stage out of range of a non-empty per-stage vector.
   double compute_time(const Action& action) const;
+  /// latency + bytes_per_transfer / bandwidth (just latency when bytes_per_transfer is 0).
   double transfer_time() const;
 };
 
@@ -64,13 +70,30 @@ struct SimulationResult {
   std::vector<double> busy;          ///< per rank: sum of compute times
   std::vector<double> idle;          ///< per rank: makespan - busy
   double bubble_fraction = 0.0;      ///< sum(idle) / (num_ranks * makespan)
+  /// Per rank: idle time between the rank's first start and its last end. Zero on every rank is
+  /// the zero-bubble papers' "parallelogram": the idle left (rank r waits for the first forward
+  /// to reach it, and finishes early) is the warm-up skew that consecutive iterations overlap
+  /// once the optimizer step is not a barrier (Qi et al. 2024, section 4).
+  std::vector<double> span_idle;
+  double span_bubble_fraction = 0.0;  ///< sum(span_idle) / sum of the ranks' spans
 };
 
 /// Runs the schedule under `costs`: each rank executes its compute actions in order; an action
-/// starts when the rank is free and its inputs have arrived (the producing action on the other
-/// rank ended, plus transfer_time() when that rank differs). Communication actions, if present,
-/// only fix the order and take no time. Works on compute-only and lowered schedules.
-/// Throws ScheduleError (with the grid, the stuck ranks marked) when the schedule cannot finish.
+/// starts when the rank is free and its input has arrived: the producing action ended, plus
+/// transfer_time() when it ran on another rank (same-rank hand-offs are free). Producers:
+///   F(s, m)        needs F(s-1, m)   (nothing for s = 0)
+///   B or I(s, m)   needs B or I(s+1, m), or F(s, m) for the last stage
+///   W(s, m)        needs I(s, m)
+/// Communication actions, if present, take no time and do not delay anything beyond the data
+/// dependency; they only count in TimedAction::step. Works on compute-only and lowered
+/// schedules, complete or not (only the dependencies present are waited for); a duplicated
+/// action feeds its consumers from its first occurrence. Event-driven, linear in the number of
+/// actions (P=128, M=1024, v=2 with split backward, 786k actions: about 0.1 s).
+/// Throws InvalidArgument when a non-empty per-stage vector of `costs` does not have
+/// num_stages entries; ScheduleError (a ValidationReport with one kDeadlock violation per stuck
+/// rank, formatted with the grid and the stuck cells marked) when the schedule cannot finish
+/// because a rank's next action waits for one that never runs or is not in the schedule; and
+/// ScheduleError (kRange) for an action whose stage or microbatch is out of range.
 SimulationResult simulate(const Schedule& schedule, const CostModel& costs);
 
 }  // namespace pipetrain

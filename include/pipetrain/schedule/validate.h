@@ -12,8 +12,21 @@
 //                 maximal run of consecutive communication actions as one group (as an NCCL
 //                 group or torch's batch_isend_irecv do) and blocks until every operation of the
 //                 group is matched by the peer's posted operation; compute actions block on nothing.
-// Dependencies between ranks in a compute-only schedule are checked by running it with
-// unbounded buffering (a send never blocks), which finds cycles across ranks too.
+// Dependencies between ranks are checked by running the compute actions with unbounded
+// buffering (a send never blocks), which finds cycles across ranks too; in a lowered schedule
+// each F/B/I must also come after the RECV of its input on its rank, and each SEND after the
+// action that produces what it sends. SEND_F of stage s pairs with RECV_F of stage s+1 and
+// SEND_B of stage s with RECV_B of stage s-1, same microbatch; a communication action between
+// two stages of one rank, or past the first or last stage, is a matching violation. A schedule
+// with any communication action counts as lowered: every transfer between ranks then needs
+// both its SEND and its RECV (one without the other: matching; both missing: completeness).
+//
+// Checks run in order and stop early: range, placement and completeness first (a cell out of
+// range is left out of the later checks); order within ranks and matching only when those
+// pass; the cross-rank run only when nothing failed so far; the deadlock run last. So a report
+// names the first broken layer, not its consequences. Violations are listed by rule (range,
+// placement, completeness, matching, dependency, deadlock), then in the order found.
+// Time and memory are linear in the number of slots (plus stages x microbatches).
 #pragma once
 
 #include <string>
@@ -37,15 +50,23 @@ struct ValidationReport {
   std::vector<Violation> violations;
 
   bool ok() const { return violations.empty(); }
-  /// The messages, one a line, then the rank x step grid of `schedule` with every faulty cell
-  /// marked ("[2F0]!") and a legend. Empty when ok().
+  /// One line per violation ("<rule>: <message>"), then the rank x step grid of `schedule`
+  /// (as Schedule::to_grid(), wider cells) with every faulty cell marked ("[2F0]!", "[.]!" for
+  /// an empty slot) and a legend line. Works for any list of violations: those with rank or
+  /// step -1, or outside the grid, mark nothing. Empty when ok(). Example:
+  ///   dependency: rank 0 step 0: 0B0 runs before its forward 0F0 (rank 0 step 1)
+  ///   x: 1 ranks, 1 stages (loop), 1 microbatches
+  ///   step    0      1
+  ///   rank 0 [0B0]!  0F0
+  ///   legend: [A]! marks a faulty cell named above; . is an empty slot
   std::string format(const Schedule& schedule) const;
 };
 
 /// Checks every rule above. Never throws for a broken schedule: it reports.
 ValidationReport validate(const Schedule& schedule);
 
-/// validate(), and throws ScheduleError carrying report.format() when it is not ok.
+/// validate(), and throws ScheduleError when it is not ok, with the message
+/// "[validate_or_throw] schedule '<name>' has <n> violation(s):\n" followed by report.format().
 void validate_or_throw(const Schedule& schedule);
 
 }  // namespace pipetrain

@@ -1,0 +1,112 @@
+// bench_model: forward + backward throughput of the CPU GPT, next to OpenBLAS sgemm.
+//
+//   bench_model [--steps N]
+//
+// For each model size, times forward + backward (no optimizer step) on random byte batches and
+// reports tokens/s and GFLOP/s, counting only matrix-product FLOPs (2*m*n*k each; backward
+// counted as twice the forward). In the same run it times cblas_sgemm at the shape of the
+// model's largest product (tokens x channels times channels x 4*channels) so the model's
+// GFLOP/s can be read against what the BLAS reaches on this machine.
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../examples/train_gpt/model_adapter.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Config {
+  const char* name;
+  int layers, heads, channels, seq, batch;
+};
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// GFLOP/s of C[m x n] = A[m x k] * B[k x n], best of `reps` after one warm-up call.
+double sgemm_gflops(int m, int n, int k, int reps) {
+  std::vector<float> a(static_cast<std::size_t>(m) * k), b(static_cast<std::size_t>(k) * n),
+      c(static_cast<std::size_t>(m) * n);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& x : a) x = u(rng);
+  for (float& x : b) x = u(rng);
+  double best = 1e30;
+  for (int r = 0; r <= reps; ++r) {
+    const auto t = Clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), k, b.data(),
+                n, 0.0f, c.data(), n);
+    const double s = seconds_since(t);
+    if (r > 0) best = std::min(best, s);
+  }
+  return 2.0 * m * n * k / best / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int steps = 5;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--steps" && i + 1 < argc) {
+      steps = std::max(1, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: bench_model [--steps N]\n");
+      return 2;
+    }
+  }
+  const Config configs[] = {
+      {"small", 2, 4, 64, 64, 8},
+      {"medium", 4, 8, 256, 128, 8},
+  };
+  std::printf("OpenBLAS %s, %d threads; %d timed forward+backward steps per config\n\n",
+              openblas_get_config(), openblas_get_num_threads(), steps);
+  std::printf("%-7s %6s %5s %8s %10s %12s %10s %12s %22s %10s\n", "config", "layers", "heads",
+              "channels", "seq x B", "params", "ms/step", "tokens/s", "model GFLOP/s",
+              "sgemm GFLOP/s");
+  for (const Config& c : configs) {
+    train_gpt::ModelShape shape;
+    shape.layers = c.layers;
+    shape.heads = c.heads;
+    shape.channels = c.channels;
+    shape.max_seq_len = c.seq;
+    shape.seed = 1;
+    auto model = train_gpt::make_gpt(shape);
+    std::int64_t n_params = 0;
+    for (const auto* p : model->parameters()) n_params += p->value.numel();
+
+    pipetrain::data::Batch batch;
+    batch.batch_size = c.batch;
+    batch.seq_len = c.seq;
+    std::mt19937 rng(2);
+    for (int i = 0; i < c.batch * c.seq; ++i) {
+      batch.inputs.push_back(static_cast<int>(rng() % 256));
+      batch.targets.push_back(static_cast<int>(rng() % 256));
+    }
+    model->forward_backward(batch, 1.0);  // warm-up: first-touch allocations
+    const auto t = Clock::now();
+    for (int s = 0; s < steps; ++s) model->forward_backward(batch, 1.0);
+    const double per_step = seconds_since(t) / steps;
+    const std::int64_t tokens = static_cast<std::int64_t>(c.batch) * c.seq;
+    const double gflops = model->train_flops(tokens, c.seq) / per_step / 1e9;
+    const double blas = sgemm_gflops(static_cast<int>(tokens), 4 * c.channels, c.channels, 5);
+    char shape_text[32], blas_shape[48];
+    std::snprintf(shape_text, sizeof shape_text, "%dx%d", c.seq, c.batch);
+    std::snprintf(blas_shape, sizeof blas_shape, "%.2f (%.0f%% of sgemm)", gflops,
+                  100.0 * gflops / blas);
+    std::printf("%-7s %6d %5d %8d %10s %12lld %10.1f %12.0f %22s %10.2f  [sgemm %lldx%dx%d]\n",
+                c.name, c.layers, c.heads, c.channels, shape_text,
+                static_cast<long long>(n_params), per_step * 1e3, tokens / per_step, blas_shape,
+                blas, static_cast<long long>(tokens), 4 * c.channels, c.channels);
+  }
+  return 0;
+}

@@ -1,0 +1,77 @@
+#include "model_adapter.h"
+
+#include "pipetrain/nn/gpt.h"
+#include "pipetrain/tensor.h"
+
+namespace train_gpt {
+namespace {
+
+using pipetrain::Tensor;
+
+class Gpt final : public LanguageModel {
+ public:
+  explicit Gpt(const ModelShape& shape) {
+    config_.vocab_size = shape.vocab_size;
+    config_.context_length = shape.max_seq_len;
+    config_.num_layers = shape.layers;
+    config_.num_heads = shape.heads;
+    config_.channels = shape.channels;
+    config_.seed = shape.seed;
+    model_ = pipetrain::nn::make_model(config_);
+  }
+
+  double forward_backward(const pipetrain::data::Batch& batch, double loss_scale) override {
+    // One microbatch in flight at a time, so a fixed id will do.
+    const Tensor inputs = tokens(batch.inputs, batch.batch_size, batch.seq_len);
+    model_->set_targets(0, tokens(batch.targets, batch.batch_size, batch.seq_len));
+    const Tensor loss = model_->forward(0, inputs);
+    model_->backward(0, Tensor::from_vector(std::vector<float>{static_cast<float>(loss_scale)}));
+    return loss.to_vector<double>()[0];
+  }
+
+  double evaluate(const pipetrain::data::Batch& batch) override {
+    return model_
+        ->infer(tokens(batch.inputs, batch.batch_size, batch.seq_len),
+                tokens(batch.targets, batch.batch_size, batch.seq_len))
+        .to_vector<double>()[0];
+  }
+
+  std::vector<float> next_token_logits(std::span<const pipetrain::data::Token> context) override {
+    const auto n = static_cast<int>(context.size());
+    const Tensor logits =
+        model_->infer(tokens(std::vector<pipetrain::data::Token>(context.begin(), context.end()),
+                             1, n));
+    const std::vector<float> all = logits.to_vector<float>();
+    const auto v = static_cast<std::size_t>(config_.vocab_size);
+    return std::vector<float>(all.end() - static_cast<std::ptrdiff_t>(v), all.end());
+  }
+
+  std::vector<pipetrain::nn::Parameter*> parameters() override { return model_->parameters(); }
+
+  double train_flops(std::int64_t n_tokens, int seq_len) const override {
+    // Per token and layer, forward: qkv 2*C*3C, projection 2*C*C, MLP 2*(2*C*4C) = 24 C^2, and
+    // attention scores + weighted values 2 * 2*T*C (full T x T, as the kernel computes it).
+    // Head: 2*C*V. Backward costs twice the forward.
+    const double c = static_cast<double>(config_.channels);
+    const double per_token = static_cast<double>(config_.num_layers) *
+                                 (24.0 * c * c + 4.0 * seq_len * c) +
+                             2.0 * c * static_cast<double>(config_.vocab_size);
+    return 3.0 * per_token * static_cast<double>(n_tokens);
+  }
+
+ private:
+  static Tensor tokens(const std::vector<pipetrain::data::Token>& values, int b, int t) {
+    return Tensor::from_vector(values, {b, t});
+  }
+
+  pipetrain::nn::GptConfig config_;
+  std::unique_ptr<pipetrain::nn::GptStage> model_;
+};
+
+}  // namespace
+
+std::unique_ptr<LanguageModel> make_gpt(const ModelShape& shape) {
+  return std::make_unique<Gpt>(shape);
+}
+
+}  // namespace train_gpt

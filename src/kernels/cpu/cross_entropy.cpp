@@ -1,0 +1,53 @@
+#include <algorithm>
+#include <cmath>
+
+#include "pipetrain/kernels/cpu.h"
+
+namespace pipetrain::kernels::cpu {
+
+template <typename T>
+double cross_entropy_forward(T* probs, T* losses, const T* logits, const std::int32_t* targets,
+                             std::int64_t n, std::int64_t v) {
+  double total = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T* z = logits + i * v;
+    T* p = probs + i * v;
+    const T zmax = *std::max_element(z, z + v);
+    const std::int64_t target = targets[i];
+    const T ztarget = z[target];  // read before probs overwrites logits when they alias
+    T sum = 0;
+    for (std::int64_t k = 0; k < v; ++k) {
+      p[k] = std::exp(z[k] - zmax);
+      sum += p[k];
+    }
+    const T inv = T(1) / sum;
+    // Log-sum-exp form: exact even when the target's probability underflows.
+    losses[i] = std::log(sum) - (ztarget - zmax);
+    for (std::int64_t k = 0; k < v; ++k) p[k] *= inv;
+    total += static_cast<double>(losses[i]);
+  }
+  return n > 0 ? total / static_cast<double>(n) : 0.0;
+}
+
+template <typename T>
+void cross_entropy_backward(T* dlogits, const T* probs, const std::int32_t* targets, double scale,
+                            std::int64_t n, std::int64_t v) {
+  const T f = static_cast<T>(scale / static_cast<double>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T* p = probs + i * v;
+    T* d = dlogits + i * v;
+    for (std::int64_t k = 0; k < v; ++k) d[k] = f * p[k];
+    d[targets[i]] -= f;
+  }
+}
+
+template double cross_entropy_forward<float>(float*, float*, const float*, const std::int32_t*,
+                                             std::int64_t, std::int64_t);
+template double cross_entropy_forward<double>(double*, double*, const double*,
+                                              const std::int32_t*, std::int64_t, std::int64_t);
+template void cross_entropy_backward<float>(float*, const float*, const std::int32_t*, double,
+                                            std::int64_t, std::int64_t);
+template void cross_entropy_backward<double>(double*, const double*, const std::int32_t*, double,
+                                             std::int64_t, std::int64_t);
+
+}  // namespace pipetrain::kernels::cpu

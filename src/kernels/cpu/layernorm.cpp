@@ -1,0 +1,80 @@
+#include <cmath>
+
+#include "pipetrain/kernels/cpu.h"
+
+namespace pipetrain::kernels::cpu {
+namespace {
+constexpr double kEps = 1e-5;
+}
+
+template <typename T>
+void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
+                       std::int64_t n, std::int64_t c) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T* x = inp + i * c;
+    T m = 0;
+    for (std::int64_t k = 0; k < c; ++k) m += x[k];
+    m /= static_cast<T>(c);
+    T v = 0;
+    for (std::int64_t k = 0; k < c; ++k) v += (x[k] - m) * (x[k] - m);
+    v /= static_cast<T>(c);
+    const T s = T(1) / std::sqrt(v + static_cast<T>(kEps));
+    T* o = out + i * c;
+    for (std::int64_t k = 0; k < c; ++k) o[k] = (x[k] - m) * s * weight[k] + bias[k];
+    mean[i] = m;
+    rstd[i] = s;
+  }
+}
+
+template <typename T>
+void layernorm_backward_input(T* dinp, const T* dout, const T* inp, const T* weight,
+                              const T* mean, const T* rstd, std::int64_t n, std::int64_t c) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T* x = inp + i * c;
+    const T* dy = dout + i * c;
+    const T m = mean[i], s = rstd[i];
+    // dxhat = dy * w; dx = s * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    T sum_dxhat = 0, sum_dxhat_xhat = 0;
+    for (std::int64_t k = 0; k < c; ++k) {
+      const T xhat = (x[k] - m) * s;
+      const T dxhat = dy[k] * weight[k];
+      sum_dxhat += dxhat;
+      sum_dxhat_xhat += dxhat * xhat;
+    }
+    sum_dxhat /= static_cast<T>(c);
+    sum_dxhat_xhat /= static_cast<T>(c);
+    T* dx = dinp + i * c;
+    for (std::int64_t k = 0; k < c; ++k) {
+      const T xhat = (x[k] - m) * s;
+      const T dxhat = dy[k] * weight[k];
+      dx[k] = s * (dxhat - sum_dxhat - xhat * sum_dxhat_xhat);
+    }
+  }
+}
+
+template <typename T>
+void layernorm_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, const T* mean,
+                               const T* rstd, std::int64_t n, std::int64_t c) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T* x = inp + i * c;
+    const T* dy = dout + i * c;
+    const T m = mean[i], s = rstd[i];
+    for (std::int64_t k = 0; k < c; ++k) {
+      dweight[k] += dy[k] * ((x[k] - m) * s);
+      dbias[k] += dy[k];
+    }
+  }
+}
+
+#define PIPETRAIN_INSTANTIATE(T)                                                             \
+  template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, std::int64_t, \
+                                     std::int64_t);                                          \
+  template void layernorm_backward_input<T>(T*, const T*, const T*, const T*, const T*,      \
+                                            const T*, std::int64_t, std::int64_t);           \
+  template void layernorm_backward_weight<T>(T*, T*, const T*, const T*, const T*, const T*, \
+                                             std::int64_t, std::int64_t);
+PIPETRAIN_INSTANTIATE(float)
+PIPETRAIN_INSTANTIATE(double)
+#undef PIPETRAIN_INSTANTIATE
+
+}  // namespace pipetrain::kernels::cpu

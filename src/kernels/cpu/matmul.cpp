@@ -1,0 +1,71 @@
+// Matrix products of the linear layers, all through OpenBLAS.
+#include <cblas.h>
+
+#include "pipetrain/kernels/cpu.h"
+
+namespace pipetrain::kernels::cpu {
+
+template <>
+void gemm<float>(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                 float alpha, const float* a, std::int64_t lda, const float* b, std::int64_t ldb,
+                 float beta, float* c, std::int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+}
+
+template <>
+void gemm<double>(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+                  double alpha, const double* a, std::int64_t lda, const double* b,
+                  std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+}
+
+template <typename T>
+void linear_forward(T* out, const T* inp, const T* weight, const T* bias, std::int64_t n,
+                    std::int64_t c, std::int64_t oc) {
+  if (bias != nullptr) {
+    for (std::int64_t i = 0; i < n; ++i) {
+      T* row = out + i * oc;
+      for (std::int64_t o = 0; o < oc; ++o) row[o] = bias[o];
+    }
+  }
+  gemm<T>(false, true, n, oc, c, T(1), inp, c, weight, c, bias != nullptr ? T(1) : T(0), out, oc);
+}
+
+template <typename T>
+void linear_backward_input(T* dinp, const T* dout, const T* weight, std::int64_t n,
+                           std::int64_t c, std::int64_t oc) {
+  gemm<T>(false, false, n, c, oc, T(1), dout, oc, weight, c, T(0), dinp, c);
+}
+
+template <typename T>
+void linear_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, std::int64_t n,
+                            std::int64_t c, std::int64_t oc) {
+  gemm<T>(true, false, oc, c, n, T(1), dout, oc, inp, c, T(1), dweight, c);
+  if (dbias != nullptr) {
+    for (std::int64_t i = 0; i < n; ++i) {
+      const T* row = dout + i * oc;
+      for (std::int64_t o = 0; o < oc; ++o) dbias[o] += row[o];
+    }
+  }
+}
+
+#define PIPETRAIN_INSTANTIATE(T)                                                            \
+  template void linear_forward<T>(T*, const T*, const T*, const T*, std::int64_t,          \
+                                  std::int64_t, std::int64_t);                              \
+  template void linear_backward_input<T>(T*, const T*, const T*, std::int64_t, std::int64_t, \
+                                         std::int64_t);                                     \
+  template void linear_backward_weight<T>(T*, T*, const T*, const T*, std::int64_t,         \
+                                          std::int64_t, std::int64_t);
+PIPETRAIN_INSTANTIATE(float)
+PIPETRAIN_INSTANTIATE(double)
+#undef PIPETRAIN_INSTANTIATE
+
+}  // namespace pipetrain::kernels::cpu

@@ -1,0 +1,242 @@
+// The published bubble and memory figures of every schedule, checked exactly with simulate() and
+// analyze_memory() under CostModel::uniform() (per stage: F = 1, B = 2, I = W = 1, free
+// transfers). The formulas and thresholds are the ones docs/schedules.md states.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+
+#include "pipetrain/schedule/generators.h"
+#include "pipetrain/schedule/simulate.h"
+
+namespace pipetrain {
+namespace {
+
+constexpr double kTol = 1e-12;
+
+std::string spec(int p, int m, int v = 1) {
+  return "P=" + std::to_string(p) + " M=" + std::to_string(m) + " v=" + std::to_string(v);
+}
+
+// Idle time of `rank` between its first start and its last end: the bubble inside its own span,
+// which is what the zero-bubble papers call zero (the start offset r of rank r and the matching
+// tail are not inside it).
+double in_span_idle(const SimulationResult& sim, int rank) {
+  double first = 1e300, last = 0.0;
+  for (const TimedAction& t : sim.actions) {
+    if (t.rank != rank) continue;
+    first = std::min(first, t.start);
+    last = std::max(last, t.end);
+  }
+  const double idle = last - first - sim.busy[static_cast<std::size_t>(rank)];
+  // simulate() reports the same figure; this independent count checks it.
+  EXPECT_NEAR(sim.span_idle[static_cast<std::size_t>(rank)], idle, kTol) << "rank " << rank;
+  return idle;
+}
+
+TEST(ScheduleFigures, GpipeAndOneFOneBBubble) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int m = 1; m <= 4 * p; ++m) {
+      SCOPED_TRACE(spec(p, m));
+      const double expected = static_cast<double>(p - 1) / (m + p - 1);
+      for (const Schedule& s : {gpipe(p, m), one_f_one_b(p, m)}) {
+        const SimulationResult sim = simulate(s, CostModel::uniform());
+        EXPECT_NEAR(sim.bubble_fraction, expected, kTol) << s.name();
+        EXPECT_NEAR(sim.makespan, 3.0 * (m + p - 1), kTol) << s.name();
+        for (int r = 0; r < p; ++r) EXPECT_NEAR(sim.idle[r], 3.0 * (p - 1), kTol) << s.name();
+      }
+    }
+  }
+}
+
+TEST(ScheduleFigures, GpipeAndOneFOneBMemory) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int m = 1; m <= 4 * p; ++m) {
+      SCOPED_TRACE(spec(p, m));
+      const MemoryProfile g = analyze_memory(gpipe(p, m));
+      const MemoryProfile f = analyze_memory(one_f_one_b(p, m));
+      for (int r = 0; r < p; ++r) {
+        EXPECT_EQ(g.peak_activations[r], m);
+        EXPECT_EQ(g.peak_held[r], m);
+        EXPECT_EQ(f.peak_activations[r], std::min(p - r, m)) << "rank " << r;
+        EXPECT_EQ(f.peak_held[r], std::min(p - r, m)) << "rank " << r;
+        EXPECT_EQ(f.peak_pending_w[r], 0);
+      }
+    }
+  }
+}
+
+// With v chunks per rank, each stage (chunk) costing F = 1 and B = 2, a rank does 3vM of work;
+// when M is a multiple of P the idle per rank stays 3(P-1), so the bubble is (P-1)/(vM+P-1).
+// (In units of a whole rank's model, F = 1/v: the idle is 3(P-1)/v, the usual 1/v reduction.)
+TEST(ScheduleFigures, InterleavedBubble) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int v = 1; v <= 4; ++v) {
+      for (int m = p; m <= 4 * p; m += p) {
+        SCOPED_TRACE(spec(p, m, v));
+        const SimulationResult sim = simulate(interleaved_1f1b(p, m, v), CostModel::uniform());
+        EXPECT_NEAR(sim.bubble_fraction, static_cast<double>(p - 1) / (v * m + p - 1), kTol);
+        EXPECT_NEAR(sim.makespan, 3.0 * (v * m + p - 1), kTol);
+      }
+    }
+  }
+}
+
+TEST(ScheduleFigures, InterleavedMemory) {
+  // Megatron's warm-up (M a multiple of P): rank r holds min(2(P-1-r) + (v-1)P + 1, vM) chunk
+  // activations at peak.
+  for (int p = 2; p <= 6; ++p) {
+    for (int v = 2; v <= 3; ++v) {
+      for (int m = p; m <= 4 * p; m += p) {
+        SCOPED_TRACE(spec(p, m, v));
+        const MemoryProfile mem = analyze_memory(interleaved_1f1b(p, m, v));
+        for (int r = 0; r < p; ++r) {
+          const int warmup = 2 * (p - 1 - r) + (v - 1) * p;
+          EXPECT_EQ(mem.peak_activations[r], std::min(warmup + 1, v * m)) << "rank " << r;
+        }
+      }
+    }
+  }
+}
+
+// ZB-H1 (M >= P): idle per rank P-1, a third of 1F1B's 3(P-1); makespan 3M+P-1. Per rank it
+// holds the activations (F..I) of 1F1B, min(P-r, M); counting F..W it holds P on every rank,
+// which is 1F1B's peak (rank 0). Holding F..W no more than 1F1B on every rank is impossible at
+// this makespan: the last rank must finish its I's P-1 steps early and keep P W's for the tail.
+TEST(ScheduleFigures, ZbH1) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int m = p; m <= 4 * p; ++m) {
+      SCOPED_TRACE(spec(p, m));
+      const SimulationResult zb = simulate(zb_h1(p, m), CostModel::uniform());
+      const SimulationResult base = simulate(one_f_one_b(p, m), CostModel::uniform());
+      EXPECT_NEAR(zb.makespan, 3.0 * m + p - 1, kTol);
+      EXPECT_NEAR(zb.bubble_fraction, static_cast<double>(p - 1) / (3 * m + p - 1), kTol);
+      const MemoryProfile mem = analyze_memory(zb_h1(p, m));
+      const MemoryProfile base_mem = analyze_memory(one_f_one_b(p, m));
+      const int base_peak =
+          *std::max_element(base_mem.peak_held.begin(), base_mem.peak_held.end());
+      EXPECT_EQ(base_peak, p);
+      for (int r = 0; r < p; ++r) {
+        EXPECT_NEAR(zb.idle[r], p - 1.0, kTol) << "rank " << r;
+        EXPECT_NEAR(3.0 * zb.idle[r], base.idle[r], kTol) << "rank " << r;
+        EXPECT_EQ(mem.peak_activations[r], base_mem.peak_activations[r]) << "rank " << r;
+        EXPECT_EQ(mem.peak_held[r], p) << "rank " << r;
+        EXPECT_LE(mem.peak_held[r], base_peak);
+      }
+    }
+  }
+}
+
+TEST(ScheduleFigures, ZbH1FewMicrobatches) {
+  // M < P: idle per rank 2P-1-M (makespan 2M+2P-1), still below 1F1B's 3(P-1).
+  for (int p = 2; p <= 8; ++p) {
+    for (int m = 1; m < p; ++m) {
+      SCOPED_TRACE(spec(p, m));
+      const SimulationResult zb = simulate(zb_h1(p, m), CostModel::uniform());
+      EXPECT_NEAR(zb.makespan, 2.0 * m + 2 * p - 1, kTol);
+      for (int r = 0; r < p; ++r) EXPECT_NEAR(zb.idle[r], 2.0 * p - 1 - m, kTol);
+    }
+  }
+}
+
+// ZB-H2: for M >= 2P-1 every rank is busy without a gap from its first action to its last
+// (zero bubble inside each rank's span, the parallelogram of Qi et al. figure 4); the makespan is
+// 3M+P-1, the least any schedule can have (rank P-1 cannot start before P-1), so the idle left,
+// P-1 per rank, is the start offset and the tail. At most 2P-1 microbatches held (F..W).
+// Below 2P-1 some rank has a gap.
+TEST(ScheduleFigures, ZbH2) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int m = 1; m <= 4 * p; ++m) {
+      SCOPED_TRACE(spec(p, m));
+      const Schedule s = zb_h2(p, m);
+      const SimulationResult sim = simulate(s, CostModel::uniform());
+      const MemoryProfile mem = analyze_memory(s);
+      double gaps = 0.0;
+      for (int r = 0; r < p; ++r) {
+        gaps += in_span_idle(sim, r);
+        EXPECT_LE(mem.peak_held[r], 2 * p - 1);
+        EXPECT_LE(mem.peak_activations[r], 2 * (p - 1 - r) + 1);
+      }
+      if (m >= 2 * p - 1) {
+        EXPECT_NEAR(gaps, 0.0, kTol);
+        EXPECT_NEAR(sim.makespan, 3.0 * m + p - 1, kTol);
+        for (int r = 0; r < p; ++r) {
+          EXPECT_NEAR(sim.idle[r], p - 1.0, kTol);
+          EXPECT_NEAR(in_span_idle(sim, r), 0.0, kTol);
+          EXPECT_EQ(mem.peak_held[r], 2 * p - 1);
+        }
+      } else {
+        EXPECT_GT(gaps, 0.5);
+      }
+    }
+  }
+}
+
+// ZB-V (V placement, stages of half a rank's layers, each F = I = W = 1): for M >= 2P-1 zero
+// bubble inside every rank's span, makespan 6M+P-1 (idle P-1 per rank: the start offset), and
+// peak_held = 2P half-stages = P in units of one rank's share, 1F1B's peak (rank 0).
+TEST(ScheduleFigures, ZbV) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int m = 1; m <= 4 * p; ++m) {
+      SCOPED_TRACE(spec(p, m));
+      const Schedule s = zb_v(p, m);
+      const SimulationResult sim = simulate(s, CostModel::uniform());
+      const MemoryProfile mem = analyze_memory(s);
+      double gaps = 0.0;
+      for (int r = 0; r < p; ++r) {
+        gaps += in_span_idle(sim, r);
+        EXPECT_LE(mem.peak_held[r] / 2.0, static_cast<double>(p));
+      }
+      if (m >= 2 * p - 1) {
+        EXPECT_NEAR(gaps, 0.0, kTol);
+        EXPECT_NEAR(sim.makespan, 6.0 * m + p - 1, kTol);
+        EXPECT_NEAR(sim.bubble_fraction, static_cast<double>(p - 1) / (6 * m + p - 1), kTol);
+        for (int r = 0; r < p; ++r) {
+          EXPECT_NEAR(sim.idle[r], p - 1.0, kTol);
+          EXPECT_EQ(mem.peak_held[r], 2 * p);
+        }
+      } else {
+        EXPECT_GT(gaps, 0.5);
+      }
+    }
+  }
+}
+
+// DualPipeV (M >= 2P): idle P-1 per rank under uniform costs (the same makespan 6M+P-1 as ZB-V,
+// here with full B = 2 in the middle phase), holding at most 2P+1 half-stages.
+TEST(ScheduleFigures, DualPipeV) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int m = 2 * p; m <= 4 * p; ++m) {
+      SCOPED_TRACE(spec(p, m));
+      const Schedule s = dualpipe_v(p, m);
+      const SimulationResult sim = simulate(s, CostModel::uniform());
+      const MemoryProfile mem = analyze_memory(s);
+      EXPECT_NEAR(sim.makespan, 6.0 * m + p - 1, kTol);
+      for (int r = 0; r < p; ++r) {
+        EXPECT_NEAR(sim.idle[r], p - 1.0, kTol);
+        EXPECT_LE(mem.peak_held[r], 2 * p + 1);
+      }
+      EXPECT_EQ(*std::max_element(mem.peak_held.begin(), mem.peak_held.end()), 2 * p + 1);
+    }
+  }
+}
+
+TEST(ScheduleFigures, LoopedBfs) {
+  // Every rank runs all M microbatches through each of its v stages: peak activations vM, and
+  // the GPipe-like bubble (P-1)/(vM+P-1) when M >= P (the next local stage's input is ready).
+  for (int p = 1; p <= 6; ++p) {
+    for (int v = 1; v <= 3; ++v) {
+      for (int m = p; m <= 3 * p; ++m) {
+        SCOPED_TRACE(spec(p, m, v));
+        const Schedule s = looped_bfs(p, m, v);
+        const SimulationResult sim = simulate(s, CostModel::uniform());
+        EXPECT_NEAR(sim.bubble_fraction, static_cast<double>(p - 1) / (v * m + p - 1), kTol);
+        const MemoryProfile mem = analyze_memory(s);
+        for (int r = 0; r < p; ++r) EXPECT_EQ(mem.peak_activations[r], v * m);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pipetrain

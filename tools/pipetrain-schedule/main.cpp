@@ -1,0 +1,201 @@
+// pipetrain-schedule: build, load, validate, lower, simulate, draw and convert pipeline schedules.
+//
+//   pipetrain-schedule --schedule zb-v --ranks 4 --microbatches 8 --svg zbv.svg --trace zbv.json
+//   pipetrain-schedule --load schedule.csv --simulate
+//   pipetrain-schedule --list
+//
+// Exit status: 0 on success, 1 when the schedule is invalid or cannot be built, 2 on bad usage.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "pipetrain/error.h"
+#include "pipetrain/schedule/generators.h"
+#include "pipetrain/schedule/io.h"
+#include "pipetrain/schedule/passes.h"
+#include "pipetrain/schedule/simulate.h"
+#include "pipetrain/schedule/validate.h"
+
+namespace {
+
+using namespace pipetrain;
+
+struct Options {
+  std::string schedule = "1f1b";
+  int ranks = 4;
+  int microbatches = 8;
+  int stages_per_rank = 1;
+  std::string load;
+  bool list = false;
+  bool lower = false;
+  bool merge = false;
+  bool print = false;
+  bool simulate = false;
+  bool quiet = false;
+  bool table = false;
+  std::vector<double> costs;  // F B I W
+  double latency = 0.0;
+  std::string csv;
+  std::string svg;
+  std::string trace;
+};
+
+CostModel cost_model(const Options& options) {
+  CostModel costs = CostModel::uniform();
+  if (!options.costs.empty()) {
+    if (options.costs.size() != 4)
+      throw InvalidArgument(detail::message("pipetrain-schedule", "--costs takes 4 numbers F,B,I,W; got ",
+                                            options.costs.size()));
+    costs.forward = options.costs[0];
+    costs.backward = options.costs[1];
+    costs.backward_input = options.costs[2];
+    costs.backward_weight = options.costs[3];
+  }
+  costs.latency = options.latency;
+  return costs;
+}
+
+std::string join(const std::vector<int>& values) {
+  std::ostringstream out;
+  for (std::size_t i = 0; i < values.size(); ++i) out << (i ? " " : "") << values[i];
+  return out.str();
+}
+
+void print_summary(const Schedule& schedule, const SimulationResult& result, const MemoryProfile& memory) {
+  std::cout << std::fixed << std::setprecision(4);
+  std::cout << "schedule        " << schedule.name() << " (" << schedule.num_ranks() << " ranks, "
+            << schedule.num_stages() << " stages, " << to_string(schedule.placement()) << " placement, "
+            << schedule.num_microbatches() << " microbatches)\n";
+  std::cout << "makespan        " << result.makespan << "\n";
+  std::cout << "bubble fraction " << result.bubble_fraction << "   (inside each rank's span: "
+            << result.span_bubble_fraction << ")\n";
+  std::cout << "idle per rank  ";
+  for (double idle : result.idle) std::cout << ' ' << idle;
+  std::cout << "\npeak activations per rank (stage-microbatch units): " << join(memory.peak_activations)
+            << "\npeak held incl. pending W per rank:                 " << join(memory.peak_held) << "\n";
+}
+
+int max_of(const std::vector<int>& values) {
+  int best = 0;
+  for (int v : values) best = std::max(best, v);
+  return best;
+}
+
+// One markdown row per schedule at (P, M, v), as docs/schedules.md shows them. Times are in
+// units of one rank's forward (the --costs per rank share of the model).
+void print_table(const Options& options) {
+  const CostModel costs = cost_model(options);
+  std::cout << "| schedule | P | M | v | makespan | bubble | bubble inside spans | peak activations (max rank) | "
+               "peak held incl. W (max rank) | per rank share (held / v) |\n"
+            << "|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const std::string& name : schedule_names()) {
+    const int v = takes_stages_per_rank(name) ? options.stages_per_rank : 1;
+    std::cout << "| " << name << " | " << options.ranks << " | " << options.microbatches << " | ";
+    try {
+      const Schedule schedule = make_schedule(name, options.ranks, options.microbatches, v);
+      // A rank's share of the model is split into v stages, so each stage costs 1/v of the
+      // times given: makespans then compare across schedules for the same model.
+      CostModel scaled = costs;
+      const double share = 1.0 / schedule.stages_per_rank();
+      scaled.forward *= share;
+      scaled.backward *= share;
+      scaled.backward_input *= share;
+      scaled.backward_weight *= share;
+      const SimulationResult result = simulate(lower(schedule), scaled);
+      const MemoryProfile memory = analyze_memory(schedule);
+      const int held = max_of(memory.peak_held);
+      std::cout << schedule.stages_per_rank() << " | " << result.makespan << " | " << result.bubble_fraction
+                << " | " << result.span_bubble_fraction << " | " << max_of(memory.peak_activations) << " | "
+                << held << " | " << static_cast<double>(held) / schedule.stages_per_rank() << " |\n";
+    } catch (const Error& e) {
+      std::cout << v << " | rejected: " << e.what() << " ||||||\n";
+    }
+  }
+}
+
+int run(const Options& options) {
+  if (options.table) {
+    std::cout << std::setprecision(4);
+    print_table(options);
+    return 0;
+  }
+  if (options.list) {
+    for (const std::string& name : schedule_names())
+      std::cout << name << (takes_stages_per_rank(name) ? "  (takes --stages-per-rank)" : "") << "\n";
+    return 0;
+  }
+  Schedule schedule = options.load.empty()
+                          ? make_schedule(options.schedule, options.ranks, options.microbatches,
+                                          options.stages_per_rank)
+                          : from_csv(read_file(options.load), options.load);
+  if (options.merge) schedule = merge_backward(schedule);
+  if (options.lower && !schedule.has_comm()) schedule = lower(schedule);
+
+  const ValidationReport report = validate(schedule);
+  if (!report.ok()) {
+    std::cerr << "pipetrain-schedule: the schedule is invalid\n" << report.format(schedule);
+    return 1;
+  }
+  const bool wants_outputs = !options.csv.empty() || !options.svg.empty() || !options.trace.empty();
+  if (options.print || (!options.quiet && !options.simulate && !wants_outputs))
+    std::cout << schedule.to_grid();
+
+  const SimulationResult result = simulate(schedule, cost_model(options));
+  if (!options.quiet) print_summary(schedule, result, analyze_memory(schedule));
+  if (!options.csv.empty()) write_file(options.csv, to_csv(schedule));
+  if (!options.svg.empty()) write_file(options.svg, to_svg(schedule, result));
+  if (!options.trace.empty()) write_file(options.trace, to_chrome_trace(schedule, result));
+  for (const std::string* path : {&options.csv, &options.svg, &options.trace})
+    if (!path->empty() && !options.quiet) std::cout << "wrote " << *path << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  CLI::App app{"Build, validate, simulate, draw and convert pipeline schedules.", "pipetrain-schedule"};
+  app.add_option("-s,--schedule", options.schedule,
+                 "Schedule to build: gpipe, 1f1b, interleaved-1f1b, looped-bfs, zb-h1, zb-h2, zb-v, dualpipe-v")
+      ->capture_default_str();
+  app.add_option("-p,--ranks", options.ranks, "Pipeline ranks P")->capture_default_str();
+  app.add_option("-m,--microbatches", options.microbatches, "Microbatches M per batch")->capture_default_str();
+  app.add_option("-v,--stages-per-rank", options.stages_per_rank,
+                 "Model chunks per rank (interleaved-1f1b, looped-bfs)")
+      ->capture_default_str();
+  app.add_option("--load", options.load, "Load a schedule from PyTorch pipelining CSV instead of building one")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--list", options.list, "List the schedules and exit");
+  app.add_flag("--table", options.table,
+               "Print a markdown table of every schedule at --ranks/--microbatches/--stages-per-rank and exit");
+  app.add_flag("--lower", options.lower, "Insert SEND/RECV actions (lower) before the other steps");
+  app.add_flag("--merge-backward", options.merge, "Merge I+W into B");
+  app.add_flag("--print", options.print, "Print the rank x step grid (the default when nothing else is asked)");
+  app.add_flag("--simulate", options.simulate, "Print the simulated makespan, bubble and peak memory");
+  app.add_flag("-q,--quiet", options.quiet, "Print nothing but errors");
+  app.add_option("--costs", options.costs, "Per-stage times F,B,I,W (default 1,2,1,1)")->delimiter(',');
+  app.add_option("--latency", options.latency, "Per-transfer latency between ranks")->capture_default_str();
+  app.add_option("--csv", options.csv, "Write the schedule as PyTorch pipelining CSV");
+  app.add_option("--svg", options.svg, "Write an SVG picture of the simulated timeline");
+  app.add_option("--trace", options.trace, "Write the simulated timeline as Chrome trace JSON (Perfetto)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  try {
+    return run(options);
+  } catch (const pipetrain::InvalidArgument& e) {
+    std::cerr << "pipetrain-schedule: " << e.what() << "\n";
+    return 1;
+  } catch (const pipetrain::Error& e) {
+    std::cerr << "pipetrain-schedule: " << e.what() << "\n";
+    return 1;
+  }
+}
