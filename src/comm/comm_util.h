@@ -1,0 +1,48 @@
+// Private helpers shared by the transports (not installed).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pipetrain/comm/transport.h"
+
+namespace pipetrain::detail {
+
+/// "50 ms".
+std::string format_ms(std::chrono::milliseconds ms);
+/// "[0, 2]".
+std::string ranks_to_string(const std::vector<int>& ranks);
+
+/// Checks the arguments of isend (send=true) or irecv: peer range, header direction, tensor
+/// defined, on the CPU and agreeing with the header. Throws InvalidArgument naming `function`.
+void check_post(std::string_view function, int rank, int world_size, int peer,
+                const MessageHeader& header, const Tensor& tensor, bool send);
+
+/// Checks and normalises an all-reduce group: empty means every rank; otherwise sorted,
+/// distinct, in range and holding `rank`. Throws InvalidArgument naming `function`.
+std::vector<int> check_group(std::string_view function, const std::vector<int>& group, int rank,
+                             int world_size);
+
+/// Checks the all-reduce tensor (defined, CPU). Throws InvalidArgument naming `function`.
+void check_reduce_tensor(std::string_view function, const Tensor& tensor);
+
+/// "rank 1 expected <expected> from rank 0, got <sent>".
+std::string recv_mismatch(int rank, int peer, const MessageHeader& expected,
+                          const MessageHeader& sent);
+/// "rank 0 sent <sent> to rank 1, which expected <expected>".
+std::string send_mismatch(int rank, int peer, const MessageHeader& sent,
+                          const MessageHeader& expected);
+/// "<header> from rank 1" for a receive, "<header> to rank 1" for a send.
+std::string describe_op(const MessageHeader& header, int peer);
+
+// Backends, chosen at link time: src/comm/mpi/*.cpp or src/comm/no_mpi.cpp, and
+// src/comm/no_nccl.cpp (the NCCL transport comes later).
+bool mpi_transport_built();
+std::unique_ptr<Transport> make_mpi_transport(const TransportOptions& options);
+bool nccl_transport_built();
+std::unique_ptr<Transport> make_nccl_transport(const TransportOptions& options);
+
+}  // namespace pipetrain::detail
