@@ -9,30 +9,15 @@
 #include <vector>
 
 #include "pipetrain/error.h"
+#include "schedule_rows.h"
 
 namespace pipetrain {
 namespace {
 
-// Builds a schedule from one text row per rank: cells separated by spaces, "." for idle.
 Schedule make(const std::string& name, int ranks, int per_rank, int microbatches,
               const std::vector<std::string>& rows, Placement placement = Placement::kLoop) {
-  Schedule schedule(name, ranks, per_rank, microbatches, placement);
-  for (int r = 0; r < ranks; ++r) {
-    std::size_t pos = 0;
-    const std::string& row = rows[static_cast<std::size_t>(r)];
-    while (pos < row.size()) {
-      std::size_t end = row.find(' ', pos);
-      if (end == std::string::npos) end = row.size();
-      const std::string cell = row.substr(pos, end - pos);
-      if (cell == ".") {
-        schedule.append_idle(r);
-      } else if (!cell.empty()) {
-        schedule.append(r, parse_action(cell));
-      }
-      pos = end + 1;
-    }
-  }
-  return schedule;
+  EXPECT_EQ(rows.size(), static_cast<std::size_t>(ranks)) << name;
+  return testing::schedule_from_rows(name, per_rank, microbatches, rows, placement);
 }
 
 std::string error_of(const std::function<void()>& body) {

@@ -9,28 +9,15 @@
 #include <string>
 
 #include "pipetrain/error.h"
+#include "schedule_rows.h"
 #include "pipetrain/schedule/validate.h"
 
 namespace pipetrain {
 namespace {
 
-// Builds a schedule from one line of space-separated cells per rank ("." is an empty slot).
 Schedule build(const std::string& name, int stages_per_rank, int microbatches,
-               std::initializer_list<const char*> rows, Placement placement = Placement::kLoop) {
-  Schedule s(name, static_cast<int>(rows.size()), stages_per_rank, microbatches, placement);
-  int r = 0;
-  for (const char* row : rows) {
-    std::istringstream in(row);
-    std::string cell;
-    while (in >> cell) {
-      if (cell == ".")
-        s.append_idle(r);
-      else
-        s.append(r, parse_action(cell));
-    }
-    ++r;
-  }
-  return s;
+               const std::vector<std::string>& rows, Placement placement = Placement::kLoop) {
+  return testing::schedule_from_rows(name, stages_per_rank, microbatches, rows, placement);
 }
 
 // Each rank's actions as text, empty slots left out.
