@@ -72,6 +72,8 @@ struct Options {
   std::uint64_t seed = 1337;
   int log_every = 10;
   int timeout_ms = 60000;
+  int fail_rank = -1;  // fault injection for tests: this rank throws ...
+  int fail_step = -1;  // ... at the start of this step
   bool checkpointing = false;
   std::string save_dir;
   int save_every = 0;
@@ -168,6 +170,10 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
   rt::ProgressMeter meter(opt.steps, static_cast<std::int64_t>(opt.batch) * opt.seq);
   rt::StepStats stats;
   for (int step = first_step; step < opt.steps; ++step) {
+    if (rank == opt.fail_rank && step == opt.fail_step) {
+      throw pipetrain::Error("[train_pipeline] injected failure on rank " + std::to_string(rank) +
+                             " at step " + std::to_string(step) + " (--fail-rank/--fail-step)");
+    }
     const data::Batch global = sampler.next();
     const data::Batch local = rt::shard_batch(global, opt.data_parallel, topo.dp_index(rank));
     stats = executor.step(rt::split_batch(local, opt.microbatches), lr_schedule(step));
@@ -310,6 +316,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--resume", opt.resume_dir, "continue from the checkpoints in this folder "
                  "(a <save-dir>/step-<n> of a run with the same options)");
+  app.add_option("--fail-rank", opt.fail_rank,
+                 "testing aid: this rank throws at the start of --fail-step")
+      ->group("Fault injection");
+  app.add_option("--fail-step", opt.fail_step, "testing aid: the step at which --fail-rank throws")
+      ->group("Fault injection");
   CLI11_PARSE(app, argc, argv);
 
   try {
