@@ -36,6 +36,49 @@ std::string where(int row, int cell) {
   return "row " + std::to_string(row) + " cell " + std::to_string(cell);
 }
 
+// True for "<digits>BW<digits>": the full backward of PyTorch releases that wrote the
+// input-gradient backward as "B" (before "I" existed).
+bool is_old_full_backward(std::string_view cell) {
+  const std::size_t bw = cell.find("BW");
+  if (bw == std::string_view::npos || bw == 0 || bw + 2 >= cell.size()) return false;
+  auto digits = [](std::string_view t) {
+    return !t.empty() && t.find_first_not_of("0123456789") == std::string_view::npos;
+  };
+  return digits(cell.substr(0, bw)) && digits(cell.substr(bw + 2));
+}
+
+// The actions of one cell. "(a;b;...)OVERLAP_F_B", PyTorch's composite action for a forward
+// and a backward run overlapped (DualPipeV), becomes its parts in order: pipetrain runs them one
+// after the other. In the old dialect, "B" is the input-gradient backward and "BW" the full one.
+std::vector<Action> parse_cell(std::string_view body, bool old_dialect) {
+  constexpr std::string_view kOverlap = ")OVERLAP_F_B";
+  std::vector<std::string_view> parts;
+  if (body.front() == '(' && body.ends_with(kOverlap)) {
+    std::string_view inner = body.substr(1, body.size() - 1 - kOverlap.size());
+    while (true) {
+      const std::size_t semi = inner.find(';');
+      parts.push_back(trim_cell(inner.substr(0, semi)));
+      if (semi == std::string_view::npos) break;
+      inner.remove_prefix(semi + 1);
+    }
+  } else {
+    parts.push_back(body);
+  }
+  std::vector<Action> actions;
+  for (std::string_view part : parts) {
+    if (old_dialect && is_old_full_backward(part)) {
+      Action action = parse_action(std::string(part).erase(part.find("BW") + 1, 1));
+      action.kind = ActionKind::kBackward;
+      actions.push_back(action);
+      continue;
+    }
+    Action action = parse_action(part);
+    if (old_dialect && action.kind == ActionKind::kBackward) action.kind = ActionKind::kBackwardInput;
+    actions.push_back(action);
+  }
+  return actions;
+}
+
 // ---- numbers and text -----------------------------------------------------------------------
 
 // Shortest text that reads back as the same double; JSON has no infinities, so those are null.
@@ -185,6 +228,16 @@ Schedule from_csv(std::string_view text, std::string name) {
   // Rows: lines ending in "\n" or "\r\n"; a final line without a terminator still counts.
   std::vector<std::vector<std::optional<Action>>> rows;
   std::vector<CsvCell> cells;
+  // A file with any "BW" cell comes from a PyTorch release in which "B" meant the
+  // input-gradient backward; read its "B" as I and its "BW" as B.
+  bool old_dialect = false;
+  for (std::size_t at = text.find("BW"); at != std::string_view::npos && !old_dialect;
+       at = text.find("BW", at + 2)) {
+    std::size_t begin = text.find_last_of(",\n(;", at);
+    begin = begin == std::string_view::npos ? 0 : begin + 1;
+    const std::size_t end = std::min(text.find_first_of(",\r\n);", at), text.size());
+    old_dialect = is_old_full_backward(trim_cell(text.substr(begin, end - begin)));
+  }
   std::size_t pos = 0;
   while (pos < text.size()) {
     std::size_t eol = text.find('\n', pos);
@@ -206,9 +259,10 @@ Schedule from_csv(std::string_view text, std::string name) {
         slots.emplace_back(std::nullopt);
       } else {
         try {
-          const Action action = parse_action(body);
-          slots.emplace_back(action);
-          cells.push_back(CsvCell{row, cell, action});
+          for (const Action& action : parse_cell(body, old_dialect)) {
+            slots.emplace_back(action);
+            cells.push_back(CsvCell{row, cell, action});
+          }
         } catch (const ParseError& e) {
           throw ParseError(detail::message("from_csv", where(row, cell), ": ", e.what()));
         }

@@ -24,6 +24,12 @@ std::string to_csv(const Schedule& schedule);
 /// rank holds which stage (loop when every stage s sits on row s % P; otherwise V when there are
 /// 2P stages and row r holds only r and 2P-1-r). Cells may be surrounded by spaces or double
 /// quotes; an empty cell is an idle slot; an empty line is a rank with no slots.
+/// Two forms PyTorch writes are read too:
+///   "(0F7;7B3)OVERLAP_F_B"  (DualPipeV's overlapped forward and backward) becomes its actions in
+///                           order, one slot each: pipetrain runs them one after the other;
+///   "2BW0"                  releases before "I" existed wrote the input-gradient backward as "B"
+///                           and the full backward as "BW": a text with any "NBWm" cell is read
+///                           in that dialect ("B" as I, "BW" as B).
 /// from_csv(to_csv(s), s.name()) == s for every schedule whose shape these rules recover.
 /// Throws ParseError, rows and cells numbered from 1:
 ///   "[from_csv] row 2 cell 5: [parse_action] 'X' is not an action: ..." for a bad cell,

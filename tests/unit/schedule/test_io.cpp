@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "pipetrain/error.h"
+#include "pipetrain/schedule/validate.h"
 #include "schedule_rows.h"
 
 namespace pipetrain {
@@ -272,6 +273,38 @@ TEST(Svg, RejectsBadOptions) {
   options = SvgOptions{};
   options.row_height = 4.0;
   EXPECT_EQ(error_of([&] { to_svg(s, r, options); }), "[to_svg] row_height=4 must be >= 8");
+}
+
+// ---- PyTorch dialects ---------------------------------------------------------------------
+
+std::string action_list(const Schedule& s, int rank) {
+  std::string text;
+  for (const Action& a : s.rank_actions(rank)) text += (text.empty() ? "" : " ") + to_string(a);
+  return text;
+}
+
+TEST(Csv, OverlappedForwardBackwardCellBecomesItsActionsInOrder) {
+  // One rank holding both stages of a V: the shape DualPipeV's CSV has, in miniature.
+  const Schedule s = from_csv("0F0,1F0,(0F1;1B0)OVERLAP_F_B,1F1,0B0,( 1B1 ; 0F2 )OVERLAP_F_B,1F2,"
+                              "1B2,0B1,0B2\n",
+                              "overlap");
+  EXPECT_EQ(s.num_stages(), 2);  // with one rank, the loop and V placements coincide
+  EXPECT_EQ(action_list(s, 0), "0F0 1F0 0F1 1B0 1F1 0B0 1B1 0F2 1F2 1B2 0B1 0B2");
+  EXPECT_TRUE(validate(s).ok()) << validate(s).format(s);
+  EXPECT_EQ(error_of([] { from_csv("0F0,(0F1;1X0)OVERLAP_F_B\n"); }),
+            "[from_csv] row 1 cell 2: [parse_action] '1X0' is not an action: expected "
+            "<stage><kind><microbatch> with kind one of F B I W SEND_F RECV_F SEND_B RECV_B, e.g. "
+            "2F0 or 1SEND_B3");
+}
+
+TEST(Csv, OldPyTorchDialectReadsBAsInputGradientAndBWAsFullBackward) {
+  const Schedule s = from_csv("0F0,0F1,,0BW0,,0BW1\n,1F0,1B0,1F1,1B1,1W0,1W1\n", "old");
+  EXPECT_EQ(action_list(s, 0), "0F0 0F1 0B0 0B1");
+  EXPECT_EQ(action_list(s, 1), "1F0 1I0 1F1 1I1 1W0 1W1");
+  EXPECT_TRUE(validate(s).ok()) << validate(s).format(s);
+  // Without any "BW" cell, "B" is the full backward of today's PyTorch.
+  const Schedule today = from_csv("0F0,,0B0\n,1F0,1B0\n");
+  EXPECT_EQ(action_list(today, 1), "1F0 1B0");
 }
 
 // ---- files ----------------------------------------------------------------------------------
