@@ -6,8 +6,11 @@
 // the whole tensor and slice() along dimension 0, both of which stay contiguous.
 // There is no autograd: layers compute their gradients explicitly.
 //
-// Devices: only kCpu is implemented. Asking for a kCuda tensor throws NotBuiltError until the
-// CUDA backend exists; the enum is here so that the API does not change when it does.
+// Devices: kCpu always; kCuda tensors live in memory from cuda_allocator()
+// (pipetrain/cuda/allocator.h). Asking for a kCuda tensor throws NotBuiltError in a build
+// without CUDA and Error when no device is present. copy_from/to/to_vector/fill/zeros work
+// across devices (synchronously; dtype conversions of CUDA tensors are staged on the host);
+// data<T>() of a kCuda tensor is a device pointer.
 //
 // Thread safety: a Tensor is as thread-safe as a shared_ptr; concurrent writes to the same
 // elements are the caller's business.
@@ -124,8 +127,9 @@ class Tensor {
   Tensor() = default;
 
   // ---- factories --------------------------------------------------------------------------
-  /// Uninitialised tensor. Throws InvalidArgument for a negative dimension and NotBuiltError
-  /// for device kCuda. `allocator` defaults to cpu_allocator().
+  /// Uninitialised tensor. Throws InvalidArgument for a negative dimension or an allocator of
+  /// another device; for device kCuda, NotBuiltError without CUDA and Error without a device.
+  /// `allocator` defaults to cpu_allocator() (cuda_allocator() for kCuda).
   static Tensor empty(Shape shape, DType dtype = DType::kFloat32, Device device = Device::kCpu,
                       Allocator* allocator = nullptr);
   /// Tensor of zeros (same rules as empty()).
@@ -188,6 +192,8 @@ class Tensor {
   Tensor clone() const;
   /// Deep copy converted to `dtype` (fp32 -> bf16 rounds to nearest even).
   Tensor to(DType dtype) const;
+  /// Deep copy on `device`, same dtype (a host <-> CUDA copy waits until it is done).
+  Tensor to(Device device) const;
   /// Copies src's elements into this tensor, converting the dtype when they differ. Throws
   /// InvalidArgument when the element counts differ:
   ///   "[Tensor::copy_from] destination has 6 elements, source has 4"
@@ -227,7 +233,8 @@ Tensor Tensor::from_vector(const std::vector<T>& values, Shape shape) {
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
   PIPETRAIN_CHECK_ARG(defined(), "Tensor::to_vector", "the tensor is undefined");
-  const Tensor converted = dtype_ == dtype_of<T>() ? *this : to(dtype_of<T>());
+  const Tensor host = device_ == Device::kCpu ? *this : to(Device::kCpu);
+  const Tensor converted = host.dtype_ == dtype_of<T>() ? host : host.to(dtype_of<T>());
   const T* p = converted.data<T>();
   return std::vector<T>(p, p + numel_);
 }

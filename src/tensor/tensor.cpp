@@ -5,6 +5,9 @@
 #include <new>
 #include <sstream>
 
+#include "pipetrain/cuda/allocator.h"
+#include "pipetrain/cuda/device.h"
+
 namespace pipetrain {
 namespace {
 
@@ -105,10 +108,8 @@ std::int64_t shape_numel(const Shape& shape) {
 }
 
 Tensor Tensor::empty(Shape shape, DType dtype, Device device, Allocator* allocator) {
-  if (device != Device::kCpu) {
-    throw NotBuiltError(detail::message("Tensor::empty", "device ", to_string(device),
-                                        " is not implemented (only cpu tensors exist)"));
-  }
+  // NotBuiltError without CUDA, Error when no device is present (src/kernels/{cuda,no_cuda}).
+  if (device == Device::kCuda) require_cuda_device("Tensor::empty");
   for (std::int64_t d : shape) {
     PIPETRAIN_CHECK_ARG(d >= 0, "Tensor::empty", "shape ", shape_to_string(shape),
                         " has a negative dimension");
@@ -118,14 +119,25 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device, Allocator* allocat
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
   t.device_ = device;
+  Allocator& source = allocator != nullptr       ? *allocator
+                      : device == Device::kCuda ? cuda_allocator()
+                                                : cpu_allocator();
+  PIPETRAIN_CHECK_ARG(source.device() == device, "Tensor::empty", "the allocator gives ",
+                      to_string(source.device()), " memory, asked for a ", to_string(device),
+                      " tensor");
   t.storage_ = std::make_shared<Storage>(static_cast<std::size_t>(t.numel_) * dtype_size(dtype),
-                                         allocator ? *allocator : cpu_allocator());
+                                         source);
   return t;
 }
 
 Tensor Tensor::zeros(Shape shape, DType dtype, Device device, Allocator* allocator) {
   Tensor t = empty(std::move(shape), dtype, device, allocator);
-  if (t.numel_ > 0) std::memset(t.raw_data(), 0, t.nbytes());
+  if (t.numel_ > 0 && device == Device::kCuda) {
+    cuda::zero_bytes(t.raw_data(), t.nbytes());
+    cuda::synchronize(nullptr);
+  } else if (t.numel_ > 0) {
+    std::memset(t.raw_data(), 0, t.nbytes());
+  }
   return t;
 }
 
@@ -184,6 +196,13 @@ Tensor Tensor::slice(std::int64_t begin, std::int64_t end) const {
 
 Tensor Tensor::clone() const { return to(dtype_); }
 
+Tensor Tensor::to(Device device) const {
+  PIPETRAIN_CHECK_ARG(defined(), "Tensor::to", "the tensor is undefined");
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this);
+  return t;
+}
+
 Tensor Tensor::to(DType dtype) const {
   PIPETRAIN_CHECK_ARG(defined(), "Tensor::to", "the tensor is undefined");
   Tensor t = empty(shape_, dtype, device_);
@@ -196,6 +215,18 @@ void Tensor::copy_from(const Tensor& src) {
                       "both tensors must be defined");
   PIPETRAIN_CHECK_ARG(numel_ == src.numel_, "Tensor::copy_from", "destination has ", numel_,
                       " elements, source has ", src.numel_);
+  if (device_ == Device::kCuda || src.device_ == Device::kCuda) {
+    if (dtype_ == src.dtype_) {
+      cuda::copy_bytes(raw_data(), device_, src.raw_data(), src.device_, nbytes());
+      return;
+    }
+    // Conversions run on the host: stage through cpu tensors (simple, not fast).
+    const Tensor host_src = src.device_ == Device::kCpu ? src : src.to(Device::kCpu);
+    Tensor host_dst = empty(shape_, dtype_);
+    host_dst.copy_from(host_src);
+    copy_from(host_dst);
+    return;
+  }
   if (dtype_ == src.dtype_) {
     if (numel_ > 0 && raw_data() != src.raw_data()) {
       std::memmove(raw_data(), src.raw_data(), nbytes());
@@ -214,6 +245,12 @@ void Tensor::copy_from(const Tensor& src) {
 
 void Tensor::fill(double value) {
   PIPETRAIN_CHECK_ARG(defined(), "Tensor::fill", "the tensor is undefined");
+  if (device_ == Device::kCuda) {
+    Tensor host = empty(shape_, dtype_);
+    host.fill(value);
+    copy_from(host);
+    return;
+  }
   void* dst = raw_data();
   const std::int64_t n = numel_;
   dispatch(dtype_, [&](auto d) {
