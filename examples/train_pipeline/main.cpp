@@ -79,14 +79,22 @@ struct Options {
   int save_every = 0;
   std::string resume_dir;
 
+  // Canonical text of what a resumed run must share with the run that saved: the model, the
+  // optimizer and its schedule, the data and its order. The pipeline layout (P, D, M, schedule,
+  // chunks per rank, activation checkpointing) is left out: it may change across a resume.
+  std::string model_canonical() const {
+    std::ostringstream s;
+    s << "optimizer=adamw data=" << data << " steps=" << steps << " batch=" << batch
+      << " seq=" << seq << " layers=" << layers << " heads=" << heads << " channels=" << channels
+      << " lr=" << lr << " warmup=" << warmup << " clip=" << grad_clip << " seed=" << seed;
+    return s.str();
+  }
   // Canonical text of everything that must agree across ranks.
   std::string canonical() const {
     std::ostringstream s;
     s << "schedule=" << schedule << " P=" << pipeline << " D=" << data_parallel
-      << " M=" << microbatches << " v=" << stages_per_rank << " data=" << data
-      << " steps=" << steps << " batch=" << batch << " seq=" << seq << " layers=" << layers
-      << " heads=" << heads << " channels=" << channels << " lr=" << lr << " warmup=" << warmup
-      << " clip=" << grad_clip << " seed=" << seed << " ckpt=" << checkpointing;
+      << " M=" << microbatches << " v=" << stages_per_rank << " ckpt=" << checkpointing << " "
+      << model_canonical();
     return s.str();
   }
 };
@@ -150,21 +158,25 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
 
   // Every rank draws the same global batches (same seed) and keeps its replica's rows.
   data::BatchSampler sampler(tokens, opt.seq, opt.batch, opt.seed);
-  const std::uint64_t config_hash = rt::fnv1a64(opt.canonical());
+  const std::uint64_t model_hash = rt::fnv1a64(opt.model_canonical());
   const std::vector<int> my_stages = plan.schedule.stages_of_rank(pp);
   const int num_stages = plan.schedule.num_stages();
   int first_step = 0;
   if (!opt.resume_dir.empty()) {
-    rt::CheckpointMeta meta;
-    for (std::size_t i = 0; i < stages.size(); ++i) {
-      meta = rt::load_stage_checkpoint(opt.resume_dir, my_stages[i], num_stages, *stages[i],
-                                       optimizer, config_hash);
-    }
-    sampler.restore(meta.sampler);
-    first_step = static_cast<int>(meta.step);
+    // Parameters are found by name in whichever stage file holds them, so the checkpoint may
+    // come from another cut (P, schedule, chunks per rank, microbatches).
+    const rt::LoadedCheckpoint loaded =
+        rt::load_checkpoint_into_stage(opt.resume_dir, stage_ptrs, optimizer, model_hash);
+    sampler.restore(loaded.meta.sampler);
+    first_step = static_cast<int>(loaded.meta.step);
     if (rank == 0) {
-      rt::log_info(rank, "resumed from " + opt.resume_dir + " at step " +
-                             std::to_string(first_step));
+      std::string line = "resumed from " + opt.resume_dir + " at step " +
+                         std::to_string(first_step);
+      if (loaded.num_stages != num_stages) {
+        line += ", pipeline cut changed: " + std::to_string(loaded.num_stages) + " -> " +
+                std::to_string(num_stages) + " stages";
+      }
+      rt::log_info(rank, line);
     }
   }
   rt::ProgressMeter meter(opt.steps, static_cast<std::int64_t>(opt.batch) * opt.seq);
@@ -188,7 +200,7 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
       for (std::size_t i = 0; i < stages.size(); ++i) {
         const fs::path dir = fs::path(opt.save_dir) / ("step-" + std::to_string(step + 1));
         rt::save_stage_checkpoint(dir, my_stages[i], num_stages, *stages[i], optimizer,
-                                  rt::CheckpointMeta{step + 1, config_hash, sampler.state()});
+                                  rt::CheckpointMeta{step + 1, model_hash, sampler.state()});
       }
     }
   }
@@ -315,7 +327,9 @@ int main(int argc, char** argv) {
   app.add_option("--save-every", opt.save_every, "steps between checkpoints (0: at the end)")
       ->capture_default_str();
   app.add_option("--resume", opt.resume_dir, "continue from the checkpoints in this folder "
-                 "(a <save-dir>/step-<n> of a run with the same options)");
+                 "(a <save-dir>/step-<n> of a run with the same model, optimizer and data "
+                 "options; --pipeline, --data-parallel, --schedule, --microbatches and "
+                 "--stages-per-rank may differ)");
   app.add_option("--fail-rank", opt.fail_rank,
                  "testing aid: this rank throws at the start of --fail-step")
       ->group("Fault injection");
