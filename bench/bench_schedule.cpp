@@ -68,18 +68,18 @@ int main(int argc, char** argv) {
   const int repeats = argc > 4 ? std::atoi(argv[4]) : 3;
   std::printf("generate + lower + validate + simulate, P=%d M=%d (v=%d where it applies), best of %d\n\n", P, M,
               v, repeats);
-  std::printf("%-18s %10s %10s %10s %10s %10s %10s %8s\n", "schedule", "actions", "generate", "lower",
+  std::printf("%-22s %10s %10s %10s %10s %10s %10s %8s\n", "schedule", "actions", "generate", "lower",
               "validate", "simulate", "total ms", "bubble");
   int status = 0;
   for (const std::string& name : pipetrain::schedule_names()) {
     const int chunks = pipetrain::takes_stages_per_rank(name) ? v : 1;
     try {
       const Timing t = measure(name, P, M, chunks, repeats);
-      std::printf("%-18s %10zu %10.1f %10.1f %10.1f %10.1f %10.1f %8.4f\n",
+      std::printf("%-22s %10zu %10.1f %10.1f %10.1f %10.1f %10.1f %8.4f\n",
                   (name + (chunks > 1 ? " v=" + std::to_string(chunks) : "")).c_str(), t.actions, t.generate,
                   t.lower, t.validate, t.simulate, t.total, t.bubble);
     } catch (const pipetrain::Error& e) {
-      std::printf("%-18s %s\n", name.c_str(), e.what());
+      std::printf("%-22s %s\n", name.c_str(), e.what());
       status = 1;
     }
   }
