@@ -8,19 +8,12 @@
 
 #include "pipetrain/error.h"
 #include "pipetrain/runtime/partition.h"
+#include "error_of.h"
 
 namespace pipetrain::runtime {
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  return "<no InvalidArgument>";
-}
+using pipetrain::testing::error_of;
 
 // Smallest max stage cost over every way to cut `costs` into `stages` non-empty pieces.
 double brute_force(const std::vector<double>& costs, int stages) {
@@ -103,13 +96,13 @@ TEST(PartitionLayers, OptimalAgainstBruteForceOnRandomCases) {
 
 TEST(PartitionLayers, Errors) {
   const std::vector<double> three{1, 2, 3};
-  EXPECT_EQ(error_of([&] { partition_layers(three, 4); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] { partition_layers(three, 4); }),
             "[partition_layers] 3 layers cannot fill num_stages=4: each stage needs at least one "
             "layer");
-  EXPECT_EQ(error_of([&] { partition_layers(three, 0); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] { partition_layers(three, 0); }),
             "[partition_layers] num_stages=0 must be >= 1");
   const std::vector<double> negative{1, 2, -1};
-  EXPECT_EQ(error_of([&] { partition_layers(negative, 2); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] { partition_layers(negative, 2); }),
             "[partition_layers] layer_costs[2]=-1 must be finite and >= 0");
 }
 
@@ -120,10 +113,10 @@ TEST(PartitionFromCounts, CostsAndErrors) {
   EXPECT_EQ(p.to_string(), "[0, 1) [1, 4)");
   EXPECT_DOUBLE_EQ(p.max_cost, 9.0);
   const std::vector<int> short_counts{1, 2};
-  EXPECT_EQ(error_of([&] { partition_from_counts(costs, short_counts); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] { partition_from_counts(costs, short_counts); }),
             "[partition_from_counts] layer counts add up to 3, the model has 4 layers");
   const std::vector<int> zero{0, 4};
-  EXPECT_EQ(error_of([&] { partition_from_counts(costs, zero); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] { partition_from_counts(costs, zero); }),
             "[partition_from_counts] layers_per_stage[0]=0 must be >= 1");
 }
 
@@ -145,7 +138,7 @@ TEST(GptLayerCosts, ShapeAndOrdering) {
   EXPECT_GT(costs[1], block_flops);
   EXPECT_LT(costs[1], 1.1 * block_flops);
   shape.channels = 0;
-  EXPECT_EQ(error_of([&] { gpt_layer_costs(shape); }), "[gpt_layer_costs] channels=0 must be >= 1");
+  EXPECT_EQ(error_of<InvalidArgument>([&] { gpt_layer_costs(shape); }), "[gpt_layer_costs] channels=0 must be >= 1");
 }
 
 }  // namespace

@@ -5,19 +5,12 @@
 
 #include "pipetrain/error.h"
 #include "pipetrain/runtime/topology.h"
+#include "error_of.h"
 
 namespace pipetrain::runtime {
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  return "<no InvalidArgument>";
-}
+using pipetrain::testing::error_of;
 
 TEST(Topology, RankMappingIsDpMajor) {
   Topology t(6, 3, 2);
@@ -33,13 +26,13 @@ TEST(Topology, RankMappingIsDpMajor) {
 }
 
 TEST(Topology, RejectsBadSizes) {
-  EXPECT_EQ(error_of([] { Topology(3, 2, 2); }),
+  EXPECT_EQ(error_of<InvalidArgument>([] { Topology(3, 2, 2); }),
             "[Topology] world_size=3 must equal pipeline_size=2 x data_parallel_size=2 = 4");
-  EXPECT_EQ(error_of([] { Topology(0, 0, 1); }), "[Topology] pipeline_size=0 must be >= 1");
-  EXPECT_EQ(error_of([] { Topology(2, 2, 0); }), "[Topology] data_parallel_size=0 must be >= 1");
+  EXPECT_EQ(error_of<InvalidArgument>([] { Topology(0, 0, 1); }), "[Topology] pipeline_size=0 must be >= 1");
+  EXPECT_EQ(error_of<InvalidArgument>([] { Topology(2, 2, 0); }), "[Topology] data_parallel_size=0 must be >= 1");
   Topology t(4, 2, 2);
-  EXPECT_EQ(error_of([&] { t.pp_index(4); }), "[Topology::pp_index] rank=4 must be in [0, 4)");
-  EXPECT_EQ(error_of([&] { t.rank_of(2, 0); }), "[Topology::rank_of] pp_index=2 must be in [0, 2)");
+  EXPECT_EQ(error_of<InvalidArgument>([&] { t.pp_index(4); }), "[Topology::pp_index] rank=4 must be in [0, 4)");
+  EXPECT_EQ(error_of<InvalidArgument>([&] { t.rank_of(2, 0); }), "[Topology::rank_of] pp_index=2 must be in [0, 2)");
 }
 
 data::Batch make_batch(int batch_size, int seq_len) {
@@ -67,13 +60,13 @@ TEST(SplitBatch, ConsecutiveEqualMicrobatches) {
 }
 
 TEST(SplitBatch, RejectsBatchThatDoesNotDivide) {
-  EXPECT_EQ(error_of([] { split_batch(make_batch(10, 1), 4); }),
+  EXPECT_EQ(error_of<InvalidArgument>([] { split_batch(make_batch(10, 1), 4); }),
             "[split_batch] batch_size=10 is not a multiple of num_microbatches=4");
-  EXPECT_EQ(error_of([] { microbatch_size(10, 0); }),
+  EXPECT_EQ(error_of<InvalidArgument>([] { microbatch_size(10, 0); }),
             "[split_batch] num_microbatches=0 must be >= 1");
   data::Batch bad = make_batch(2, 2);
   bad.targets.pop_back();
-  EXPECT_EQ(error_of([&] { split_batch(bad, 2); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] { split_batch(bad, 2); }),
             "[split_batch] batch of 2 x 2 holds 4 inputs and 3 targets, expected 4");
 }
 
@@ -82,7 +75,7 @@ TEST(ShardBatch, ReplicaTakesItsRows) {
   const data::Batch s1 = shard_batch(batch, 2, 1);
   EXPECT_EQ(s1.batch_size, 2);
   EXPECT_EQ(s1.inputs, (std::vector<data::Token>{2, 3}));
-  EXPECT_EQ(error_of([&] { shard_batch(make_batch(6, 1), 4, 0); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] { shard_batch(make_batch(6, 1), 4, 0); }),
             "[shard_batch] batch_size=6 is not a multiple of data_parallel_size=4");
 }
 

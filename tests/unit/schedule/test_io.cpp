@@ -10,24 +10,18 @@
 
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/validate.h"
+#include "error_of.h"
 #include "schedule_rows.h"
 
 namespace pipetrain {
 namespace {
 
+using pipetrain::testing::error_of;
+
 Schedule make(const std::string& name, int ranks, int per_rank, int microbatches,
               const std::vector<std::string>& rows, Placement placement = Placement::kLoop) {
   EXPECT_EQ(rows.size(), static_cast<std::size_t>(ranks)) << name;
   return testing::schedule_from_rows(name, per_rank, microbatches, rows, placement);
-}
-
-std::string error_of(const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no exception)";
 }
 
 std::size_t count(const std::string& text, const std::string& needle) {

@@ -8,11 +8,14 @@
 #include <vector>
 
 #include "pipetrain/error.h"
+#include "error_of.h"
 #include "schedule_rows.h"
 #include "pipetrain/schedule/validate.h"
 
 namespace pipetrain {
 namespace {
+
+using pipetrain::testing::error_of;
 
 Schedule make(const std::string& name, int ranks, int per_rank, int microbatches,
               const std::vector<std::string>& rows, Placement placement = Placement::kLoop) {
@@ -39,15 +42,6 @@ void expect_timeline(const SimulationResult& result, const std::vector<Expected>
     EXPECT_DOUBLE_EQ(t.start, e.start) << e.action;
     EXPECT_DOUBLE_EQ(t.end, e.end) << e.action;
   }
-}
-
-std::string error_of(const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no exception)";
 }
 
 // ---- cost model -----------------------------------------------------------------------------
