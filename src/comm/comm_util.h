@@ -39,7 +39,8 @@ std::string send_mismatch(int rank, int peer, const MessageHeader& sent,
 std::string describe_op(const MessageHeader& header, int peer);
 
 // Backends, chosen at link time: src/comm/mpi/*.cpp or src/comm/no_mpi.cpp, and
-// src/comm/no_nccl.cpp (the NCCL transport comes later).
+// src/comm/nccl/*.cpp (with NCCL and MPI) or src/comm/no_nccl.cpp. For NCCL, "built" means
+// usable here: built and a CUDA device present.
 bool mpi_transport_built();
 std::unique_ptr<Transport> make_mpi_transport(const TransportOptions& options);
 bool nccl_transport_built();

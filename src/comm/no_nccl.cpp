@@ -1,5 +1,5 @@
-// Link-time stub for the NCCL transport: the name is known, the transport comes later. A build
-// with NCCL will replace this file with src/comm/nccl/; until then require() decides.
+// Link-time stub for the NCCL transport, used when NCCL or MPI (its bootstrap) was not built;
+// src/comm/nccl/ replaces it when both were.
 #include "comm_util.h"
 #include "pipetrain/build_info.h"
 
@@ -9,8 +9,8 @@ bool nccl_transport_built() { return false; }
 
 std::unique_ptr<Transport> make_nccl_transport(const TransportOptions&) {
   require(Part::kNccl, "make_transport");
-  throw NotBuiltError(
-      "[make_transport] the NCCL transport is not implemented yet in this version of pipetrain");
+  require(Part::kMpi, "make_transport");  // the NCCL transport bootstraps through MPI
+  throw NotBuiltError("[make_transport] the NCCL transport was not built");  // unreachable
 }
 
 }  // namespace pipetrain::detail

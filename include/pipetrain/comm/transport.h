@@ -4,7 +4,8 @@
 // drives it with the communication actions of a lowered schedule (SEND_F, RECV_F, SEND_B,
 // RECV_B); data parallelism and tied embeddings use all_reduce_sum() over groups of ranks.
 // Implementations: the in-process world (comm/inprocess.h, one thread per rank), MPI
-// (comm/mpi.h, one process per rank), NCCL (later). make_transport() picks one by name.
+// (comm/mpi.h, one process per rank), NCCL (one process per GPU, CUDA tensors, bootstrapped
+// through MPI; see docs/transports.md). make_transport() picks one by name.
 //
 // Messages. Every message carries a MessageHeader (training step, stage, microbatch, action
 // kind, dtype, shape, byte count). The sender describes its own action (SEND_F of stage s), the
@@ -44,7 +45,8 @@
 // abort() before rethrowing so that the other ranks do not wait out their deadlines.
 //
 // Memory. Tensors are host (Device::kCpu) memory for the in-process and MPI transports; a
-// device tensor is rejected with InvalidArgument. A sent tensor must not be modified, and a
+// device tensor is rejected with InvalidArgument. The NCCL transport takes Device::kCuda
+// tensors only and rejects host tensors the same way. A sent tensor must not be modified, and a
 // receive destination must not be read, until the request completes. The transport keeps a
 // reference to both (Tensor shares storage), so they stay alive until completion.
 //
@@ -246,7 +248,8 @@ class Transport {
 std::vector<std::string> transport_names();
 
 /// True when `name` can be created by this build ("inprocess" always; "mpi" when built with
-/// MPI; "nccl" when built with NCCL). Throws InvalidArgument for an unknown name:
+/// MPI; "nccl" when built with NCCL and MPI and a CUDA device is present). Throws
+/// InvalidArgument for an unknown name:
 ///   "[is_available] unknown transport 'tcp': expected one of inprocess, mpi, nccl"
 bool is_available(std::string_view name);
 
@@ -255,7 +258,9 @@ bool is_available(std::string_view name);
 /// built:
 ///   "[make_transport] pipetrain was built without NCCL: reconfigure with -DPIPETRAIN_WITH_NCCL=ON
 ///    (and install it)"
-/// InvalidArgument for "inprocess" (use make_inprocess_world()) and for unknown names.
+/// InvalidArgument for "inprocess" (use make_inprocess_world()) and for unknown names. "nccl"
+/// in a build that has it, on a machine without a CUDA device, throws Error:
+///   "[make_transport] no CUDA device is present: cuda_device_count() is 0"
 std::unique_ptr<Transport> make_transport(std::string_view name,
                                           const TransportOptions& options = {});
 

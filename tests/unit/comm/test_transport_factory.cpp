@@ -4,6 +4,7 @@
 #include "pipetrain/comm/inprocess.h"
 #include "pipetrain/comm/mpi.h"
 #include "pipetrain/comm/transport.h"
+#include "pipetrain/cuda/device.h"
 
 namespace pipetrain {
 namespace {
@@ -25,17 +26,20 @@ TEST(TransportFactory, Names) {
 TEST(TransportFactory, Availability) {
   EXPECT_TRUE(is_available("inprocess"));
   EXPECT_EQ(is_available("mpi"), is_built_with(Part::kMpi));
-  EXPECT_FALSE(is_available("nccl"));  // the NCCL transport is not written yet
+  // NCCL needs MPI to bootstrap and a CUDA device to run on (test_nccl_factory.cpp).
+  EXPECT_EQ(is_available("nccl"),
+            is_built_with(Part::kNccl) && is_built_with(Part::kMpi) && cuda_device_count() > 0);
   EXPECT_EQ(error_of<InvalidArgument>([] { is_available("tcp"); }),
             "[is_available] unknown transport 'tcp': expected one of inprocess, mpi, nccl");
 }
 
-TEST(TransportFactory, NcclIsAStub) {
-  // A build without NCCL names the option; a build with it says the transport is not written yet.
+TEST(TransportFactory, NcclStubWhenNotBuilt) {
+  // Builds with NCCL and MPI have the transport: test_nccl_factory.cpp covers them.
+  if (is_built_with(Part::kNccl) && is_built_with(Part::kMpi)) GTEST_SKIP() << "NCCL is built";
   EXPECT_EQ(error_of<NotBuiltError>([] { make_transport("nccl"); }),
             is_built_with(Part::kNccl)
-                ? "[make_transport] the NCCL transport is not implemented yet in this version of "
-                  "pipetrain"
+                ? "[make_transport] pipetrain was built without MPI: reconfigure with "
+                  "-DPIPETRAIN_WITH_MPI=ON (and install it)"
                 : "[make_transport] pipetrain was built without NCCL: reconfigure with "
                   "-DPIPETRAIN_WITH_NCCL=ON (and install it)");
 }
