@@ -12,6 +12,7 @@
 #include "pipetrain/comm/mpi.h"
 #include "pipetrain/comm/transport.h"
 #include "pipetrain/cuda/device.h"
+#include "error_of.h"
 
 namespace pipetrain {
 namespace {
@@ -19,15 +20,7 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-template <typename E, typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
+using pipetrain::testing::error_of;
 
 float expected_value(int from, int to, int message, std::int64_t i) {
   return static_cast<float>(from * 1000 + to * 100 + message * 10) + static_cast<float>(i) * 0.5f;

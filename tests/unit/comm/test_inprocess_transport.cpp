@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "pipetrain/comm/inprocess.h"
+#include "error_of.h"
 
 namespace pipetrain {
 namespace {
@@ -14,15 +15,7 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-template <typename E, typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
+using pipetrain::testing::error_of;
 
 // Runs fn(transport) on one thread per rank; returns each rank's error text ("" when none).
 std::vector<std::string> run_world(std::vector<std::unique_ptr<Transport>>& world,

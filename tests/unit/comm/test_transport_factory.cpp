@@ -5,19 +5,12 @@
 #include "pipetrain/comm/mpi.h"
 #include "pipetrain/comm/transport.h"
 #include "pipetrain/cuda/device.h"
+#include "error_of.h"
 
 namespace pipetrain {
 namespace {
 
-template <typename E, typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
+using pipetrain::testing::error_of;
 
 TEST(TransportFactory, Names) {
   EXPECT_EQ(transport_names(), (std::vector<std::string>{"inprocess", "mpi", "nccl"}));
