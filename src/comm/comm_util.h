@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -17,9 +18,31 @@ std::string format_ms(std::chrono::milliseconds ms);
 std::string ranks_to_string(const std::vector<int>& ranks);
 
 /// Checks the arguments of isend (send=true) or irecv: peer range, header direction, tensor
-/// defined, on the CPU and agreeing with the header. Throws InvalidArgument naming `function`.
+/// defined, on `device` (the memory the transport moves) and agreeing with the header. Throws
+/// InvalidArgument naming `function`.
 void check_post(std::string_view function, int rank, int world_size, int peer,
-                const MessageHeader& header, const Tensor& tensor, bool send);
+                const MessageHeader& header, const Tensor& tensor, bool send,
+                Device device = Device::kCpu);
+
+/// Most dimensions a header carries between processes.
+inline constexpr int kMaxWireDims = 8;
+
+/// A MessageHeader as fixed-size bytes, sent between processes of one build (MPI, NCCL).
+struct WireHeader {
+  std::int64_t step = 0;
+  std::int32_t stage = 0;
+  std::int32_t microbatch = 0;
+  std::uint8_t kind = 0;
+  std::uint8_t dtype = 0;
+  std::uint8_t ndim = 0;
+  std::uint8_t pad[5] = {};
+  std::int64_t shape[kMaxWireDims] = {};
+  std::uint64_t nbytes = 0;
+};
+
+/// The header's bytes; the caller has checked shape.size() <= kMaxWireDims.
+WireHeader encode_wire(const MessageHeader& header);
+MessageHeader decode_wire(const WireHeader& wire);
 
 /// Checks and normalises an all-reduce group: empty means every rank; otherwise sorted,
 /// distinct, in range and holding `rank`. Throws InvalidArgument naming `function`.

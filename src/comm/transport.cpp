@@ -149,7 +149,7 @@ std::string ranks_to_string(const std::vector<int>& ranks) {
 }
 
 void check_post(std::string_view function, int rank, int world_size, int peer,
-                const MessageHeader& header, const Tensor& tensor, bool send) {
+                const MessageHeader& header, const Tensor& tensor, bool send, Device device) {
   PIPETRAIN_CHECK_ARG(peer >= 0 && peer < world_size, function, "peer ", peer,
                       " is out of range [0, ", world_size, ")");
   PIPETRAIN_CHECK_ARG(peer != rank, function, "peer ", peer, " is this rank");
@@ -162,13 +162,38 @@ void check_post(std::string_view function, int rank, int world_size, int peer,
   }
   PIPETRAIN_CHECK_ARG(tensor.defined(), function, "tensor for ", to_string(header),
                       " is undefined");
-  PIPETRAIN_CHECK_ARG(tensor.device() == Device::kCpu, function, "tensor for ",
-                      to_string(header), " is on ", to_string(tensor.device()),
-                      ": this transport moves host memory only");
+  PIPETRAIN_CHECK_ARG(tensor.device() == device, function, "tensor for ", to_string(header),
+                      " is on ", to_string(tensor.device()), ": this transport moves ",
+                      device == Device::kCpu ? "host" : "CUDA", " memory only");
   PIPETRAIN_CHECK_ARG(tensor.dtype() == header.dtype && tensor.shape() == header.shape &&
                           tensor.nbytes() == header.nbytes,
                       function, "tensor ", shape_to_string(tensor.shape()), ' ',
                       to_string(tensor.dtype()), " does not match header ", to_string(header));
+}
+
+WireHeader encode_wire(const MessageHeader& header) {
+  WireHeader wire;
+  wire.step = header.step;
+  wire.stage = header.stage;
+  wire.microbatch = header.microbatch;
+  wire.kind = static_cast<std::uint8_t>(header.kind);
+  wire.dtype = static_cast<std::uint8_t>(header.dtype);
+  wire.ndim = static_cast<std::uint8_t>(header.shape.size());
+  std::copy(header.shape.begin(), header.shape.end(), wire.shape);
+  wire.nbytes = header.nbytes;
+  return wire;
+}
+
+MessageHeader decode_wire(const WireHeader& wire) {
+  MessageHeader header;
+  header.step = wire.step;
+  header.stage = wire.stage;
+  header.microbatch = wire.microbatch;
+  header.kind = static_cast<ActionKind>(wire.kind);
+  header.dtype = static_cast<DType>(wire.dtype);
+  header.shape.assign(wire.shape, wire.shape + std::min<int>(wire.ndim, kMaxWireDims));
+  header.nbytes = wire.nbytes;
+  return header;
 }
 
 std::vector<int> check_group(std::string_view function, const std::vector<int>& group, int rank,

@@ -141,12 +141,12 @@ TEST(NcclTransport, RejectsHostTensors) {
               t->isend(peer, make_header(ActionKind::kSendForward, 0, 0, shape), host);
             }),
             "[NcclTransport::isend] tensor for SEND_F stage 0 microbatch 0 [2, 3] fp32 step 0 "
-            "is on cpu: the NCCL transport moves CUDA memory only");
+            "is on cpu: this transport moves CUDA memory only");
   EXPECT_EQ(error_of<InvalidArgument>([&] {
               t->irecv(peer, make_header(ActionKind::kRecvForward, 1, 0, shape), host);
             }),
             "[NcclTransport::irecv] tensor for RECV_F stage 1 microbatch 0 [2, 3] fp32 step 0 "
-            "is on cpu: the NCCL transport moves CUDA memory only");
+            "is on cpu: this transport moves CUDA memory only");
   EXPECT_EQ(error_of<InvalidArgument>([&] { t->all_reduce_sum(host); }),
             "[NcclTransport::all_reduce_sum] tensor is on cpu: the NCCL transport reduces CUDA "
             "memory only");

@@ -21,52 +21,16 @@ using Clock = std::chrono::steady_clock;
 constexpr int kHeaderTag = 1;
 constexpr int kPayloadTag = 2;
 constexpr int kAbortTag = 3;
-constexpr int kMaxDims = 8;
+constexpr int kMaxDims = detail::kMaxWireDims;
 constexpr int kMaxReason = 512;
 
-struct WireHeader {  // fixed size, sent as MPI_BYTE between processes of one build
-  std::int64_t step = 0;
-  std::int32_t stage = 0;
-  std::int32_t microbatch = 0;
-  std::uint8_t kind = 0;
-  std::uint8_t dtype = 0;
-  std::uint8_t ndim = 0;
-  std::uint8_t pad[5] = {};
-  std::int64_t shape[kMaxDims] = {};
-  std::uint64_t nbytes = 0;
-};
-
-WireHeader encode(const MessageHeader& h) {
-  WireHeader w;
-  w.step = h.step;
-  w.stage = h.stage;
-  w.microbatch = h.microbatch;
-  w.kind = static_cast<std::uint8_t>(h.kind);
-  w.dtype = static_cast<std::uint8_t>(h.dtype);
-  w.ndim = static_cast<std::uint8_t>(h.shape.size());
-  std::copy(h.shape.begin(), h.shape.end(), w.shape);
-  w.nbytes = h.nbytes;
-  return w;
-}
-
-MessageHeader decode(const WireHeader& w) {
-  MessageHeader h;
-  h.step = w.step;
-  h.stage = w.stage;
-  h.microbatch = w.microbatch;
-  h.kind = static_cast<ActionKind>(w.kind);
-  h.dtype = static_cast<DType>(w.dtype);
-  h.shape.assign(w.shape, w.shape + std::min<int>(w.ndim, kMaxDims));
-  h.nbytes = w.nbytes;
-  return h;
-}
 
 struct Op {
   bool send = false;
   int peer = 0;
   MessageHeader header;
   Tensor tensor;
-  WireHeader wire;
+  detail::WireHeader wire;
   MPI_Request header_request = MPI_REQUEST_NULL;
   MPI_Request payload_request = MPI_REQUEST_NULL;
   bool header_checked = false;  // receive: the arrived header was compared
@@ -111,7 +75,7 @@ class MpiTransport final : public Transport {
     std::lock_guard lock(mutex_);
     poll_abort_locked();
     throw_if_aborted(kFunction);
-    PIPETRAIN_MPI_CHECK(MPI_Isend(&op->wire, sizeof(WireHeader), MPI_BYTE, peer, kHeaderTag,
+    PIPETRAIN_MPI_CHECK(MPI_Isend(&op->wire, sizeof(detail::WireHeader), MPI_BYTE, peer, kHeaderTag,
                                   comm_, &op->header_request));
     PIPETRAIN_MPI_CHECK(MPI_Isend(op->tensor.raw_data(), static_cast<int>(header.nbytes),
                                   MPI_BYTE, peer, kPayloadTag, comm_, &op->payload_request));
@@ -126,7 +90,7 @@ class MpiTransport final : public Transport {
     std::lock_guard lock(mutex_);
     poll_abort_locked();
     throw_if_aborted(kFunction);
-    PIPETRAIN_MPI_CHECK(MPI_Irecv(&op->wire, sizeof(WireHeader), MPI_BYTE, peer, kHeaderTag,
+    PIPETRAIN_MPI_CHECK(MPI_Irecv(&op->wire, sizeof(detail::WireHeader), MPI_BYTE, peer, kHeaderTag,
                                   comm_, &op->header_request));
     PIPETRAIN_MPI_CHECK(MPI_Irecv(op->tensor.raw_data(), static_cast<int>(expected.nbytes),
                                   MPI_BYTE, peer, kPayloadTag, comm_, &op->payload_request));
@@ -241,7 +205,7 @@ class MpiTransport final : public Transport {
     op->peer = peer;
     op->header = header;
     op->tensor = tensor;
-    if (send) op->wire = encode(header);
+    if (send) op->wire = detail::encode_wire(header);
     return op;
   }
 
@@ -291,7 +255,7 @@ class MpiTransport final : public Transport {
     }
     if (!op.send && !op.header_checked) {
       op.header_checked = true;
-      const MessageHeader sent = decode(op.wire);
+      const MessageHeader sent = detail::decode_wire(op.wire);
       if (!matches(sent, op.header)) {
         // Only the receiver learns of a mismatch; the sender finds out by the abort that the
         // failing rank is expected to send, or by its deadline.

@@ -50,49 +50,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr int kMaxDims = 8;
+constexpr int kMaxDims = detail::kMaxWireDims;
 
-struct WireHeader {  // fixed size, sent as bytes between processes of one build
-  std::int64_t step = 0;
-  std::int32_t stage = 0;
-  std::int32_t microbatch = 0;
-  std::uint8_t kind = 0;
-  std::uint8_t dtype = 0;
-  std::uint8_t ndim = 0;
-  std::uint8_t pad[5] = {};
-  std::int64_t shape[kMaxDims] = {};
-  std::uint64_t nbytes = 0;
-};
-
-WireHeader encode(const MessageHeader& h) {
-  WireHeader w;
-  w.step = h.step;
-  w.stage = h.stage;
-  w.microbatch = h.microbatch;
-  w.kind = static_cast<std::uint8_t>(h.kind);
-  w.dtype = static_cast<std::uint8_t>(h.dtype);
-  w.ndim = static_cast<std::uint8_t>(h.shape.size());
-  std::copy(h.shape.begin(), h.shape.end(), w.shape);
-  w.nbytes = h.nbytes;
-  return w;
-}
-
-MessageHeader decode(const WireHeader& w) {
-  MessageHeader h;
-  h.step = w.step;
-  h.stage = w.stage;
-  h.microbatch = w.microbatch;
-  h.kind = static_cast<ActionKind>(w.kind);
-  h.dtype = static_cast<DType>(w.dtype);
-  h.shape.assign(w.shape, w.shape + std::min<int>(w.ndim, kMaxDims));
-  h.nbytes = w.nbytes;
-  return h;
-}
 
 // Staging for one header: NCCL moves device memory, the check reads host memory. The pinned
 // host half lets the device-to-host copy stay asynchronous.
 struct HeaderSlot {
-  WireHeader* host = nullptr;
+  detail::WireHeader* host = nullptr;
   void* device = nullptr;
 };
 
@@ -321,25 +285,7 @@ class NcclTransport final : public Transport {
 
   void check_post(std::string_view function, int peer, const MessageHeader& header,
                   const Tensor& tensor, bool send) const {
-    PIPETRAIN_CHECK_ARG(peer >= 0 && peer < size_, function, "peer ", peer,
-                        " is out of range [0, ", size_, ")");
-    PIPETRAIN_CHECK_ARG(peer != rank_, function, "peer ", peer, " is this rank");
-    if (send) {
-      PIPETRAIN_CHECK_ARG(header.is_send(), function, "header ", to_string(header),
-                          " is not a SEND_F or SEND_B header");
-    } else {
-      PIPETRAIN_CHECK_ARG(header.is_recv(), function, "header ", to_string(header),
-                          " is not a RECV_F or RECV_B header");
-    }
-    PIPETRAIN_CHECK_ARG(tensor.defined(), function, "tensor for ", to_string(header),
-                        " is undefined");
-    PIPETRAIN_CHECK_ARG(tensor.device() == Device::kCuda, function, "tensor for ",
-                        to_string(header), " is on ", to_string(tensor.device()),
-                        ": the NCCL transport moves CUDA memory only");
-    PIPETRAIN_CHECK_ARG(tensor.dtype() == header.dtype && tensor.shape() == header.shape &&
-                            tensor.nbytes() == header.nbytes,
-                        function, "tensor ", shape_to_string(tensor.shape()), ' ',
-                        to_string(tensor.dtype()), " does not match header ", to_string(header));
+    detail::check_post(function, rank_, size_, peer, header, tensor, send, Device::kCuda);
     PIPETRAIN_CHECK_ARG(header.shape.size() <= kMaxDims, function, "shape ",
                         shape_to_string(header.shape), " has ", header.shape.size(),
                         " dimensions; the NCCL transport sends at most ", kMaxDims);
@@ -353,9 +299,9 @@ class NcclTransport final : public Transport {
     }
     HeaderSlot slot;
     PIPETRAIN_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&slot.host),
-                                        sizeof(WireHeader)));
+                                        sizeof(detail::WireHeader)));
     all_slots_.push_back(slot);  // owned from here on, even if the device half fails
-    PIPETRAIN_CUDA_CHECK(cudaMalloc(&slot.device, sizeof(WireHeader)));
+    PIPETRAIN_CUDA_CHECK(cudaMalloc(&slot.device, sizeof(detail::WireHeader)));
     all_slots_.back().device = slot.device;
     return slot;
   }
@@ -382,8 +328,8 @@ class NcclTransport final : public Transport {
     for (Op* op : ops) {
       op->batch = batch;  // from here on the op counts as in flight
       if (!op->send) continue;
-      *op->slot.host = encode(op->header);
-      PIPETRAIN_CUDA_CHECK(cudaMemcpyAsync(op->slot.device, op->slot.host, sizeof(WireHeader),
+      *op->slot.host = detail::encode_wire(op->header);
+      PIPETRAIN_CUDA_CHECK(cudaMemcpyAsync(op->slot.device, op->slot.host, sizeof(detail::WireHeader),
                                            cudaMemcpyHostToDevice, stream_));
     }
     PIPETRAIN_NCCL_CHECK(ncclGroupStart());
@@ -393,13 +339,13 @@ class NcclTransport final : public Transport {
         void* payload = op->tensor.raw_data();
         const std::size_t bytes = op->header.nbytes;
         if (op->send) {
-          PIPETRAIN_NCCL_CHECK(ncclSend(op->slot.device, sizeof(WireHeader), ncclUint8,
+          PIPETRAIN_NCCL_CHECK(ncclSend(op->slot.device, sizeof(detail::WireHeader), ncclUint8,
                                         op->peer, comm_, stream_));
           if (bytes > 0) {
             PIPETRAIN_NCCL_CHECK(ncclSend(payload, bytes, ncclUint8, op->peer, comm_, stream_));
           }
         } else {
-          PIPETRAIN_NCCL_CHECK(ncclRecv(op->slot.device, sizeof(WireHeader), ncclUint8,
+          PIPETRAIN_NCCL_CHECK(ncclRecv(op->slot.device, sizeof(detail::WireHeader), ncclUint8,
                                         op->peer, comm_, stream_));
           if (bytes > 0) {
             PIPETRAIN_NCCL_CHECK(ncclRecv(payload, bytes, ncclUint8, op->peer, comm_, stream_));
@@ -413,7 +359,7 @@ class NcclTransport final : public Transport {
     PIPETRAIN_NCCL_CHECK(ncclGroupEnd());
     for (Op* op : ops) {
       if (op->send) continue;
-      PIPETRAIN_CUDA_CHECK(cudaMemcpyAsync(op->slot.host, op->slot.device, sizeof(WireHeader),
+      PIPETRAIN_CUDA_CHECK(cudaMemcpyAsync(op->slot.host, op->slot.device, sizeof(detail::WireHeader),
                                            cudaMemcpyDeviceToHost, stream_));
     }
     PIPETRAIN_CUDA_CHECK(cudaEventRecord(batch->done, stream_));
@@ -443,7 +389,7 @@ class NcclTransport final : public Transport {
     request.id = 0;
     free_slots_.push_back(op->slot);
     if (op->send) return;
-    const MessageHeader sent = decode(*op->slot.host);
+    const MessageHeader sent = detail::decode_wire(*op->slot.host);
     if (!matches(sent, op->header)) {
       // As with MPI, only the receiver learns of a mismatch.
       throw MismatchError(
