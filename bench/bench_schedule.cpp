@@ -45,15 +45,23 @@ Timing measure(const std::string& name, int P, int M, int v, int repeats) {
     const pipetrain::ValidationReport report = pipetrain::validate(lowered);
     const double validate = ms_since(t);
     if (!report.ok()) {
-      std::fprintf(stderr, "%s: invalid schedule (%zu violations)\n", name.c_str(), report.violations.size());
+      std::fprintf(stderr, "%s: invalid schedule (%zu violations)\n", name.c_str(),
+                   report.violations.size());
       std::exit(1);
     }
     t = Clock::now();
-    const pipetrain::SimulationResult result = pipetrain::simulate(lowered, pipetrain::CostModel::uniform());
+    const pipetrain::SimulationResult result =
+        pipetrain::simulate(lowered, pipetrain::CostModel::uniform());
     const double simulate = ms_since(t);
     const double total = ms_since(t0);
     if (total < best.total) {
-      best = {generate, lower, validate, simulate, total, lowered.num_actions(), result.bubble_fraction};
+      best = {generate,
+              lower,
+              validate,
+              simulate,
+              total,
+              lowered.num_actions(),
+              result.bubble_fraction};
     }
   }
   return best;
@@ -66,18 +74,19 @@ int main(int argc, char** argv) {
   const int M = argc > 2 ? std::atoi(argv[2]) : 1024;
   const int v = argc > 3 ? std::atoi(argv[3]) : 2;
   const int repeats = argc > 4 ? std::atoi(argv[4]) : 3;
-  std::printf("generate + lower + validate + simulate, P=%d M=%d (v=%d where it applies), best of %d\n\n", P, M,
-              v, repeats);
-  std::printf("%-22s %10s %10s %10s %10s %10s %10s %8s\n", "schedule", "actions", "generate", "lower",
-              "validate", "simulate", "total ms", "bubble");
+  std::printf(
+      "generate + lower + validate + simulate, P=%d M=%d (v=%d where it applies), best of %d\n\n",
+      P, M, v, repeats);
+  std::printf("%-22s %10s %10s %10s %10s %10s %10s %8s\n", "schedule", "actions", "generate",
+              "lower", "validate", "simulate", "total ms", "bubble");
   int status = 0;
   for (const std::string& name : pipetrain::schedule_names()) {
     const int chunks = pipetrain::takes_stages_per_rank(name) ? v : 1;
     try {
       const Timing t = measure(name, P, M, chunks, repeats);
       std::printf("%-22s %10zu %10.1f %10.1f %10.1f %10.1f %10.1f %8.4f\n",
-                  (name + (chunks > 1 ? " v=" + std::to_string(chunks) : "")).c_str(), t.actions, t.generate,
-                  t.lower, t.validate, t.simulate, t.total, t.bubble);
+                  (name + (chunks > 1 ? " v=" + std::to_string(chunks) : "")).c_str(), t.actions,
+                  t.generate, t.lower, t.validate, t.simulate, t.total, t.bubble);
     } catch (const pipetrain::Error& e) {
       std::printf("%-22s %s\n", name.c_str(), e.what());
       status = 1;

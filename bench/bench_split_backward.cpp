@@ -75,10 +75,13 @@ int main(int argc, char** argv) {
     i.push_back(ti);
     w.push_back(tw);
   }
-  const double mf = median(f) * 1e3, mb = median(b) * 1e3, mi = median(i) * 1e3, mw = median(w) * 1e3;
-  std::printf("stage: %d blocks, C=%d, T=%lld, B=%lld (median of %zu runs, ms)\n\n", config.num_layers,
-              static_cast<int>(config.channels), static_cast<long long>(T), static_cast<long long>(B), f.size());
+  const double mf = median(f) * 1e3, mb = median(b) * 1e3, mi = median(i) * 1e3,
+               mw = median(w) * 1e3;
+  std::printf("stage: %d blocks, C=%d, T=%lld, B=%lld (median of %zu runs, ms)\n\n",
+              config.num_layers, static_cast<int>(config.channels), static_cast<long long>(T),
+              static_cast<long long>(B), f.size());
   std::printf("%8s %8s %8s %8s %8s %10s %10s\n", "F", "B", "I", "W", "I+W", "(I+W)/B", "B/F");
-  std::printf("%8.2f %8.2f %8.2f %8.2f %8.2f %10.3f %10.3f\n", mf, mb, mi, mw, mi + mw, (mi + mw) / mb, mb / mf);
+  std::printf("%8.2f %8.2f %8.2f %8.2f %8.2f %10.3f %10.3f\n", mf, mb, mi, mw, mi + mw,
+              (mi + mw) / mb, mb / mf);
   return 0;
 }

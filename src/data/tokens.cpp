@@ -69,7 +69,8 @@ std::vector<Token> load_text_tokens(const std::filesystem::path& path) {
   constexpr std::string_view kFn = "load_text_tokens";
   const std::vector<char> bytes = read_file(path, kFn);
   if (bytes.empty()) {
-    throw ParseError(detail::message(kFn, quoted(path), ": file is empty, expected at least 1 byte"));
+    throw ParseError(
+        detail::message(kFn, quoted(path), ": file is empty, expected at least 1 byte"));
   }
   return encode_bytes(std::string_view(bytes.data(), bytes.size()));
 }
@@ -105,9 +106,9 @@ std::vector<Token> load_llmc_tokens(const std::filesystem::path& path) {
 
 void save_llmc_tokens(const std::filesystem::path& path, std::span<const Token> tokens) {
   constexpr std::string_view kFn = "save_llmc_tokens";
-  PIPETRAIN_CHECK_ARG(tokens.size() <= static_cast<std::size_t>(
-                                           std::numeric_limits<std::int32_t>::max()),
-                      kFn, "token count=", tokens.size(), " must be <= 2147483647");
+  PIPETRAIN_CHECK_ARG(
+      tokens.size() <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()), kFn,
+      "token count=", tokens.size(), " must be <= 2147483647");
   std::vector<char> bytes(kLlmcHeaderBytes + 2 * tokens.size(), '\0');
   write_le_i32(kLlmcMagic, bytes.data());
   write_le_i32(kLlmcVersion, bytes.data() + 4);
@@ -131,7 +132,8 @@ double unigram_entropy_nats(std::span<const Token> tokens) {
   for (std::size_t i = 0; i < tokens.size(); ++i) {
     const Token t = tokens[i];
     PIPETRAIN_CHECK_ARG(t >= 0, kFn, "token[", i, "]=", t, " must be >= 0");
-    if (static_cast<std::size_t>(t) >= counts.size()) counts.resize(static_cast<std::size_t>(t) + 1);
+    if (static_cast<std::size_t>(t) >= counts.size())
+      counts.resize(static_cast<std::size_t>(t) + 1);
     ++counts[static_cast<std::size_t>(t)];
   }
   const double n = static_cast<double>(tokens.size());

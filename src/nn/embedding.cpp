@@ -46,10 +46,10 @@ Tensor Embedding::backward_input(MicrobatchId mb, const Tensor& grad_output) {
                       " already ran backward_input");
   detail::check_activation(grad_output, config_.channels, config_.dtype, kFn, "grad_output");
   const Tensor& tokens = it->second.tokens;
-  PIPETRAIN_CHECK_ARG(grad_output.size(0) == tokens.size(0) && grad_output.size(1) == tokens.size(1),
-                      kFn, "grad_output has shape ", shape_to_string(grad_output.shape()),
-                      ", expected [", tokens.size(0), ", ", tokens.size(1), ", ",
-                      config_.channels, "]");
+  PIPETRAIN_CHECK_ARG(
+      grad_output.size(0) == tokens.size(0) && grad_output.size(1) == tokens.size(1), kFn,
+      "grad_output has shape ", shape_to_string(grad_output.shape()), ", expected [",
+      tokens.size(0), ", ", tokens.size(1), ", ", config_.channels, "]");
   it->second.grad_output = grad_output;
   return Tensor();
 }
@@ -71,7 +71,8 @@ void Embedding::backward_weight(MicrobatchId mb) {
 
 std::size_t Embedding::bytes_kept() const {
   std::size_t n = 0;
-  for (const auto& [mb, s] : saved_) n += detail::bytes_of(s.tokens) + detail::bytes_of(s.grad_output);
+  for (const auto& [mb, s] : saved_)
+    n += detail::bytes_of(s.tokens) + detail::bytes_of(s.grad_output);
   return n;
 }
 

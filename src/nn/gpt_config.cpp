@@ -25,8 +25,7 @@ std::uint64_t fnv1a(const std::string& s) {
 void GptConfig::validate() const {
   constexpr const char* kFn = "GptConfig::validate";
   PIPETRAIN_CHECK_ARG(vocab_size > 0, kFn, "vocab_size=", vocab_size, " must be > 0");
-  PIPETRAIN_CHECK_ARG(context_length > 0, kFn, "context_length=", context_length,
-                      " must be > 0");
+  PIPETRAIN_CHECK_ARG(context_length > 0, kFn, "context_length=", context_length, " must be > 0");
   PIPETRAIN_CHECK_ARG(num_layers > 0, kFn, "num_layers=", num_layers, " must be > 0");
   PIPETRAIN_CHECK_ARG(num_heads > 0, kFn, "num_heads=", num_heads, " must be > 0");
   PIPETRAIN_CHECK_ARG(channels > 0, kFn, "channels=", channels, " must be > 0");
@@ -38,8 +37,8 @@ void GptConfig::validate() const {
 
 std::int64_t GptConfig::num_parameters() const {
   const std::int64_t c = channels;
-  const std::int64_t block = 2 * c + (3 * c * c + 3 * c) + (c * c + c) + 2 * c +
-                             (4 * c * c + 4 * c) + (4 * c * c + c);
+  const std::int64_t block =
+      2 * c + (3 * c * c + 3 * c) + (c * c + c) + 2 * c + (4 * c * c + 4 * c) + (4 * c * c + c);
   return vocab_size * c + context_length * c + num_layers * block + 2 * c +
          (tied_embeddings ? 0 : vocab_size * c);
 }
@@ -65,7 +64,8 @@ void init_normal(Parameter& p, double std, std::uint64_t seed) {
     const double r = std::sqrt(-2.0 * std::log(uniform()));
     const double theta = 2.0 * std::numbers::pi * uniform();
     values[static_cast<std::size_t>(i)] = static_cast<float>(std * r * std::cos(theta));
-    if (i + 1 < n) values[static_cast<std::size_t>(i + 1)] = static_cast<float>(std * r * std::sin(theta));
+    if (i + 1 < n)
+      values[static_cast<std::size_t>(i + 1)] = static_cast<float>(std * r * std::sin(theta));
   }
   p.value.copy_from(Tensor::from_vector(values, p.value.shape()));
 }

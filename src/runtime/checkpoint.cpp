@@ -73,7 +73,8 @@ class Reader {
   std::uint64_t u64() {
     need(8);
     std::uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(static_cast<unsigned char>(data_[at_ + i])) << (8 * i);
+    for (int i = 0; i < 8; ++i)
+      v |= static_cast<std::uint64_t>(static_cast<unsigned char>(data_[at_ + i])) << (8 * i);
     at_ += 8;
     return v;
   }
@@ -98,7 +99,8 @@ class Reader {
     std::vector<float> v(n);
     for (std::uint64_t k = 0; k < n; ++k) {
       std::uint32_t u = 0;
-      for (int i = 0; i < 4; ++i) u |= static_cast<std::uint32_t>(static_cast<unsigned char>(data_[at_ + i])) << (8 * i);
+      for (int i = 0; i < 4; ++i)
+        u |= static_cast<std::uint32_t>(static_cast<unsigned char>(data_[at_ + i])) << (8 * i);
       std::memcpy(&v[k], &u, 4);
       at_ += 4;
     }
@@ -137,8 +139,8 @@ class Reader {
 std::string read_checked(const std::filesystem::path& path, const char* function) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    throw Error(detail::message(function, "cannot open '", path.string(), "': ",
-                                std::strerror(errno)));
+    throw Error(
+        detail::message(function, "cannot open '", path.string(), "': ", std::strerror(errno)));
   }
   std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   Reader check(data, data.size(), path.string(), function);
@@ -159,8 +161,7 @@ std::string read_checked(const std::filesystem::path& path, const char* function
   rd.skip(sizeof kMagic);
   const std::uint64_t version = rd.u64();
   if (version != kVersion) {
-    rd.fail("format version " + std::to_string(version) + ", expected " +
-            std::to_string(kVersion));
+    rd.fail("format version " + std::to_string(version) + ", expected " + std::to_string(kVersion));
   }
   return data;
 }
@@ -227,14 +228,14 @@ void save_stage_checkpoint(const std::filesystem::path& dir, int stage, int num_
     if (out) out.write(w.data().data(), static_cast<std::streamsize>(w.data().size()));
     out.flush();
     if (!out) {
-      throw Error(detail::message("save_stage_checkpoint", "cannot write '", tmp.string(), "': ",
-                                  std::strerror(errno)));
+      throw Error(detail::message("save_stage_checkpoint", "cannot write '", tmp.string(),
+                                  "': ", std::strerror(errno)));
     }
   }
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
-    throw Error(detail::message("save_stage_checkpoint", "cannot rename '", tmp.string(),
-                                "' to '", path.string(), "': ", ec.message()));
+    throw Error(detail::message("save_stage_checkpoint", "cannot rename '", tmp.string(), "' to '",
+                                path.string(), "': ", ec.message()));
   }
 }
 
@@ -271,13 +272,13 @@ CheckpointMeta load_stage_checkpoint(const std::filesystem::path& dir, int stage
   for (std::size_t i = 0; i < params.size(); ++i) {
     const std::string name = rd.str();
     const std::uint64_t dims = rd.u64();
-    if (dims > 16) rd.fail("parameter " + std::to_string(i) + " has " + std::to_string(dims) + " dimensions");
+    if (dims > 16)
+      rd.fail("parameter " + std::to_string(i) + " has " + std::to_string(dims) + " dimensions");
     Shape shape;
     for (std::uint64_t d = 0; d < dims; ++d) shape.push_back(rd.i64());
     if (name != params[i]->name || shape != params[i]->value.shape()) {
       rd.fail("parameter " + std::to_string(i) + " is '" + name + "' " + shape_to_string(shape) +
-              ", expected '" + params[i]->name + "' " +
-              shape_to_string(params[i]->value.shape()));
+              ", expected '" + params[i]->name + "' " + shape_to_string(params[i]->value.shape()));
     }
     values[i] = rd.floats();
     if (static_cast<std::int64_t>(values[i].size()) != params[i]->value.numel()) {
@@ -329,11 +330,11 @@ std::string describe(const CheckpointMeta& meta) {
 
 // One saved array (a parameter's value or an optimizer buffer), seen in one or more files.
 struct Saved {
-  Shape shape;                   // parameters only
-  std::uint64_t count = 0;       // number of values
-  std::uint64_t hash = 0;        // FNV-1a of the bytes, to compare tied copies
-  std::filesystem::path first;   // the file it was first seen in
-  std::vector<float> values;     // kept only when one of the stages needs it
+  Shape shape;                  // parameters only
+  std::uint64_t count = 0;      // number of values
+  std::uint64_t hash = 0;       // FNV-1a of the bytes, to compare tied copies
+  std::filesystem::path first;  // the file it was first seen in
+  std::vector<float> values;    // kept only when one of the stages needs it
 };
 
 // Records one array read by `take`; a second copy (a tied parameter) must be bitwise equal.
@@ -350,8 +351,8 @@ void record(std::map<std::string, Saved>& saved, const std::string& name, const 
     saved.emplace(name, std::move(entry));
   } else if (it->second.shape != entry.shape || it->second.count != entry.count ||
              it->second.hash != entry.hash) {
-    fail_at(path, what + " '" + name + "' differs from its copy in '" + it->second.first.string() +
-                      "'");
+    fail_at(path,
+            what + " '" + name + "' differs from its copy in '" + it->second.first.string() + "'");
   }
 }
 
@@ -381,7 +382,9 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
   if (found.size() > 1) {
     std::string sizes;
     for (auto it = found.begin(); it != found.end(); ++it) {
-      sizes += (it == found.begin() ? "" : std::next(it) == found.end() ? " and " : ", ") +
+      sizes += (it == found.begin()            ? ""
+                : std::next(it) == found.end() ? " and "
+                                               : ", ") +
                std::to_string(it->first);
     }
     fail_at(dir, "holds checkpoints of " + sizes + " stages");
@@ -389,9 +392,9 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
   const int num_stages = found.begin()->first;
   for (int s = 0; s < num_stages; ++s) {
     if (found.begin()->second.count(s) == 0) {
-      fail_at(stage_checkpoint_path(dir, s, num_stages),
-              "missing (a checkpoint of " + std::to_string(num_stages) +
-                  " stages has one file per stage)");
+      fail_at(stage_checkpoint_path(dir, s, num_stages), "missing (a checkpoint of " +
+                                                             std::to_string(num_stages) +
+                                                             " stages has one file per stage)");
     }
   }
 
@@ -456,14 +459,13 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
     if (s == 0) {
       opt_step = step;
     } else if (step != opt_step) {
-      rd.fail("optimizer step " + std::to_string(step) + " differs from '" +
-              first_path.string() + "': optimizer step " + std::to_string(opt_step));
+      rd.fail("optimizer step " + std::to_string(step) + " differs from '" + first_path.string() +
+              "': optimizer step " + std::to_string(opt_step));
     }
     const std::uint64_t nbuf = rd.u64();
     for (std::uint64_t i = 0; i < nbuf; ++i) {
       const std::string name = rd.str();
-      record(buffers, name, Shape{}, wanted.count(parameter_of(name)) > 0, path,
-             "optimizer buffer",
+      record(buffers, name, Shape{}, wanted.count(parameter_of(name)) > 0, path, "optimizer buffer",
              [&](std::vector<float>* out, std::uint64_t* n) { return rd.floats_hashed(out, n); });
     }
   }
@@ -487,8 +489,7 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
       fail_at(dir, "optimizer buffer '" + b.name + "' is not in the checkpoint");
     }
     if (it->second.count != b.data.size()) {
-      fail_at(dir, "optimizer buffer '" + b.name + "' holds " +
-                       std::to_string(it->second.count) +
+      fail_at(dir, "optimizer buffer '" + b.name + "' holds " + std::to_string(it->second.count) +
                        " values in the checkpoint, this run has " + std::to_string(b.data.size()));
     }
     b.data = it->second.values;

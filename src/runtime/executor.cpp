@@ -71,8 +71,8 @@ MessageHeader comm_header(std::int64_t step, const Action& action, const Shape& 
 struct Executor::StepState {
   StepStats stats;
   Clock::time_point t0;
-  int slot = -1;       // slot being run, for error reports
-  int peer = -1;       // peer involved in the slot being run, -1 when none
+  int slot = -1;                      // slot being run, for error reports
+  int peer = -1;                      // peer involved in the slot being run, -1 when none
   std::map<Key, Tensor> outputs;      // forward outputs waiting for SEND_F or a local stage
   std::map<Key, Tensor> input_grads;  // input gradients waiting for SEND_B or a local stage
   struct PendingRecv {
@@ -105,13 +105,13 @@ Executor::Executor(Schedule schedule, Topology topology, Transport& transport,
                       "transport world_size=", transport.world_size(),
                       " must equal topology world_size=", topology_.world_size());
   PIPETRAIN_CHECK_ARG(schedule_.num_ranks() == topology_.pipeline_size(), kFn, "schedule has ",
-                      schedule_.num_ranks(), " ranks, topology pipeline_size=",
-                      topology_.pipeline_size());
+                      schedule_.num_ranks(),
+                      " ranks, topology pipeline_size=", topology_.pipeline_size());
   PIPETRAIN_CHECK_ARG(schedule_.num_ranks() == 1 || schedule_.has_comm(), kFn, "schedule '",
                       schedule_.name(), "' has ", schedule_.num_ranks(),
                       " ranks but no communication: lower() it first");
-  PIPETRAIN_CHECK_ARG(options_.recv_lookahead_groups >= 0, kFn, "recv_lookahead_groups=",
-                      options_.recv_lookahead_groups, " must be >= 0");
+  PIPETRAIN_CHECK_ARG(options_.recv_lookahead_groups >= 0, kFn,
+                      "recv_lookahead_groups=", options_.recv_lookahead_groups, " must be >= 0");
   validate_or_throw(schedule_);
   pp_index_ = topology_.pp_index(rank_);
   dp_index_ = topology_.dp_index(rank_);
@@ -128,9 +128,9 @@ Executor::Executor(Schedule schedule, Topology topology, Transport& transport,
     PIPETRAIN_CHECK_ARG(stages_[i]->is_first() == (s == 0), kFn, "stage ", s, " is ",
                         s == 0 ? "" : "not ", "the first stage but its Stage says is_first()=",
                         stages_[i]->is_first() ? "true" : "false");
-    PIPETRAIN_CHECK_ARG(stages_[i]->is_last() == (s == last), kFn, "stage ", s, " is ",
-                        s == last ? "" : "not ", "the last stage but its Stage says is_last()=",
-                        stages_[i]->is_last() ? "true" : "false");
+    PIPETRAIN_CHECK_ARG(
+        stages_[i]->is_last() == (s == last), kFn, "stage ", s, " is ", s == last ? "" : "not ",
+        "the last stage but its Stage says is_last()=", stages_[i]->is_last() ? "true" : "false");
   }
 
   // Parameters, each once; a tied copy counts toward the norm only on its lowest stage here
@@ -193,14 +193,16 @@ void Executor::check_shapes(const Shape& token_shape) {
     row[2] = stage->is_last();
     row[3] = static_cast<std::int32_t>(in_dtype);
     row[4] = static_cast<std::int32_t>(in_shape.size());
-    for (std::size_t d = 0; d < in_shape.size(); ++d) row[5 + d] = static_cast<std::int32_t>(in_shape[d]);
+    for (std::size_t d = 0; d < in_shape.size(); ++d)
+      row[5 + d] = static_cast<std::int32_t>(in_shape[d]);
     int o = 5 + kMaxDims;
     PIPETRAIN_CHECK_ARG(static_cast<int>(out_shape.size()) <= kMaxDims, kFn, "stage ", s,
-                        " output shape ", shape_to_string(out_shape), " has more than ",
-                        kMaxDims, " dimensions");
+                        " output shape ", shape_to_string(out_shape), " has more than ", kMaxDims,
+                        " dimensions");
     row[o] = static_cast<std::int32_t>(stage->output_dtype());
     row[o + 1] = static_cast<std::int32_t>(out_shape.size());
-    for (std::size_t d = 0; d < out_shape.size(); ++d) row[o + 2 + d] = static_cast<std::int32_t>(out_shape[d]);
+    for (std::size_t d = 0; d < out_shape.size(); ++d)
+      row[o + 2 + d] = static_cast<std::int32_t>(out_shape[d]);
     std::vector<TiedParameter> tied = stage->tied_parameters();
     PIPETRAIN_CHECK_ARG(static_cast<int>(tied.size()) <= kMaxTied, kFn, "stage ", s, " has ",
                         tied.size(), " tied parameters, at most ", kMaxTied, " are supported");
@@ -229,12 +231,12 @@ void Executor::check_shapes(const Shape& token_shape) {
     const Shape in = shape_at(cur, 4);
     const DType in_dtype = static_cast<DType>(cur[3]);
     if (out != in || out_dtype != in_dtype) {
-      throw InvalidArgument(detail::message(
-          kFn, "stage ", s - 1, " (rank ",
-          topology_.rank_of(schedule_.rank_of_stage(s - 1), dp_index_), ") outputs ",
-          describe(out, out_dtype), " but stage ", s, " (rank ",
-          topology_.rank_of(schedule_.rank_of_stage(s), dp_index_), ") expects ",
-          describe(in, in_dtype)));
+      throw InvalidArgument(
+          detail::message(kFn, "stage ", s - 1, " (rank ",
+                          topology_.rank_of(schedule_.rank_of_stage(s - 1), dp_index_),
+                          ") outputs ", describe(out, out_dtype), " but stage ", s, " (rank ",
+                          topology_.rank_of(schedule_.rank_of_stage(s), dp_index_), ") expects ",
+                          describe(in, in_dtype)));
     }
   }
 
@@ -285,20 +287,19 @@ std::string Executor::grid_row(int slot) const {
 }
 
 StepStats Executor::step(const std::vector<data::Batch>& microbatches, double lr) {
-  PIPETRAIN_CHECK_ARG(static_cast<int>(microbatches.size()) == schedule_.num_microbatches(),
-                      "Executor::step", "got ", microbatches.size(),
-                      " microbatches, the schedule has num_microbatches=",
-                      schedule_.num_microbatches());
+  PIPETRAIN_CHECK_ARG(
+      static_cast<int>(microbatches.size()) == schedule_.num_microbatches(), "Executor::step",
+      "got ", microbatches.size(),
+      " microbatches, the schedule has num_microbatches=", schedule_.num_microbatches());
   for (std::size_t m = 0; m < microbatches.size(); ++m) {
     const data::Batch& b = microbatches[m];
     const auto n = static_cast<std::size_t>(b.batch_size) * b.seq_len;
-    PIPETRAIN_CHECK_ARG(b.inputs.size() == n && b.targets.size() == n &&
-                            b.batch_size == microbatches[0].batch_size &&
-                            b.seq_len == microbatches[0].seq_len,
-                        "Executor::step", "microbatch ", m, " is ", b.batch_size, " x ",
-                        b.seq_len, " with ", b.inputs.size(), " inputs and ", b.targets.size(),
-                        " targets, expected ", microbatches[0].batch_size, " x ",
-                        microbatches[0].seq_len, " like microbatch 0");
+    PIPETRAIN_CHECK_ARG(
+        b.inputs.size() == n && b.targets.size() == n &&
+            b.batch_size == microbatches[0].batch_size && b.seq_len == microbatches[0].seq_len,
+        "Executor::step", "microbatch ", m, " is ", b.batch_size, " x ", b.seq_len, " with ",
+        b.inputs.size(), " inputs and ", b.targets.size(), " targets, expected ",
+        microbatches[0].batch_size, " x ", microbatches[0].seq_len, " like microbatch 0");
   }
   StepState state;
   state.stats.step = step_;
@@ -369,9 +370,8 @@ void Executor::run_slots(StepState& state, const std::vector<data::Batch>& micro
       const int saved_slot = state.slot;
       state.slot = slot;
       state.peer = pending.peer;
-      pending.request = transport_.irecv(pending.peer, comm_header(step, a, activation_shape_,
-                                                                   activation_dtype_),
-                                         pending.buffer);
+      pending.request = transport_.irecv(
+          pending.peer, comm_header(step, a, activation_shape_, activation_dtype_), pending.buffer);
       state.slot = saved_slot;
       state.peer = -1;
       auto& map = a.kind == ActionKind::kRecvForward ? state.recv_f : state.recv_b;
@@ -495,10 +495,10 @@ void Executor::run_slots(StepState& state, const std::vector<data::Batch>& micro
   transport_.wait_all(state.sends);
   if (!state.recv_f.empty() || !state.recv_b.empty() || !state.outputs.empty() ||
       !state.input_grads.empty()) {
-    throw ScheduleError(detail::message(
-        "Executor::step", "rank ", rank_, " ends the step with ",
-        state.recv_f.size() + state.recv_b.size(), " unused receives and ",
-        state.outputs.size() + state.input_grads.size(), " unsent tensors"));
+    throw ScheduleError(
+        detail::message("Executor::step", "rank ", rank_, " ends the step with ",
+                        state.recv_f.size() + state.recv_b.size(), " unused receives and ",
+                        state.outputs.size() + state.input_grads.size(), " unsent tensors"));
   }
 }
 

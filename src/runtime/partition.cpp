@@ -35,8 +35,8 @@ Partition finish(std::span<const double> costs, std::vector<int> bounds) {
     for (int l = p.bounds[s]; l < p.bounds[s + 1]; ++l) sum += costs[l];
     p.stage_costs.push_back(sum);
   }
-  p.max_cost = p.stage_costs.empty() ? 0.0
-                                     : *std::max_element(p.stage_costs.begin(), p.stage_costs.end());
+  p.max_cost =
+      p.stage_costs.empty() ? 0.0 : *std::max_element(p.stage_costs.begin(), p.stage_costs.end());
   return p;
 }
 
@@ -46,8 +46,9 @@ Partition partition_layers(std::span<const double> layer_costs, int num_stages) 
   PIPETRAIN_CHECK_ARG(num_stages >= 1, "partition_layers", "num_stages=", num_stages,
                       " must be >= 1");
   const int n = static_cast<int>(layer_costs.size());
-  PIPETRAIN_CHECK_ARG(n >= num_stages, "partition_layers", n, " layers cannot fill num_stages=",
-                      num_stages, ": each stage needs at least one layer");
+  PIPETRAIN_CHECK_ARG(n >= num_stages, "partition_layers", n,
+                      " layers cannot fill num_stages=", num_stages,
+                      ": each stage needs at least one layer");
   check_costs(layer_costs, "partition_layers");
 
   std::vector<double> prefix(n + 1, 0.0);
@@ -94,8 +95,8 @@ Partition partition_from_counts(std::span<const double> layer_costs,
                       "layers_per_stage is empty, expected one count per stage");
   std::vector<int> bounds{0};
   for (std::size_t s = 0; s < layers_per_stage.size(); ++s) {
-    PIPETRAIN_CHECK_ARG(layers_per_stage[s] >= 1, "partition_from_counts", "layers_per_stage[",
-                        s, "]=", layers_per_stage[s], " must be >= 1");
+    PIPETRAIN_CHECK_ARG(layers_per_stage[s] >= 1, "partition_from_counts", "layers_per_stage[", s,
+                        "]=", layers_per_stage[s], " must be >= 1");
     bounds.push_back(bounds.back() + layers_per_stage[s]);
   }
   PIPETRAIN_CHECK_ARG(bounds.back() == static_cast<int>(layer_costs.size()),
@@ -113,8 +114,8 @@ std::vector<double> gpt_layer_costs(const GptCostShape& shape, double flops_per_
                       " must be >= 1");
   PIPETRAIN_CHECK_ARG(shape.num_layers >= 1, "gpt_layer_costs", "num_layers=", shape.num_layers,
                       " must be >= 1");
-  PIPETRAIN_CHECK_ARG(shape.microbatch_size >= 1, "gpt_layer_costs", "microbatch_size=",
-                      shape.microbatch_size, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(shape.microbatch_size >= 1, "gpt_layer_costs",
+                      "microbatch_size=", shape.microbatch_size, " must be >= 1");
   PIPETRAIN_CHECK_ARG(std::isfinite(flops_per_byte) && flops_per_byte >= 0.0, "gpt_layer_costs",
                       "flops_per_byte=", flops_per_byte, " must be finite and >= 0");
   const double c = static_cast<double>(shape.channels);

@@ -36,15 +36,18 @@ std::string to_string(const Action& action) {
   return text;
 }
 
-std::ostream& operator<<(std::ostream& out, const Action& action) { return out << to_string(action); }
+std::ostream& operator<<(std::ostream& out, const Action& action) {
+  return out << to_string(action);
+}
 std::ostream& operator<<(std::ostream& out, ActionKind kind) { return out << to_string(kind); }
 
 Action parse_action(std::string_view text) {
   const std::string_view body = trim(text);
   auto fail = [&]() -> ParseError {
-    return ParseError(detail::message("parse_action", "'", text,
-                                      "' is not an action: expected <stage><kind><microbatch> with kind one of "
-                                      "F B I W SEND_F RECV_F SEND_B RECV_B, e.g. 2F0 or 1SEND_B3"));
+    return ParseError(
+        detail::message("parse_action", "'", text,
+                        "' is not an action: expected <stage><kind><microbatch> with kind one of "
+                        "F B I W SEND_F RECV_F SEND_B RECV_B, e.g. 2F0 or 1SEND_B3"));
   };
   Action action;
   const std::size_t stage_len = read_number(body, action.stage);

@@ -73,7 +73,8 @@ std::vector<Action> parse_cell(std::string_view body, bool old_dialect) {
       continue;
     }
     Action action = parse_action(part);
-    if (old_dialect && action.kind == ActionKind::kBackward) action.kind = ActionKind::kBackwardInput;
+    if (old_dialect && action.kind == ActionKind::kBackward)
+      action.kind = ActionKind::kBackwardInput;
     actions.push_back(action);
   }
   return actions;
@@ -106,13 +107,27 @@ std::string json_string(std::string_view text) {
   std::string out = "\"";
   for (const char c : text) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           std::array<char, 8> code{};
@@ -132,11 +147,21 @@ std::string xml_escape(std::string_view text) {
   out.reserve(text.size());
   for (const char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
       default:
         // XML 1.0 forbids most control characters even when escaped.
         if (static_cast<unsigned char>(c) < 0x20 && c != '\t' && c != '\n' && c != '\r')
@@ -148,11 +173,10 @@ std::string xml_escape(std::string_view text) {
   return out;
 }
 
-void check_result(const char* function, const Schedule& schedule,
-                  const SimulationResult& result) {
+void check_result(const char* function, const Schedule& schedule, const SimulationResult& result) {
   for (const TimedAction& t : result.actions) {
-    PIPETRAIN_CHECK_ARG(t.rank >= 0 && t.rank < schedule.num_ranks(), function,
-                        "result holds ", to_string(t.action), " on rank ", t.rank,
+    PIPETRAIN_CHECK_ARG(t.rank >= 0 && t.rank < schedule.num_ranks(), function, "result holds ",
+                        to_string(t.action), " on rank ", t.rank,
                         " but the schedule has num_ranks=", schedule.num_ranks());
   }
 }
@@ -165,10 +189,14 @@ struct Rgb {
 
 Rgb kind_colour(ActionKind kind) {
   switch (kind) {
-    case ActionKind::kForward: return {0x35, 0x6A, 0xC3};        // blue
-    case ActionKind::kBackward: return {0x2E, 0x9E, 0x5B};       // green
-    case ActionKind::kBackwardInput: return {0xE0, 0x7A, 0x1F};  // orange
-    default: return {0x8E, 0x5B, 0xB8};                          // purple: W
+    case ActionKind::kForward:
+      return {0x35, 0x6A, 0xC3};  // blue
+    case ActionKind::kBackward:
+      return {0x2E, 0x9E, 0x5B};  // green
+    case ActionKind::kBackwardInput:
+      return {0xE0, 0x7A, 0x1F};  // orange
+    default:
+      return {0x8E, 0x5B, 0xB8};  // purple: W
   }
 }
 
@@ -183,9 +211,8 @@ Rgb shade(Rgb colour, int chunk, int chunks) {
 
 std::string hex(Rgb c) {
   std::array<char, 8> text{};
-  std::snprintf(text.data(), text.size(), "#%02X%02X%02X",
-                static_cast<unsigned>(std::lround(c.r)), static_cast<unsigned>(std::lround(c.g)),
-                static_cast<unsigned>(std::lround(c.b)));
+  std::snprintf(text.data(), text.size(), "#%02X%02X%02X", static_cast<unsigned>(std::lround(c.r)),
+                static_cast<unsigned>(std::lround(c.g)), static_cast<unsigned>(std::lround(c.b)));
   return text.data();
 }
 
@@ -286,10 +313,9 @@ Schedule from_csv(std::string_view text, std::string name) {
   const long long stages = static_cast<long long>(max_stage) + 1;
   const long long microbatches = static_cast<long long>(max_microbatch) + 1;
   if (stages % ranks != 0)
-    throw ParseError(detail::message("from_csv", "the largest stage ", max_stage,
-                                     " gives num_stages=", stages,
-                                     ", which is not a multiple of num_ranks=", ranks,
-                                     " (one row per rank)"));
+    throw ParseError(
+        detail::message("from_csv", "the largest stage ", max_stage, " gives num_stages=", stages,
+                        ", which is not a multiple of num_ranks=", ranks, " (one row per rank)"));
   const int per_rank = static_cast<int>(stages / ranks);
 
   const CsvCell* not_loop = nullptr;
@@ -307,16 +333,15 @@ Schedule from_csv(std::string_view text, std::string name) {
       const int loop_rank = not_loop->action.stage % ranks;
       std::string why = detail::message(
           "from_csv", where(not_loop->row, not_loop->cell), ": stage ", not_loop->action.stage,
-          " is on rank ", not_loop->row - 1, " but the loop placement puts it on rank ",
-          loop_rank);
+          " is on rank ", not_loop->row - 1, " but the loop placement puts it on rank ", loop_rank);
       if (per_rank != 2) {
         why += ", and the V placement needs num_stages=2*num_ranks=" + std::to_string(2 * ranks) +
                " (got " + std::to_string(stages) + ")";
       } else {
         const int stage = not_v->action.stage;
         const int v_rank = stage < ranks ? stage : 2 * ranks - 1 - stage;
-        why += ", and " + where(not_v->row, not_v->cell) + " holds stage " +
-               std::to_string(stage) + " on rank " + std::to_string(not_v->row - 1) +
+        why += ", and " + where(not_v->row, not_v->cell) + " holds stage " + std::to_string(stage) +
+               " on rank " + std::to_string(not_v->row - 1) +
                " but the V placement puts it on rank " + std::to_string(v_rank);
       }
       throw ParseError(why);
@@ -358,26 +383,24 @@ std::string to_chrome_trace(const Schedule& schedule, const SimulationResult& re
           ",\"cat\":" + json_string(to_string(t.action.kind)) + ",\"ph\":\"X\",\"pid\":" +
           std::to_string(t.rank) + ",\"tid\":0,\"ts\":" + json_number(t.start * time_scale) +
           ",\"dur\":" + json_number((t.end - t.start) * time_scale) +
-          ",\"args\":{\"stage\":" + std::to_string(t.action.stage) +
-          ",\"microbatch\":" + std::to_string(t.action.microbatch) +
-          ",\"step\":" + std::to_string(t.step) + "}}");
+          ",\"args\":{\"stage\":" + std::to_string(t.action.stage) + ",\"microbatch\":" +
+          std::to_string(t.action.microbatch) + ",\"step\":" + std::to_string(t.step) + "}}");
   }
-  out += "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"schedule\":" +
-         json_string(schedule.name()) +
-         ",\"num_ranks\":" + std::to_string(schedule.num_ranks()) +
-         ",\"num_stages\":" + std::to_string(schedule.num_stages()) +
-         ",\"num_microbatches\":" + std::to_string(schedule.num_microbatches()) +
-         ",\"makespan\":" + json_number(result.makespan) +
-         ",\"bubble_fraction\":" + json_number(result.bubble_fraction) + "}}\n";
+  out +=
+      "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"schedule\":" + json_string(schedule.name()) +
+      ",\"num_ranks\":" + std::to_string(schedule.num_ranks()) +
+      ",\"num_stages\":" + std::to_string(schedule.num_stages()) +
+      ",\"num_microbatches\":" + std::to_string(schedule.num_microbatches()) +
+      ",\"makespan\":" + json_number(result.makespan) +
+      ",\"bubble_fraction\":" + json_number(result.bubble_fraction) + "}}\n";
   return out;
 }
 
 std::string to_svg(const Schedule& schedule, const SimulationResult& result,
                    const SvgOptions& options) {
-  PIPETRAIN_CHECK_ARG(std::isfinite(options.pixels_per_time_unit) &&
-                          options.pixels_per_time_unit > 0.0,
-                      "to_svg", "pixels_per_time_unit=", options.pixels_per_time_unit,
-                      " must be finite and > 0");
+  PIPETRAIN_CHECK_ARG(
+      std::isfinite(options.pixels_per_time_unit) && options.pixels_per_time_unit > 0.0, "to_svg",
+      "pixels_per_time_unit=", options.pixels_per_time_unit, " must be finite and > 0");
   PIPETRAIN_CHECK_ARG(std::isfinite(options.row_height) && options.row_height >= 8.0, "to_svg",
                       "row_height=", options.row_height, " must be >= 8");
   check_result("to_svg", schedule, result);
@@ -408,8 +431,8 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
   if (title.empty()) title = schedule.name();
   std::ostringstream subtitle;
   subtitle << ranks << " ranks";
-  if (chunks > 1) subtitle << " x " << chunks << " stages (" << to_string(schedule.placement())
-                           << ")";
+  if (chunks > 1)
+    subtitle << " x " << chunks << " stages (" << to_string(schedule.placement()) << ")";
   subtitle << ", " << schedule.num_microbatches() << " microbatches, makespan "
            << short_number(result.makespan) << ", bubble "
            << short_number(100.0 * result.bubble_fraction) << "%";
@@ -424,8 +447,10 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
          short_number(height) + "\" font-family=\"Helvetica, Arial, sans-serif\">\n";
   out += "<rect class=\"background\" x=\"0\" y=\"0\" width=\"" + short_number(width) +
          "\" height=\"" + short_number(height) + "\" fill=\"#FFFFFF\"/>\n";
-  out += "<text x=\"" + short_number(left) + "\" y=\"22\" font-size=\"15\" font-weight=\"bold\" "
-         "fill=\"#222222\">" + xml_escape(title) + "</text>\n";
+  out += "<text x=\"" + short_number(left) +
+         "\" y=\"22\" font-size=\"15\" font-weight=\"bold\" "
+         "fill=\"#222222\">" +
+         xml_escape(title) + "</text>\n";
   out += "<text x=\"" + short_number(left) + "\" y=\"40\" font-size=\"11\" fill=\"#555555\">" +
          xml_escape(subtitle.str()) + "</text>\n";
 
@@ -473,8 +498,8 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
            short_number(x) + "\" y=\"" + short_number(y) + "\" width=\"" + short_number(w) +
            "\" height=\"" + short_number(box_h) + "\" rx=\"2\" fill=\"" + hex(fill) +
            "\" stroke=\"#FFFFFF\" stroke-width=\"0.75\"><title>" + text + " on rank " +
-           std::to_string(t.rank) + ": " + short_number(t.start) + " to " +
-           short_number(t.end) + "</title></rect>\n";
+           std::to_string(t.rank) + ": " + short_number(t.start) + " to " + short_number(t.end) +
+           "</title></rect>\n";
     // The microbatch, with the stage as a subscript when the rank runs several stages; left
     // out when the box is too narrow to hold it.
     const std::string mb = std::to_string(t.action.microbatch);
@@ -494,8 +519,8 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
     out += "<g class=\"legend\" font-size=\"11\" fill=\"#333333\">\n";
     double x = left;
     const double y = legend_y;
-    static constexpr std::array<const char*, 4> kNames = {"F forward", "B backward",
-                                                          "I input grad", "W weight grad"};
+    static constexpr std::array<const char*, 4> kNames = {"F forward", "B backward", "I input grad",
+                                                          "W weight grad"};
     for (int k = 0; k < 4; ++k) {
       if (!present[k]) continue;
       const auto kind = static_cast<ActionKind>(k);
@@ -512,8 +537,8 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
     const std::string note = chunks > 1 ? "label: microbatch, subscript: stage; lighter: later "
                                           "local stage"
                                         : "label: microbatch";
-    out += "<text x=\"" + short_number(x) + "\" y=\"" + short_number(y) +
-           "\" fill=\"#666666\">" + note + "</text>\n";
+    out += "<text x=\"" + short_number(x) + "\" y=\"" + short_number(y) + "\" fill=\"#666666\">" +
+           note + "</text>\n";
     out += "</g>\n";
   }
   out += "</svg>\n";

@@ -29,8 +29,8 @@ Schedule::Schedule(std::string name, int num_ranks, int stages_per_rank, int num
 }
 
 int Schedule::rank_of_stage(int stage) const {
-  PIPETRAIN_CHECK_ARG(stage >= 0 && stage < num_stages(), "Schedule::rank_of_stage", "stage=", stage,
-                      " must be in [0, ", num_stages(), ")");
+  PIPETRAIN_CHECK_ARG(stage >= 0 && stage < num_stages(), "Schedule::rank_of_stage",
+                      "stage=", stage, " must be in [0, ", num_stages(), ")");
   if (placement_ == Placement::kLoop) return stage % num_ranks_;
   return stage < num_ranks_ ? stage : 2 * num_ranks_ - 1 - stage;
 }
@@ -86,7 +86,8 @@ std::size_t Schedule::num_steps() const {
 std::size_t Schedule::num_actions() const {
   std::size_t count = 0;
   for (const auto& row : slots_)
-    count += static_cast<std::size_t>(std::count_if(row.begin(), row.end(), [](const Slot& s) { return s.has_value(); }));
+    count += static_cast<std::size_t>(
+        std::count_if(row.begin(), row.end(), [](const Slot& s) { return s.has_value(); }));
   return count;
 }
 
@@ -100,7 +101,8 @@ bool Schedule::has_comm() const {
 bool Schedule::has_split_backward() const {
   for (const auto& row : slots_)
     for (const Slot& slot : row)
-      if (slot && (slot->kind == ActionKind::kBackwardInput || slot->kind == ActionKind::kBackwardWeight))
+      if (slot &&
+          (slot->kind == ActionKind::kBackwardInput || slot->kind == ActionKind::kBackwardWeight))
         return true;
   return false;
 }

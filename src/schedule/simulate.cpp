@@ -24,8 +24,10 @@ class KeyTable {
  public:
   KeyTable(std::uint64_t keys, std::size_t num_actions, T absent) : absent_(absent) {
     dense_ = keys <= std::max<std::uint64_t>(8 * static_cast<std::uint64_t>(num_actions), 4096);
-    if (dense_) table_.assign(static_cast<std::size_t>(keys), absent);
-    else map_.reserve(num_actions);
+    if (dense_)
+      table_.assign(static_cast<std::size_t>(keys), absent);
+    else
+      map_.reserve(num_actions);
   }
   T get(std::uint64_t key) const {
     if (dense_) return table_[static_cast<std::size_t>(key)];
@@ -128,11 +130,11 @@ MemoryProfile analyze_memory(const Schedule& schedule) {
       }
       std::uint8_t& state = seen.at(pair_key(a, microbatches));
       auto before = [&](ActionKind needed) {
-        report.violations.push_back(Violation{
-            Violation::Rule::kDependency, r, step,
-            to_string(a) + " at rank " + std::to_string(r) + " step " + std::to_string(step) +
-                " comes before " + to_string(Action{a.stage, needed, a.microbatch}) +
-                " on that rank"});
+        report.violations.push_back(
+            Violation{Violation::Rule::kDependency, r, step,
+                      to_string(a) + " at rank " + std::to_string(r) + " step " +
+                          std::to_string(step) + " comes before " +
+                          to_string(Action{a.stage, needed, a.microbatch}) + " on that rank"});
       };
       switch (a.kind) {
         case ActionKind::kForward:
@@ -152,8 +154,10 @@ MemoryProfile analyze_memory(const Schedule& schedule) {
           ++pending_w;
           break;
         case ActionKind::kBackwardWeight:
-          if (!(state & kSeenF)) before(ActionKind::kForward);
-          else if (!(state & kSeenI)) before(ActionKind::kBackwardInput);
+          if (!(state & kSeenF))
+            before(ActionKind::kForward);
+          else if (!(state & kSeenI))
+            before(ActionKind::kBackwardInput);
           --pending_w;
           --held;
           break;
@@ -255,9 +259,9 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
   }
   if (!report.ok()) {
     const std::size_t count = report.violations.size();
-    throw_report("simulate", schedule, report,
-                 "has " + std::to_string(count) + (count == 1 ? " action" : " actions") +
-                     " out of range");
+    throw_report(
+        "simulate", schedule, report,
+        "has " + std::to_string(count) + (count == 1 ? " action" : " actions") + " out of range");
   }
 
   // producer[id]: the node whose output `id` consumes; kNone when it consumes nothing, n (a
@@ -382,7 +386,8 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
   for (std::size_t r = 0; r < static_cast<std::size_t>(ranks); ++r) {
     if (first[r] == first[r + 1]) continue;
     span_begin[r] = begin[first[r]];
-    for (std::size_t id = first[r]; id < first[r + 1]; ++id) span_end[r] = std::max(span_end[r], end[id]);
+    for (std::size_t id = first[r]; id < first[r + 1]; ++id)
+      span_end[r] = std::max(span_end[r], end[id]);
   }
   result.idle.resize(static_cast<std::size_t>(ranks));
   result.span_idle.resize(static_cast<std::size_t>(ranks));

@@ -50,8 +50,8 @@ CostModel cost_model(const Options& options) {
   CostModel costs = CostModel::uniform();
   if (!options.costs.empty()) {
     if (options.costs.size() != 4)
-      throw InvalidArgument(detail::message("pipetrain-schedule", "--costs takes 4 numbers F,B,I,W; got ",
-                                            options.costs.size()));
+      throw InvalidArgument(detail::message(
+          "pipetrain-schedule", "--costs takes 4 numbers F,B,I,W; got ", options.costs.size()));
     costs.forward = options.costs[0];
     costs.backward = options.costs[1];
     costs.backward_input = options.costs[2];
@@ -67,18 +67,21 @@ std::string join(const std::vector<int>& values) {
   return out.str();
 }
 
-void print_summary(const Schedule& schedule, const SimulationResult& result, const MemoryProfile& memory) {
+void print_summary(const Schedule& schedule, const SimulationResult& result,
+                   const MemoryProfile& memory) {
   std::cout << std::fixed << std::setprecision(4);
   std::cout << "schedule        " << schedule.name() << " (" << schedule.num_ranks() << " ranks, "
-            << schedule.num_stages() << " stages, " << to_string(schedule.placement()) << " placement, "
-            << schedule.num_microbatches() << " microbatches)\n";
+            << schedule.num_stages() << " stages, " << to_string(schedule.placement())
+            << " placement, " << schedule.num_microbatches() << " microbatches)\n";
   std::cout << "makespan        " << result.makespan << "\n";
-  std::cout << "bubble fraction " << result.bubble_fraction << "   (inside each rank's span: "
-            << result.span_bubble_fraction << ")\n";
+  std::cout << "bubble fraction " << result.bubble_fraction
+            << "   (inside each rank's span: " << result.span_bubble_fraction << ")\n";
   std::cout << "idle per rank  ";
   for (double idle : result.idle) std::cout << ' ' << idle;
-  std::cout << "\npeak activations per rank (stage-microbatch units): " << join(memory.peak_activations)
-            << "\npeak held incl. pending W per rank:                 " << join(memory.peak_held) << "\n";
+  std::cout << "\npeak activations per rank (stage-microbatch units): "
+            << join(memory.peak_activations)
+            << "\npeak held incl. pending W per rank:                 " << join(memory.peak_held)
+            << "\n";
 }
 
 int max_of(const std::vector<int>& values) {
@@ -91,7 +94,8 @@ int max_of(const std::vector<int>& values) {
 // units of one rank's forward (the --costs per rank share of the model).
 void print_table(const Options& options) {
   const CostModel costs = cost_model(options);
-  std::cout << "| schedule | P | M | v | makespan | bubble | bubble inside spans | peak activations (max rank) | "
+  std::cout << "| schedule | P | M | v | makespan | bubble | bubble inside spans | peak "
+               "activations (max rank) | "
                "peak held incl. W (max rank) | per rank share (held / v) |\n"
             << "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const std::string& name : schedule_names()) {
@@ -110,9 +114,10 @@ void print_table(const Options& options) {
       const SimulationResult result = simulate(lower(schedule), scaled);
       const MemoryProfile memory = analyze_memory(schedule);
       const int held = max_of(memory.peak_held);
-      std::cout << schedule.stages_per_rank() << " | " << result.makespan << " | " << result.bubble_fraction
-                << " | " << result.span_bubble_fraction << " | " << max_of(memory.peak_activations) << " | "
-                << held << " | " << static_cast<double>(held) / schedule.stages_per_rank() << " |\n";
+      std::cout << schedule.stages_per_rank() << " | " << result.makespan << " | "
+                << result.bubble_fraction << " | " << result.span_bubble_fraction << " | "
+                << max_of(memory.peak_activations) << " | " << held << " | "
+                << static_cast<double>(held) / schedule.stages_per_rank() << " |\n";
     } catch (const Error& e) {
       std::cout << v << " | rejected: " << e.what() << " ||||||\n";
     }
@@ -127,7 +132,8 @@ int run(const Options& options) {
   }
   if (options.list) {
     for (const std::string& name : schedule_names())
-      std::cout << name << (takes_stages_per_rank(name) ? "  (takes --stages-per-rank)" : "") << "\n";
+      std::cout << name << (takes_stages_per_rank(name) ? "  (takes --stages-per-rank)" : "")
+                << "\n";
     return 0;
   }
   Schedule schedule = options.load.empty()
@@ -160,30 +166,40 @@ int run(const Options& options) {
 
 int main(int argc, char** argv) {
   Options options;
-  CLI::App app{"Build, validate, simulate, draw and convert pipeline schedules.", "pipetrain-schedule"};
+  CLI::App app{"Build, validate, simulate, draw and convert pipeline schedules.",
+               "pipetrain-schedule"};
   app.add_option("-s,--schedule", options.schedule,
-                 "Schedule to build: gpipe, 1f1b, interleaved-1f1b, looped-bfs, zb-h1, zb-h2, zb-v, dualpipe-v")
+                 "Schedule to build: gpipe, 1f1b, interleaved-1f1b, looped-bfs, zb-h1, zb-h2, "
+                 "zb-v, dualpipe-v")
       ->capture_default_str();
   app.add_option("-p,--ranks", options.ranks, "Pipeline ranks P")->capture_default_str();
-  app.add_option("-m,--microbatches", options.microbatches, "Microbatches M per batch")->capture_default_str();
+  app.add_option("-m,--microbatches", options.microbatches, "Microbatches M per batch")
+      ->capture_default_str();
   app.add_option("-v,--stages-per-rank", options.stages_per_rank,
                  "Model chunks per rank (interleaved-1f1b, looped-bfs)")
       ->capture_default_str();
-  app.add_option("--load", options.load, "Load a schedule from PyTorch pipelining CSV instead of building one")
+  app.add_option("--load", options.load,
+                 "Load a schedule from PyTorch pipelining CSV instead of building one")
       ->check(CLI::ExistingFile);
   app.add_flag("--list", options.list, "List the schedules and exit");
   app.add_flag("--table", options.table,
-               "Print a markdown table of every schedule at --ranks/--microbatches/--stages-per-rank and exit");
+               "Print a markdown table of every schedule at "
+               "--ranks/--microbatches/--stages-per-rank and exit");
   app.add_flag("--lower", options.lower, "Insert SEND/RECV actions (lower) before the other steps");
   app.add_flag("--merge-backward", options.merge, "Merge I+W into B");
-  app.add_flag("--print", options.print, "Print the rank x step grid (the default when nothing else is asked)");
-  app.add_flag("--simulate", options.simulate, "Print the simulated makespan, bubble and peak memory");
+  app.add_flag("--print", options.print,
+               "Print the rank x step grid (the default when nothing else is asked)");
+  app.add_flag("--simulate", options.simulate,
+               "Print the simulated makespan, bubble and peak memory");
   app.add_flag("-q,--quiet", options.quiet, "Print nothing but errors");
-  app.add_option("--costs", options.costs, "Per-stage times F,B,I,W (default 1,2,1,1)")->delimiter(',');
-  app.add_option("--latency", options.latency, "Per-transfer latency between ranks")->capture_default_str();
+  app.add_option("--costs", options.costs, "Per-stage times F,B,I,W (default 1,2,1,1)")
+      ->delimiter(',');
+  app.add_option("--latency", options.latency, "Per-transfer latency between ranks")
+      ->capture_default_str();
   app.add_option("--csv", options.csv, "Write the schedule as PyTorch pipelining CSV");
   app.add_option("--svg", options.svg, "Write an SVG picture of the simulated timeline");
-  app.add_option("--trace", options.trace, "Write the simulated timeline as Chrome trace JSON (Perfetto)");
+  app.add_option("--trace", options.trace,
+                 "Write the simulated timeline as Chrome trace JSON (Perfetto)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -46,10 +46,9 @@ bool is_available() noexcept;
 /// and the chosen algorithm are cached per (shape, types, pointer alignment, device).
 /// Throws InvalidArgument for other types or leading dimensions smaller than the rows need,
 /// and Error when cuBLASLt has no algorithm for the problem.
-void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
-          float alpha, const void* a, std::int64_t lda, const void* b, std::int64_t ldb,
-          float beta, void* c, std::int64_t ldc, DType ab_type, DType c_type, const void* bias,
-          StreamHandle stream);
+void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+          const void* a, std::int64_t lda, const void* b, std::int64_t ldb, float beta, void* c,
+          std::int64_t ldc, DType ab_type, DType c_type, const void* bias, StreamHandle stream);
 
 /// out[N,OC] = inp[N,C] weight[OC,C]^T + bias[OC] (bias may be null; fused as an epilogue).
 template <typename T>
@@ -57,8 +56,8 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, std::i
                     std::int64_t c, std::int64_t oc, StreamHandle stream);
 /// dinp[N,C] = dout[N,OC] weight[OC,C] (overwritten).
 template <typename T>
-void linear_backward_input(T* dinp, const T* dout, const T* weight, std::int64_t n,
-                           std::int64_t c, std::int64_t oc, StreamHandle stream);
+void linear_backward_input(T* dinp, const T* dout, const T* weight, std::int64_t n, std::int64_t c,
+                           std::int64_t oc, StreamHandle stream);
 /// dweight[OC,C] += dout^T inp (cuBLASLt with beta = 1); dbias[OC] += column sums of dout
 /// (dbias may be null). G is T or float.
 template <typename T, typename G>
@@ -78,8 +77,7 @@ void embedding_forward(T* out, const std::int32_t* tokens, const T* wte, const T
 /// token's row is not fixed); dwpe[t,:] += sum over b of dout[b,t,:] (deterministic).
 template <typename T, typename G>
 void embedding_backward_weight(G* dwte, G* dwpe, const T* dout, const std::int32_t* tokens,
-                               std::int64_t b, std::int64_t t, std::int64_t c,
-                               StreamHandle stream);
+                               std::int64_t b, std::int64_t t, std::int64_t c, StreamHandle stream);
 
 // ---- LayerNorm over the last dimension (eps 1e-5) ---------------------------------------------
 /// True when the LayerNorm kernels accept `c` channels of `dtype` (c > 0 and a multiple of
@@ -93,13 +91,13 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* 
 /// dinp[N,C] = gradient of the input (overwritten). Same limits as the forward.
 template <typename T>
 void layernorm_backward_input(T* dinp, const T* dout, const T* inp, const T* weight,
-                              const float* mean, const float* rstd, std::int64_t n,
-                              std::int64_t c, StreamHandle stream);
+                              const float* mean, const float* rstd, std::int64_t n, std::int64_t c,
+                              StreamHandle stream);
 /// dweight[C] += sum over rows of dout * xhat; dbias[C] += sum of dout (deterministic). Any c.
 template <typename T, typename G>
-void layernorm_backward_weight(G* dweight, G* dbias, const T* dout, const T* inp,
-                               const float* mean, const float* rstd, std::int64_t n,
-                               std::int64_t c, StreamHandle stream);
+void layernorm_backward_weight(G* dweight, G* dbias, const T* dout, const T* inp, const float* mean,
+                               const float* rstd, std::int64_t n, std::int64_t c,
+                               StreamHandle stream);
 
 // ---- GELU (tanh approximation) and residual: element-wise, any n -------------------------------
 /// 16-byte vector loads when every pointer is 16-byte aligned, scalar otherwise.
@@ -140,7 +138,8 @@ template <typename T>
 void cross_entropy_fused(float* losses, T* dlogits, const T* logits, const std::int32_t* targets,
                          double scale, std::int64_t n, std::int64_t v, StreamHandle stream);
 
-// ---- optimizer -----------------------------------------------------------------------------------
+// ---- optimizer
+// -----------------------------------------------------------------------------------
 /// One fused AdamW step over a flat fp32 buffer of n parameters, the arithmetic of
 /// optim::adamw_update (bias corrections computed once in fp64 on the host) applied to
 /// grad * grad_scale (grad_scale lets a caller clip by the global norm without another pass).

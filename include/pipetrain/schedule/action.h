@@ -16,12 +16,13 @@ namespace pipetrain {
 enum class ActionKind : std::uint8_t {
   kForward,         ///< F: forward of one stage for one microbatch
   kBackward,        ///< B: full backward (input gradient and weight gradient)
-  kBackwardInput,   ///< I: input-gradient part of the backward (dX), what the previous stage waits for
+  kBackwardInput,   ///< I: input-gradient part of the backward (dX), what the previous stage waits
+                    ///< for
   kBackwardWeight,  ///< W: weight-gradient part of the backward (dW), needed only by the optimizer
   kSendForward,     ///< SEND_F: send the stage's forward output to the next stage's rank
   kRecvForward,     ///< RECV_F: receive the stage's forward input from the previous stage's rank
   kSendBackward,    ///< SEND_B: send the gradient of the stage's input to the previous stage's rank
-  kRecvBackward,    ///< RECV_B: receive the gradient of the stage's output from the next stage's rank
+  kRecvBackward,  ///< RECV_B: receive the gradient of the stage's output from the next stage's rank
 };
 
 inline constexpr int kNumActionKinds = 8;

@@ -11,7 +11,8 @@
 //   deadlock      the schedule runs to the end under blocking semantics: a rank posts each
 //                 maximal run of consecutive communication actions as one group (as an NCCL
 //                 group or torch's batch_isend_irecv do) and blocks until every operation of the
-//                 group is matched by the peer's posted operation; compute actions block on nothing.
+//                 group is matched by the peer's posted operation; compute actions block on
+//                 nothing.
 // Dependencies between ranks are checked by running the compute actions with unbounded
 // buffering (a send never blocks), which finds cycles across ranks too; in a lowered schedule
 // each F/B/I must also come after the RECV of its input on its rank, and each SEND after the

@@ -37,8 +37,9 @@ void throw_nccl_error(const char* call, ncclResult_t code, const char* file, int
   const char* shown = std::strstr(file, "/src/");
   if (shown == nullptr) shown = std::strstr(file, "/tests/");
   shown = shown == nullptr ? file : shown + 1;
-  std::string text = "[nccl] rank " + std::to_string(rank) + ": " + call + " failed: " +
-                     ncclGetErrorString(code) + " (" + shown + ":" + std::to_string(line) + ")";
+  std::string text = "[nccl] rank " + std::to_string(rank) + ": " + call +
+                     " failed: " + ncclGetErrorString(code) + " (" + shown + ":" +
+                     std::to_string(line) + ")";
   const char* last = ncclGetLastError(nullptr);
   if (last != nullptr && *last != '\0') text += ": " + std::string(last);
   throw CommError(text);
@@ -51,7 +52,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr int kMaxDims = detail::kMaxWireDims;
-
 
 // Staging for one header: NCCL moves device memory, the check reads host memory. The pinned
 // host half lets the device-to-host copy stay asynchronous.
@@ -153,10 +153,17 @@ class NcclTransport final : public Transport {
     Tensor work = tensor.dtype() == DType::kBFloat16 ? tensor.to(DType::kFloat32) : tensor;
     ncclDataType_t type = ncclFloat32;
     switch (work.dtype()) {
-      case DType::kFloat32: type = ncclFloat32; break;
-      case DType::kFloat64: type = ncclFloat64; break;
-      case DType::kInt32: type = ncclInt32; break;
-      case DType::kBFloat16: break;  // converted above
+      case DType::kFloat32:
+        type = ncclFloat32;
+        break;
+      case DType::kFloat64:
+        type = ncclFloat64;
+        break;
+      case DType::kInt32:
+        type = ncclInt32;
+        break;
+      case DType::kBFloat16:
+        break;  // converted above
     }
     {
       std::lock_guard lock(mutex_);
@@ -246,13 +253,13 @@ class NcclTransport final : public Transport {
     MPI_Group sub_group;
     MPI_Comm sub = MPI_COMM_NULL;
     PIPETRAIN_MPI_CHECK(MPI_Comm_group(mpi_comm_, &world_group));
-    PIPETRAIN_MPI_CHECK(MPI_Group_incl(world_group, static_cast<int>(members.size()),
-                                       members.data(), &sub_group));
+    PIPETRAIN_MPI_CHECK(
+        MPI_Group_incl(world_group, static_cast<int>(members.size()), members.data(), &sub_group));
     PIPETRAIN_MPI_CHECK(MPI_Comm_create_group(mpi_comm_, sub_group, /*tag=*/0, &sub));
     MPI_Group_free(&sub_group);
     MPI_Group_free(&world_group);
-    const int sub_rank = static_cast<int>(
-        std::lower_bound(members.begin(), members.end(), rank_) - members.begin());
+    const int sub_rank =
+        static_cast<int>(std::lower_bound(members.begin(), members.end(), rank_) - members.begin());
     ncclComm_t comm = nullptr;
     try {
       comm = init_comm(sub, sub_rank, static_cast<int>(members.size()));
@@ -298,8 +305,8 @@ class NcclTransport final : public Transport {
       return slot;
     }
     HeaderSlot slot;
-    PIPETRAIN_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&slot.host),
-                                        sizeof(detail::WireHeader)));
+    PIPETRAIN_CUDA_CHECK(
+        cudaMallocHost(reinterpret_cast<void**>(&slot.host), sizeof(detail::WireHeader)));
     all_slots_.push_back(slot);  // owned from here on, even if the device half fails
     PIPETRAIN_CUDA_CHECK(cudaMalloc(&slot.device, sizeof(detail::WireHeader)));
     all_slots_.back().device = slot.device;
@@ -329,8 +336,9 @@ class NcclTransport final : public Transport {
       op->batch = batch;  // from here on the op counts as in flight
       if (!op->send) continue;
       *op->slot.host = detail::encode_wire(op->header);
-      PIPETRAIN_CUDA_CHECK(cudaMemcpyAsync(op->slot.device, op->slot.host, sizeof(detail::WireHeader),
-                                           cudaMemcpyHostToDevice, stream_));
+      PIPETRAIN_CUDA_CHECK(cudaMemcpyAsync(op->slot.device, op->slot.host,
+                                           sizeof(detail::WireHeader), cudaMemcpyHostToDevice,
+                                           stream_));
     }
     PIPETRAIN_NCCL_CHECK(ncclGroupStart());
     try {
@@ -359,8 +367,9 @@ class NcclTransport final : public Transport {
     PIPETRAIN_NCCL_CHECK(ncclGroupEnd());
     for (Op* op : ops) {
       if (op->send) continue;
-      PIPETRAIN_CUDA_CHECK(cudaMemcpyAsync(op->slot.host, op->slot.device, sizeof(detail::WireHeader),
-                                           cudaMemcpyDeviceToHost, stream_));
+      PIPETRAIN_CUDA_CHECK(cudaMemcpyAsync(op->slot.host, op->slot.device,
+                                           sizeof(detail::WireHeader), cudaMemcpyDeviceToHost,
+                                           stream_));
     }
     PIPETRAIN_CUDA_CHECK(cudaEventRecord(batch->done, stream_));
   }
@@ -407,8 +416,7 @@ class NcclTransport final : public Transport {
         throw_if_aborted(function);
         PIPETRAIN_CUDA_CHECK(cudaSetDevice(device_));
         launch_locked();
-        while (next < requests.size() &&
-               event_done(pending_.at(requests[next].id)->batch->done)) {
+        while (next < requests.size() && event_done(pending_.at(requests[next].id)->batch->done)) {
           finish_locked(function, requests[next]);
           ++next;
         }

@@ -63,7 +63,8 @@ namespace detail {
 
 void check_vector_channels(const char* fn, std::int64_t c, DType dtype) {
   std::string why;
-  if (!vector_channels_ok(c, dtype, &why)) throw InvalidArgument(pipetrain::detail::message(fn, why));
+  if (!vector_channels_ok(c, dtype, &why))
+    throw InvalidArgument(pipetrain::detail::message(fn, why));
 }
 
 void check_aligned16(const char* fn, const char* name, const void* ptr) {

@@ -131,8 +131,8 @@ TEST(GptModel, Fp32MatchesFp64) {
 
 TEST(GptModel, InitialLossIsNearLogVocab) {
   auto model = make_model(tiny(DType::kFloat32));
-  const double loss = model->infer(random_ids(4, 6, 11, 5), random_ids(4, 6, 11, 6))
-                          .to_vector<double>()[0];
+  const double loss =
+      model->infer(random_ids(4, 6, 11, 5), random_ids(4, 6, 11, 6)).to_vector<double>()[0];
   EXPECT_NEAR(loss, std::log(11.0), 0.1);
 }
 
@@ -245,7 +245,8 @@ TEST(GptStage, ParametersDependOnlyOnSeedAndName) {
   auto b = make_stage(config, 1, 3);
   std::map<std::string, std::vector<float>> va;
   for (Parameter* p : a->parameters()) va[p->name] = p->value.to_vector<float>();
-  for (Parameter* p : b->parameters()) EXPECT_EQ(p->value.to_vector<float>(), va[p->name]) << p->name;
+  for (Parameter* p : b->parameters())
+    EXPECT_EQ(p->value.to_vector<float>(), va[p->name]) << p->name;
   config.seed = 8;
   auto c = make_model(config);
   EXPECT_NE(c->parameters()[0]->value.to_vector<float>(), va["wte"]);
@@ -310,40 +311,76 @@ TEST(GptErrors, MessagesAreExact) {
   auto first = make_stage(config, 0, 1);
   expect_message([&] { first->set_targets(0, random_ids(1, 2, 11, 0)); },
                  "[GptStage::set_targets] stage holds layers [0, 1], not the head (layer 3)");
-  expect_message([&] { first->forward(0, Tensor::from_vector(std::vector<std::int32_t>{1, 11}, {1, 2})); },
-                 "[Embedding::forward] token id 11 at index 1 is outside [0, 11)");
-  expect_message([&] { first->forward(0, Tensor::zeros({1, 7}, DType::kInt32)); },
-                 "[Embedding::forward] input has T=7, more than context_length=6");
-  expect_message([&] { first->forward(0, Tensor::zeros({2, 3})); },
-                 "[Embedding::forward] input has dtype fp32, expected int32");
+  expect_message(
+      [&] {
+        first->forward(0, Tensor::from_vector(std::vector<std::int32_t>{1, 11}, {1, 2}));
+      },
+      "[Embedding::forward] token id 11 at index 1 is outside [0, 11)");
+  expect_message(
+      [&] {
+        first->forward(0, Tensor::zeros({1, 7}, DType::kInt32));
+      },
+      "[Embedding::forward] input has T=7, more than context_length=6");
+  expect_message(
+      [&] {
+        first->forward(0, Tensor::zeros({2, 3}));
+      },
+      "[Embedding::forward] input has dtype fp32, expected int32");
   EXPECT_EQ(first->bytes_kept(), 0u);
   first->forward(0, Tensor::zeros({1, 2}, DType::kInt32));
-  expect_message([&] { first->forward(0, Tensor::zeros({1, 2}, DType::kInt32)); },
-                 "[GptStage::forward] microbatch 0 is already in flight");
+  expect_message(
+      [&] {
+        first->forward(0, Tensor::zeros({1, 2}, DType::kInt32));
+      },
+      "[GptStage::forward] microbatch 0 is already in flight");
   expect_message([&] { first->backward_weight(0); },
                  "[GptStage::backward_weight] microbatch 0 has not run backward_input");
-  expect_message([&] { first->backward_input(1, Tensor::zeros({1, 2, 8})); },
-                 "[GptStage::backward_input] microbatch 1 has no saved forward");
-  expect_message([&] { first->backward_input(0, Tensor::zeros({1, 3, 8})); },
-                 "[TransformerBlock::backward_input] grad_output has shape [1, 3, 8], expected [1, 2, 8]");
+  expect_message(
+      [&] {
+        first->backward_input(1, Tensor::zeros({1, 2, 8}));
+      },
+      "[GptStage::backward_input] microbatch 1 has no saved forward");
+  expect_message(
+      [&] {
+        first->backward_input(0, Tensor::zeros({1, 3, 8}));
+      },
+      "[TransformerBlock::backward_input] grad_output has shape [1, 3, 8], expected [1, 2, 8]");
 
   auto middle = make_stage(config, 1, 2);
-  expect_message([&] { middle->forward(0, Tensor::zeros({2, 4})); },
-                 "[TransformerBlock::forward] input has shape [2, 4], expected [B, T, 8]");
-  expect_message([&] { middle->forward(0, Tensor::zeros({2, 4, 8}, DType::kFloat64)); },
-                 "[TransformerBlock::forward] input has dtype fp64, expected fp32");
+  expect_message(
+      [&] {
+        middle->forward(0, Tensor::zeros({2, 4}));
+      },
+      "[TransformerBlock::forward] input has shape [2, 4], expected [B, T, 8]");
+  expect_message(
+      [&] {
+        middle->forward(0, Tensor::zeros({2, 4, 8}, DType::kFloat64));
+      },
+      "[TransformerBlock::forward] input has dtype fp64, expected fp32");
   EXPECT_EQ(middle->bytes_kept(), 0u);  // a rejected forward keeps nothing
 
   auto last = make_stage(config, 3, 3);
-  expect_message([&] { last->forward(0, Tensor::zeros({2, 4, 8})); },
-                 "[GptStage::forward] microbatch 0 has no targets (call set_targets first)");
+  expect_message(
+      [&] {
+        last->forward(0, Tensor::zeros({2, 4, 8}));
+      },
+      "[GptStage::forward] microbatch 0 has no targets (call set_targets first)");
   last->set_targets(0, random_ids(2, 3, 11, 0));
-  expect_message([&] { last->forward(0, Tensor::zeros({2, 4, 8})); },
-                 "[LmHead::forward] targets have shape [2, 3], expected [2, 4]");
-  expect_message([&] { last->set_targets(1, Tensor::zeros({2, 3}, DType::kInt32).view({6})); },
-                 "[LmHead::set_targets] targets has shape [6], expected [B, T]");
-  expect_message([&] { middle->infer(Tensor::zeros({1, 2, 8}), random_ids(1, 2, 11, 0)); },
-                 "[GptStage::infer] targets are taken by the last stage only");
+  expect_message(
+      [&] {
+        last->forward(0, Tensor::zeros({2, 4, 8}));
+      },
+      "[LmHead::forward] targets have shape [2, 3], expected [2, 4]");
+  expect_message(
+      [&] {
+        last->set_targets(1, Tensor::zeros({2, 3}, DType::kInt32).view({6}));
+      },
+      "[LmHead::set_targets] targets has shape [6], expected [B, T]");
+  expect_message(
+      [&] {
+        middle->infer(Tensor::zeros({1, 2, 8}), random_ids(1, 2, 11, 0));
+      },
+      "[GptStage::infer] targets are taken by the last stage only");
 }
 
 TEST(GptStage, InferKeepsNothingAndGivesLogits) {

@@ -50,7 +50,8 @@ template <typename A, typename B>
 double rel_err(const A& analytic, const B& reference) {
   double diff = 0, norm = 0;
   for (std::size_t i = 0; i < reference.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(analytic[i]) - static_cast<double>(reference[i])));
+    diff = std::max(diff,
+                    std::abs(static_cast<double>(analytic[i]) - static_cast<double>(reference[i])));
     norm = std::max(norm, std::abs(static_cast<double>(reference[i])));
   }
   return diff / std::max(norm, 1e-300);
@@ -117,8 +118,8 @@ TEST(LayerNormKernel, MatchesFiniteDifferences) {
   const Vec r = random_vec(n * c, rng);
   Vec out(n * c), mean(n), rstd(n);
   auto f = [&] {
-    layernorm_forward<double>(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(),
-                              n, c);
+    layernorm_forward<double>(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), n,
+                              c);
     return dot(out, r);
   };
   f();
@@ -134,8 +135,8 @@ TEST(LayerNormKernel, MatchesFiniteDifferences) {
   f();
   auto xf = to_float(x), wf = to_float(w), bf = to_float(b), rf = to_float(r);
   std::vector<float> outf(n * c), meanf(n), rstdf(n), dxf(n * c), dwf(c), dbf(c);
-  layernorm_forward<float>(outf.data(), meanf.data(), rstdf.data(), xf.data(), wf.data(),
-                           bf.data(), n, c);
+  layernorm_forward<float>(outf.data(), meanf.data(), rstdf.data(), xf.data(), wf.data(), bf.data(),
+                           n, c);
   layernorm_backward_input<float>(dxf.data(), rf.data(), xf.data(), wf.data(), meanf.data(),
                                   rstdf.data(), n, c);
   layernorm_backward_weight<float>(dwf.data(), dbf.data(), rf.data(), xf.data(), meanf.data(),
@@ -235,8 +236,8 @@ TEST(CrossEntropyKernel, MatchesFiniteDifferences) {
   // In place (probs aliasing logits), fp32 against fp64.
   f();
   std::vector<float> buf = to_float(logits), lossesf(n);
-  const double lossf = cross_entropy_forward<float>(buf.data(), lossesf.data(), buf.data(),
-                                                    targets.data(), n, v);
+  const double lossf =
+      cross_entropy_forward<float>(buf.data(), lossesf.data(), buf.data(), targets.data(), n, v);
   EXPECT_LT(std::abs(lossf - loss) / loss, kFloatBound);
   cross_entropy_backward<float>(buf.data(), buf.data(), targets.data(), scale, n, v);
   EXPECT_LT(rel_err(buf, dlogits), kFloatBound);

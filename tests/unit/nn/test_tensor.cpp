@@ -74,20 +74,32 @@ TEST(Tensor, CudaIsNotBuilt) {
 }
 
 TEST(Tensor, RejectsBadShapes) {
-  expect_message<InvalidArgument>([] { Tensor::empty({2, -1}); },
-                                  "[Tensor::empty] shape [2, -1] has a negative dimension");
   expect_message<InvalidArgument>(
-      [] { Tensor::from_vector(std::vector<float>{1, 2, 3}, {2, 2}); },
+      [] {
+        Tensor::empty({2, -1});
+      },
+      "[Tensor::empty] shape [2, -1] has a negative dimension");
+  expect_message<InvalidArgument>(
+      [] {
+        Tensor::from_vector(std::vector<float>{1, 2, 3}, {2, 2});
+      },
       "[Tensor::from_vector] shape [2, 2] holds 4 elements, got 3 values");
   Tensor t = Tensor::zeros({2, 3});
   expect_message<InvalidArgument>(
-      [&] { t.view({4, 2}); }, "[Tensor::view] cannot view [2, 3] (6 elements) as [4, 2] (8 elements)");
-  expect_message<InvalidArgument>([&] { t.view({4, -1}); },
-                                  "[Tensor::view] cannot view [2, 3] (6 elements) as [4, -1]");
+      [&] {
+        t.view({4, 2});
+      },
+      "[Tensor::view] cannot view [2, 3] (6 elements) as [4, 2] (8 elements)");
+  expect_message<InvalidArgument>(
+      [&] {
+        t.view({4, -1});
+      },
+      "[Tensor::view] cannot view [2, 3] (6 elements) as [4, -1]");
   expect_message<InvalidArgument>([&] { t.slice(1, 5); },
                                   "[Tensor::slice] range [1, 5) is outside dimension 0 of size 2");
   expect_message<InvalidArgument>(
-      [&] { t.size(2); }, "[Tensor::size] dimension 2 is out of range for a tensor of shape [2, 3]");
+      [&] { t.size(2); },
+      "[Tensor::size] dimension 2 is out of range for a tensor of shape [2, 3]");
   expect_message<InvalidArgument>([&] { t.copy_from(Tensor::zeros({4})); },
                                   "[Tensor::copy_from] destination has 6 elements, source has 4");
 }

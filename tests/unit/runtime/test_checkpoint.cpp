@@ -46,8 +46,9 @@ std::vector<data::Token> tokens() {
 }
 
 fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("pipetrain_ckpt_" + name + "_" +
-                                            std::to_string(::testing::UnitTest::GetInstance()->random_seed()));
+  fs::path d = fs::temp_directory_path() /
+               ("pipetrain_ckpt_" + name + "_" +
+                std::to_string(::testing::UnitTest::GetInstance()->random_seed()));
   fs::remove_all(d);
   return d;
 }
@@ -70,7 +71,8 @@ std::vector<double> train(int steps, const fs::path& load_dir, const fs::path& s
         optim::AdamW opt(ps);
         data::BatchSampler sampler(tokens(), kSeq, kBatch, 5);
         if (!load_dir.empty()) {
-          const CheckpointMeta meta = load_stage_checkpoint(load_dir, rank, 2, *stages[0], opt, kHash);
+          const CheckpointMeta meta =
+              load_stage_checkpoint(load_dir, rank, 2, *stages[0], opt, kHash);
           sampler.restore(meta.sampler);
         }
         Executor ex(schedule, Topology(2, 2, 1), *transports[rank], {stages[0].get()}, &opt,
@@ -168,10 +170,10 @@ struct TrainRun {
 };
 
 struct Outcome {
-  std::vector<double> losses;                          // rank 0's
-  std::map<std::string, std::vector<float>> params;    // every rank's, merged
-  std::vector<std::int64_t> optimizer_steps;           // after loading, per rank
-  std::vector<int> saved_stages;                       // LoadedCheckpoint::num_stages, per rank
+  std::vector<double> losses;                        // rank 0's
+  std::map<std::string, std::vector<float>> params;  // every rank's, merged
+  std::vector<std::int64_t> optimizer_steps;         // after loading, per rank
+  std::vector<int> saved_stages;                     // LoadedCheckpoint::num_stages, per rank
 };
 
 // Trains run.steps steps of `run.schedule` on run.p ranks (any number of stages per rank).
@@ -239,9 +241,7 @@ struct Cut {
   std::string schedule;
   int p, m;
 };
-void PrintTo(const Cut& c, std::ostream* os) {
-  *os << c.schedule << " P=" << c.p << " M=" << c.m;
-}
+void PrintTo(const Cut& c, std::ostream* os) { *os << c.schedule << " P=" << c.p << " M=" << c.m; }
 
 class AnyCut : public ::testing::TestWithParam<Cut> {};
 
@@ -307,8 +307,8 @@ INSTANTIATE_TEST_SUITE_P(Checkpoint, AnyCut,
                                            Cut{"1f1b", 4, 4},
                                            Cut{"zb-v", 2, 4}),  // rank 0: stages 0 and 3
                          [](const auto& info) {
-                           std::string n = info.param.schedule + "_P" +
-                                           std::to_string(info.param.p);
+                           std::string n =
+                               info.param.schedule + "_P" + std::to_string(info.param.p);
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;
                          });
@@ -361,13 +361,15 @@ TEST(Checkpoint, AnyCutRejectsIncompleteOrInconsistentCheckpoints) {
   nn::GptConfig deeper = config();
   deeper.num_layers = 3;
   EXPECT_EQ(any_cut_error(dir, 1, kHash, deeper),
-            fn + dir.string() + "': parameter 'h.2.attn.c_attn.bias' of this stage is not in the "
-                                "checkpoint");
+            fn + dir.string() +
+                "': parameter 'h.2.attn.c_attn.bias' of this stage is not in the "
+                "checkpoint");
   nn::GptConfig wider = config();
   wider.vocab_size = 64;
   EXPECT_EQ(any_cut_error(dir, 3, kHash, wider),
-            fn + dir.string() + "': parameter 'wte' is [32, 16] in the checkpoint, this stage "
-                                "has [64, 16]");
+            fn + dir.string() +
+                "': parameter 'wte' is [32, 16] in the checkpoint, this stage "
+                "has [64, 16]");
   EXPECT_EQ(any_cut_error(dir, 3, kHash, config(), true),
             fn + p0.string() + "': optimizer 'adamw', this run uses 'sgd'");
 
@@ -381,9 +383,10 @@ TEST(Checkpoint, AnyCutRejectsIncompleteOrInconsistentCheckpoints) {
   fs::copy_file(p1, saved);
   fs::copy_file(stage_checkpoint_path(other, 1, 2), p1, fs::copy_options::overwrite_existing);
   EXPECT_EQ(any_cut_error(dir, 3),
-            fn + p1.string() + "': step 2, data position (seed 5, epoch 0, cursor 8) differ "
-                               "from '" + p0.string() +
-                "': step 1, data position (seed 5, epoch 0, cursor 4)");
+            fn + p1.string() +
+                "': step 2, data position (seed 5, epoch 0, cursor 8) differ "
+                "from '" +
+                p0.string() + "': step 1, data position (seed 5, epoch 0, cursor 4)");
   fs::copy_file(p0, p1, fs::copy_options::overwrite_existing);
   EXPECT_EQ(any_cut_error(dir, 3),
             fn + p1.string() + "': holds stage 0 of 2, expected stage 1 of 2");
@@ -408,8 +411,8 @@ TEST(Checkpoint, AnyCutRejectsTiedCopiesThatDiffer) {
   // Rewrites the last stage's file (which holds the second copy of wte) after `change`.
   auto rewrite_last = [&](auto change) {
     const Schedule schedule = make_schedule("1f1b", 2, kMicro);
-    auto stages = make_gpt_stages(config(), schedule,
-                                  partition_gpt(config(), 2, kBatch / kMicro, kSeq), 1);
+    auto stages =
+        make_gpt_stages(config(), schedule, partition_gpt(config(), 2, kBatch / kMicro, kSeq), 1);
     optim::AdamW opt(stages[0]->parameters());
     const CheckpointMeta meta = load_stage_checkpoint(dir, 1, 2, *stages[0], opt, kHash);
     change(*stages[0], opt);

@@ -41,10 +41,10 @@ data::Batch make_batch(int rows, int step) {
 }
 
 struct Outcome {
-  std::vector<double> losses;      // per step
-  std::vector<float> a;            // per stage
-  float c = 0;                     // tied scalar (first stage's copy)
-  std::vector<std::string> errors; // per rank, empty when it succeeded
+  std::vector<double> losses;         // per step
+  std::vector<float> a;               // per stage
+  float c = 0;                        // tied scalar (first stage's copy)
+  std::vector<std::string> errors;    // per rank, empty when it succeeded
   std::vector<StepStats> last_stats;  // per rank
 };
 
@@ -72,8 +72,8 @@ Outcome reference(int num_stages, int micro_total, int steps, bool tied) {
       for (int s = num_stages - 1; s >= 0; --s) g = stages[s]->backward(m, g);
     }
     if (tied && num_stages > 1) {
-      const float sum = stages[0]->c()->grad.data<float>()[0] +
-                        stages.back()->c()->grad.data<float>()[0];
+      const float sum =
+          stages[0]->c()->grad.data<float>()[0] + stages.back()->c()->grad.data<float>()[0];
       stages[0]->c()->grad.fill(sum);
       stages.back()->c()->grad.fill(sum);
     }
@@ -102,8 +102,8 @@ struct RunSpec {
 };
 
 Outcome run_pipeline(const RunSpec& spec) {
-  const Schedule schedule = lower(make_schedule(spec.schedule, spec.pipeline, spec.microbatches,
-                                                spec.stages_per_rank));
+  const Schedule schedule =
+      lower(make_schedule(spec.schedule, spec.pipeline, spec.microbatches, spec.stages_per_rank));
   const int world = spec.pipeline * spec.data_parallel;
   auto transports = make_inprocess_world(world, TransportOptions{spec.timeout});
   Outcome out;
@@ -128,8 +128,8 @@ Outcome run_pipeline(const RunSpec& spec) {
         }
         if (spec.setup) spec.setup(rank, fakes);
         optim::Sgd opt(params, kSgd);
-        Executor ex(schedule, topo, *transports[rank], stages, &opt,
-                    Shape{kMicroRows, kSeqLen}, DType::kFloat32, spec.options);
+        Executor ex(schedule, topo, *transports[rank], stages, &opt, Shape{kMicroRows, kSeqLen},
+                    DType::kFloat32, spec.options);
         const int rows = spec.microbatches * spec.data_parallel * kMicroRows;
         for (int step = 0; step < spec.steps; ++step) {
           if (rank == spec.absent_rank && step == 1) return;
@@ -143,7 +143,8 @@ Outcome run_pipeline(const RunSpec& spec) {
           for (std::size_t i = 0; i < fakes.size(); ++i) {
             out.a[schedule.stages_of_rank(topo.pp_index(rank))[i]] =
                 fakes[i]->a().value.data<float>()[0];
-            if (fakes[i]->c() && fakes[i]->is_first()) out.c = fakes[i]->c()->value.data<float>()[0];
+            if (fakes[i]->c() && fakes[i]->is_first())
+              out.c = fakes[i]->c()->value.data<float>()[0];
           }
         }
       } catch (const std::exception& e) {
@@ -213,14 +214,15 @@ INSTANTIATE_TEST_SUITE_P(
     Schedules, ExecutorMatchesReference,
     ::testing::Values(ScheduleCase{"gpipe", 2, 4, 1}, ScheduleCase{"1f1b", 2, 4, 1},
                       ScheduleCase{"1f1b", 3, 5, 1}, ScheduleCase{"interleaved-1f1b", 2, 4, 2},
-                      ScheduleCase{"interleaved-1f1b", 3, 3, 2}, ScheduleCase{"looped-bfs", 2, 3, 2},
-                      ScheduleCase{"zb-h1", 3, 6, 1}, ScheduleCase{"zb-h2", 2, 4, 1},
-                      ScheduleCase{"zb-v", 2, 4, 1}, ScheduleCase{"dualpipe-v", 2, 4, 1},
-                      ScheduleCase{"gpipe", 1, 3, 1}),
+                      ScheduleCase{"interleaved-1f1b", 3, 3, 2},
+                      ScheduleCase{"looped-bfs", 2, 3, 2}, ScheduleCase{"zb-h1", 3, 6, 1},
+                      ScheduleCase{"zb-h2", 2, 4, 1}, ScheduleCase{"zb-v", 2, 4, 1},
+                      ScheduleCase{"dualpipe-v", 2, 4, 1}, ScheduleCase{"gpipe", 1, 3, 1}),
     [](const auto& info) {
       std::string n = info.param.name + "_P" + std::to_string(info.param.pipeline) + "_M" +
                       std::to_string(info.param.microbatches);
-      for (char& ch : n) if (ch == '-') ch = '_';
+      for (char& ch : n)
+        if (ch == '-') ch = '_';
       return n;
     });
 
@@ -313,15 +315,16 @@ TEST(Executor, FailingRankMakesEveryRankFailWithoutHanging) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(seconds, 5.0);  // abort wakes everyone long before the 20 s deadline
-  EXPECT_NE(got.errors[2].find("[Executor::step] rank 2 failed at 2F1 (microbatch 1, peer rank 1, slot 8) in step 0:"),
-            std::string::npos)
+  EXPECT_NE(
+      got.errors[2].find(
+          "[Executor::step] rank 2 failed at 2F1 (microbatch 1, peer rank 1, slot 8) in step 0:"),
+      std::string::npos)
       << got.errors[2];
   EXPECT_NE(got.errors[2].find("[FakeStage::forward] injected failure"), std::string::npos);
   EXPECT_NE(got.errors[2].find("[2F1]!"), std::string::npos);
   for (int r : {0, 1, 3}) {
     // A rank may still be in the step's opening barrier when the abort arrives.
-    EXPECT_EQ(got.errors[r].rfind("[Executor::step] rank " + std::to_string(r) + " failed ", 0),
-              0u)
+    EXPECT_EQ(got.errors[r].rfind("[Executor::step] rank " + std::to_string(r) + " failed ", 0), 0u)
         << got.errors[r];
     EXPECT_NE(got.errors[r].find("aborted"), std::string::npos) << got.errors[r];
   }
@@ -378,11 +381,11 @@ TEST(Executor, RejectsBadConstruction) {
     }
     return "<no error>";
   };
-  EXPECT_EQ(error_of([&] {
-              Executor(make_schedule("1f1b", 2, 2), topo, *transports[0], {&s0}, nullptr,
-                       Shape{2, 3});
-            }),
-            "[Executor] schedule '1f1b' has 2 ranks but no communication: lower() it first");
+  EXPECT_EQ(
+      error_of([&] {
+        Executor(make_schedule("1f1b", 2, 2), topo, *transports[0], {&s0}, nullptr, Shape{2, 3});
+      }),
+      "[Executor] schedule '1f1b' has 2 ranks but no communication: lower() it first");
   EXPECT_EQ(error_of([&] {
               Executor(lowered, topo, *transports[0], {&s0, &s1}, nullptr, Shape{2, 3});
             }),

@@ -130,7 +130,8 @@ Result pipeline(const std::string& name, int p, int m, int v, int d, Opt which) 
               shard_batch(make_batch(m * d * kRows, step), d, topo.dp_index(rank));
           losses[rank].push_back(ex.step(split_batch(local, m), lr_of(which)).loss);
         }
-        for (nn::Parameter* q : ex.parameters()) params[rank][q->name] = q->value.to_vector<float>();
+        for (nn::Parameter* q : ex.parameters())
+          params[rank][q->name] = q->value.to_vector<float>();
       } catch (const std::exception& e) {
         r.errors[rank] = e.what();
       }
@@ -191,20 +192,22 @@ TEST(GptPipelineAdamW, OneFOneBAndZbvWithDataParallel) {
   expect_same(pipeline("zb-v", 2, 2, 1, 2, Opt::kAdamW), single_device(4, Opt::kAdamW), 1.0);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Schedules, GptPipeline,
-    ::testing::Values(Case{"gpipe", 2, 4, 1, 1}, Case{"1f1b", 2, 4, 1, 1},
-                      Case{"1f1b", 4, 4, 1, 1}, Case{"interleaved-1f1b", 2, 4, 2, 1},
-                      Case{"looped-bfs", 2, 2, 2, 1}, Case{"zb-h1", 2, 4, 1, 1},
-                      Case{"zb-h2", 2, 4, 1, 1}, Case{"zb-v", 2, 4, 1, 1},
-                      Case{"dualpipe-v", 2, 4, 1, 1}, Case{"1f1b", 2, 2, 1, 2},
-                      Case{"zb-v", 2, 4, 1, 2}),
-    [](const auto& info) {
-      std::string n = info.param.name + "_P" + std::to_string(info.param.p) + "_M" +
-                      std::to_string(info.param.m) + "_D" + std::to_string(info.param.d);
-      for (char& ch : n) if (ch == '-') ch = '_';
-      return n;
-    });
+INSTANTIATE_TEST_SUITE_P(Schedules, GptPipeline,
+                         ::testing::Values(Case{"gpipe", 2, 4, 1, 1}, Case{"1f1b", 2, 4, 1, 1},
+                                           Case{"1f1b", 4, 4, 1, 1},
+                                           Case{"interleaved-1f1b", 2, 4, 2, 1},
+                                           Case{"looped-bfs", 2, 2, 2, 1},
+                                           Case{"zb-h1", 2, 4, 1, 1}, Case{"zb-h2", 2, 4, 1, 1},
+                                           Case{"zb-v", 2, 4, 1, 1}, Case{"dualpipe-v", 2, 4, 1, 1},
+                                           Case{"1f1b", 2, 2, 1, 2}, Case{"zb-v", 2, 4, 1, 2}),
+                         [](const auto& info) {
+                           std::string n = info.param.name + "_P" + std::to_string(info.param.p) +
+                                           "_M" + std::to_string(info.param.m) + "_D" +
+                                           std::to_string(info.param.d);
+                           for (char& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
 
 TEST(PartitionGpt, CutsEmbeddingBlocksAndHeadIntoStages) {
   const nn::GptConfig c = tiny_config();  // 6 layers: embedding, 4 blocks, head
@@ -224,8 +227,9 @@ TEST(PartitionGpt, CutsEmbeddingBlocksAndHeadIntoStages) {
     partition_gpt(c, 7, kRows, kSeq);
     FAIL();
   } catch (const InvalidArgument& e) {
-    EXPECT_STREQ(e.what(), "[partition_gpt] the model has 6 layers (embedding, 4 blocks, head), "
-                           "fewer than num_stages=7");
+    EXPECT_STREQ(e.what(),
+                 "[partition_gpt] the model has 6 layers (embedding, 4 blocks, head), "
+                 "fewer than num_stages=7");
   }
 }
 

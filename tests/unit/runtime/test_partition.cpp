@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "error_of.h"
 #include "pipetrain/error.h"
 #include "pipetrain/runtime/partition.h"
-#include "error_of.h"
 
 namespace pipetrain::runtime {
 namespace {
@@ -138,7 +138,8 @@ TEST(GptLayerCosts, ShapeAndOrdering) {
   EXPECT_GT(costs[1], block_flops);
   EXPECT_LT(costs[1], 1.1 * block_flops);
   shape.channels = 0;
-  EXPECT_EQ(error_of<InvalidArgument>([&] { gpt_layer_costs(shape); }), "[gpt_layer_costs] channels=0 must be >= 1");
+  EXPECT_EQ(error_of<InvalidArgument>([&] { gpt_layer_costs(shape); }),
+            "[gpt_layer_costs] channels=0 must be >= 1");
 }
 
 }  // namespace

@@ -3,9 +3,9 @@
 #include <string>
 #include <vector>
 
+#include "error_of.h"
 #include "pipetrain/error.h"
 #include "pipetrain/runtime/topology.h"
-#include "error_of.h"
 
 namespace pipetrain::runtime {
 namespace {
@@ -28,11 +28,15 @@ TEST(Topology, RankMappingIsDpMajor) {
 TEST(Topology, RejectsBadSizes) {
   EXPECT_EQ(error_of<InvalidArgument>([] { Topology(3, 2, 2); }),
             "[Topology] world_size=3 must equal pipeline_size=2 x data_parallel_size=2 = 4");
-  EXPECT_EQ(error_of<InvalidArgument>([] { Topology(0, 0, 1); }), "[Topology] pipeline_size=0 must be >= 1");
-  EXPECT_EQ(error_of<InvalidArgument>([] { Topology(2, 2, 0); }), "[Topology] data_parallel_size=0 must be >= 1");
+  EXPECT_EQ(error_of<InvalidArgument>([] { Topology(0, 0, 1); }),
+            "[Topology] pipeline_size=0 must be >= 1");
+  EXPECT_EQ(error_of<InvalidArgument>([] { Topology(2, 2, 0); }),
+            "[Topology] data_parallel_size=0 must be >= 1");
   Topology t(4, 2, 2);
-  EXPECT_EQ(error_of<InvalidArgument>([&] { t.pp_index(4); }), "[Topology::pp_index] rank=4 must be in [0, 4)");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { t.rank_of(2, 0); }), "[Topology::rank_of] pp_index=2 must be in [0, 2)");
+  EXPECT_EQ(error_of<InvalidArgument>([&] { t.pp_index(4); }),
+            "[Topology::pp_index] rank=4 must be in [0, 4)");
+  EXPECT_EQ(error_of<InvalidArgument>([&] { t.rank_of(2, 0); }),
+            "[Topology::rank_of] pp_index=2 must be in [0, 2)");
 }
 
 data::Batch make_batch(int batch_size, int seq_len) {

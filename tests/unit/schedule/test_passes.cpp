@@ -9,8 +9,8 @@
 #include <string>
 
 #include "pipetrain/error.h"
-#include "schedule_rows.h"
 #include "pipetrain/schedule/validate.h"
+#include "schedule_rows.h"
 
 namespace pipetrain {
 namespace {

@@ -26,8 +26,7 @@ class DataFiles : public ::testing::Test {
   void SetUp() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     dir_ = fs::temp_directory_path() /
-           (std::string("pipetrain_test_data_") + info->name() + "_" +
-            std::to_string(::getpid()));
+           (std::string("pipetrain_test_data_") + info->name() + "_" + std::to_string(::getpid()));
     fs::create_directories(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -46,8 +45,8 @@ class DataFiles : public ::testing::Test {
     std::vector<std::int32_t> header(256, 0);
     header[0] = magic;
     header[1] = version;
-    header[2] = count == -2 ? static_cast<std::int32_t>(tokens.size())
-                            : static_cast<std::int32_t>(count);
+    header[2] =
+        count == -2 ? static_cast<std::int32_t>(tokens.size()) : static_cast<std::int32_t>(count);
     std::vector<char> bytes(1024 + 2 * tokens.size());
     std::memcpy(bytes.data(), header.data(), 1024);  // the test host is little-endian
     std::memcpy(bytes.data() + 1024, tokens.data(), 2 * tokens.size());
@@ -319,8 +318,9 @@ TEST(BatchSampler, RejectsBadArguments) {
 }
 
 TEST(SamplerState, ParseRejectsMalformedText) {
-  for (const std::string text : {"seed=1 epoch=x cursor=0", "seed=1 epoch=2", "", "epoch=1 seed=2 cursor=3",
-                                 "seed=1 epoch=2 cursor=3 extra", "seed=-1 epoch=2 cursor=3"}) {
+  for (const std::string text :
+       {"seed=1 epoch=x cursor=0", "seed=1 epoch=2", "", "epoch=1 seed=2 cursor=3",
+        "seed=1 epoch=2 cursor=3 extra", "seed=-1 epoch=2 cursor=3"}) {
     try {
       SamplerState::parse(text);
       ADD_FAILURE() << "accepted '" << text << "'";
