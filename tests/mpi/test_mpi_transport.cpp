@@ -13,6 +13,7 @@
 #include "pipetrain/comm/transport.h"
 #include "pipetrain/cuda/device.h"
 #include "error_of.h"
+#include "transport_payload.h"
 
 namespace pipetrain {
 namespace {
@@ -22,29 +23,9 @@ using Clock = std::chrono::steady_clock;
 
 using pipetrain::testing::error_of;
 
-float expected_value(int from, int to, int message, std::int64_t i) {
-  return static_cast<float>(from * 1000 + to * 100 + message * 10) + static_cast<float>(i) * 0.5f;
-}
-
-Tensor make_payload(int from, int to, int message, const Shape& shape) {
-  Tensor t = Tensor::empty(shape);
-  float* p = t.data<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = expected_value(from, to, message, i);
-  return t;
-}
-
-void expect_payload(const Tensor& t, int from, int to, int message) {
-  const float* p = t.data<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) {
-    ASSERT_EQ(p[i], expected_value(from, to, message, i))
-        << "element " << i << " of message " << message << " from " << from << " to " << to;
-  }
-}
-
-MessageHeader make_header(ActionKind kind, int stage, int microbatch, const Shape& shape,
-                          std::int64_t step = 0) {
-  return MessageHeader::make(step, {stage, kind, microbatch}, DType::kFloat32, shape);
-}
+using pipetrain::testing::expect_payload;
+using pipetrain::testing::make_header;
+using pipetrain::testing::make_payload;
 
 std::unique_ptr<Transport> new_transport(std::chrono::milliseconds timeout = 10s) {
   return make_transport("mpi", TransportOptions{timeout});

@@ -17,6 +17,7 @@
 #include "pipetrain/comm/transport.h"
 #include "pipetrain/cuda/device.h"
 #include "error_of.h"
+#include "transport_payload.h"
 
 namespace pipetrain {
 namespace {
@@ -25,28 +26,12 @@ using namespace std::chrono_literals;
 
 using pipetrain::testing::error_of;
 
-float expected_value(int from, int to, int message, std::int64_t i) {
-  return static_cast<float>(from * 1000 + to * 100 + message * 10) + static_cast<float>(i) * 0.5f;
-}
+using pipetrain::testing::expect_payload;
+using pipetrain::testing::make_header;
 
 // A CUDA tensor holding expected_value(from, to, message, i).
 Tensor make_payload(int from, int to, int message, const Shape& shape) {
-  Tensor host = Tensor::empty(shape);
-  float* p = host.data<float>();
-  for (std::int64_t i = 0; i < host.numel(); ++i) p[i] = expected_value(from, to, message, i);
-  return host.to(Device::kCuda);
-}
-
-void expect_payload(const Tensor& t, int from, int to, int message) {
-  const std::vector<float> values = t.to_vector<float>();  // copies to the host
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    ASSERT_EQ(values[i], expected_value(from, to, message, static_cast<std::int64_t>(i)))
-        << "element " << i << " of message " << message << " from " << from << " to " << to;
-  }
-}
-
-MessageHeader make_header(ActionKind kind, int stage, int microbatch, const Shape& shape) {
-  return MessageHeader::make(0, {stage, kind, microbatch}, DType::kFloat32, shape);
+  return pipetrain::testing::make_payload(from, to, message, shape, Device::kCuda);
 }
 
 Tensor cuda_zeros(const Shape& shape, DType dtype = DType::kFloat32) {

@@ -8,6 +8,7 @@
 
 #include "pipetrain/comm/inprocess.h"
 #include "error_of.h"
+#include "transport_payload.h"
 
 namespace pipetrain {
 namespace {
@@ -35,26 +36,8 @@ std::vector<std::string> run_world(std::vector<std::unique_ptr<Transport>>& worl
   return errors;
 }
 
-// nccl-tests style: every element is a function of (sender, receiver, message, index), so
-// every receiver knows what it must get.
-float expected_value(int from, int to, int message, std::int64_t i) {
-  return static_cast<float>(from * 1000 + to * 100 + message * 10) + static_cast<float>(i) * 0.5f;
-}
-
-Tensor make_payload(int from, int to, int message, const Shape& shape) {
-  Tensor t = Tensor::empty(shape);
-  float* p = t.data<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = expected_value(from, to, message, i);
-  return t;
-}
-
-void expect_payload(const Tensor& t, int from, int to, int message) {
-  const float* p = t.data<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) {
-    ASSERT_EQ(p[i], expected_value(from, to, message, i))
-        << "element " << i << " of message " << message << " from " << from << " to " << to;
-  }
-}
+using pipetrain::testing::expect_payload;
+using pipetrain::testing::make_payload;
 
 MessageHeader header(const char* action, const Shape& shape, std::int64_t step = 0) {
   return MessageHeader::make(step, parse_action(action), DType::kFloat32, shape);
