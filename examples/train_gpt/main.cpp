@@ -23,10 +23,12 @@
 #include "pipetrain/error.h"
 #include "pipetrain/optim/lr_schedule.h"
 #include "pipetrain/optim/optimizer.h"
+#include "pipetrain/runtime/progress.h"
 
 namespace fs = std::filesystem;
 namespace data = pipetrain::data;
 namespace optim = pipetrain::optim;
+using pipetrain::runtime::ProgressMeter;
 
 namespace {
 
@@ -62,13 +64,6 @@ double evaluate(train_gpt::LanguageModel& model, data::BatchSampler& sampler, in
   double sum = 0.0;
   for (int i = 0; i < batches; ++i) sum += model.evaluate(sampler.next());
   return sum / batches;
-}
-
-std::string format_duration(double seconds) {
-  const auto s = static_cast<long>(std::lround(seconds));
-  char text[32];
-  std::snprintf(text, sizeof text, "%ld:%02ld", s / 60, s % 60);
-  return text;
 }
 
 // Samples `length` bytes after `prompt`, from softmax(logits / temperature).
@@ -198,11 +193,12 @@ int run(const Options& opt) {
                      "{:.0f} tok/s | {:.2f} GFLOP/s | ETA {}",
                      step + 1, opt.steps, loss, *point.val_loss, lr, norm, tok_s,
                      model->train_flops(tokens_per_step, opt.seq) * window_steps / window / 1e9,
-                     format_duration(eta));
+                     ProgressMeter::format_duration(eta));
       } else {
         spdlog::info("step {:>5}/{}: loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | "
                      "ETA {}",
-                     step + 1, opt.steps, loss, lr, norm, tok_s, format_duration(eta));
+                     step + 1, opt.steps, loss, lr, norm, tok_s,
+                     ProgressMeter::format_duration(eta));
       }
       window_start = now;
       window_steps = 0;
@@ -220,7 +216,8 @@ int run(const Options& opt) {
       svg, train_gpt::loss_svg(curve, entropy, entropy_label,
                                "train_gpt on " + text_path.filename().string() + ": loss vs step"));
   spdlog::info("trained {} steps ({} tokens) in {}; wrote {} and {}", opt.steps,
-               tokens_per_step * opt.steps, format_duration(seconds), csv.string(), svg.string());
+               tokens_per_step * opt.steps, ProgressMeter::format_duration(seconds), csv.string(),
+               svg.string());
   spdlog::info("final validation loss {:.4f} nats/byte vs unigram entropy {:.4f} nats/byte "
                "({:.1f}% below)",
                last_val, entropy, 100.0 * (entropy - last_val) / entropy);
