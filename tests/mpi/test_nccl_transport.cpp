@@ -210,6 +210,10 @@ TEST(NcclTransport, TimeoutAbortsTheCommunicator) {
               "out after 500 ms waiting for RECV_F stage 1 microbatch 5 [3] fp32 step 0 from "
               "rank 1");
   }
+  // Rank 1 must keep its communicator until rank 0 has timed out: destroying it earlier closes
+  // the connection under rank 0's pending receive, which NCCL then reports as ncclRemoteError
+  // instead of letting the deadline fire.
+  MPI_Barrier(MPI_COMM_WORLD);
   t.reset();
   MPI_Barrier(MPI_COMM_WORLD);
 }

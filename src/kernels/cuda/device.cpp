@@ -44,6 +44,9 @@ const char* cublas_status_name(cublasStatus_t status) {
 }  // namespace
 
 void throw_cuda_error(cudaError_t status, std::string_view call, const char* file, int line) {
+  // A failed runtime call also stays the thread's last error; left there, the next launch
+  // check would report it again, against a kernel that did nothing wrong.
+  cudaGetLastError();
   std::ostringstream out;
   out << "[cuda] " << call << " failed: " << cudaGetErrorString(status) << " ("
       << cudaGetErrorName(status) << ')' << where(file, line);

@@ -70,7 +70,8 @@ class LtContext {
       PIPETRAIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
           plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     }
-    PIPETRAIN_CUBLAS_CHECK(cublasLtMatmul(handle, plan.op, &alpha, a, plan.a, b, plan.b, &beta,
+    // Operands swapped, as make_plan() lays them out: cuBLASLt's A is our b, its B our a.
+    PIPETRAIN_CUBLAS_CHECK(cublasLtMatmul(handle, plan.op, &alpha, b, plan.a, a, plan.b, &beta,
                                           c, plan.c, c, plan.c, &plan.algo, workspace,
                                           kWorkspaceBytes, stream));
   }
@@ -148,10 +149,14 @@ class LtContext {
 
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    PIPETRAIN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, plan->op, plan->a, plan->b,
-                                                          plan->c, plan->c, pref, 1, &result,
-                                                          &found));
-    if (found == 0) {
+    // "No algorithm" comes either as found == 0 or as CUBLAS_STATUS_NOT_SUPPORTED.
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+        handle, plan->op, plan->a, plan->b, plan->c, plan->c, pref, 1, &result, &found);
+    if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED) {
+      ::pipetrain::cuda::detail::throw_cublas_error(status, "cublasLtMatmulAlgoGetHeuristic",
+                                                    __FILE__, __LINE__);
+    }
+    if (status == CUBLAS_STATUS_NOT_SUPPORTED || found == 0) {
       throw Error(pipetrain::detail::message(
           "cuda::gemm", "cuBLASLt has no algorithm for m=", m, " n=", n, " k=", k, " lda=", lda,
           " ldb=", ldb, " ldc=", ldc, " ab=", to_string(ab_type), " c=", to_string(c_type),
