@@ -49,7 +49,7 @@ class DataFiles : public ::testing::Test {
         count == -2 ? static_cast<std::int32_t>(tokens.size()) : static_cast<std::int32_t>(count);
     std::vector<char> bytes(1024 + 2 * tokens.size());
     std::memcpy(bytes.data(), header.data(), 1024);  // the test host is little-endian
-    std::memcpy(bytes.data() + 1024, tokens.data(), 2 * tokens.size());
+    if (!tokens.empty()) std::memcpy(bytes.data() + 1024, tokens.data(), 2 * tokens.size());
     return bytes;
   }
 
