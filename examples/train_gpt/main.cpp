@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "corpus.h"
 #include "loss_curve.h"
 #include "model_adapter.h"
@@ -99,6 +100,34 @@ std::string generate(train_gpt::LanguageModel& model, const std::string& prompt,
   return data::decode_bytes(tokens);
 }
 
+// What CLI11's checks do not cover, checked before the data is read or the model allocated.
+// (CLI::PositiveNumber lets inf and nan through.)
+void validate_options(const Options& opt) {
+  constexpr const char* kFn = "train_gpt";
+  train_gpt::check_finite_positive(kFn, "--lr", opt.lr);
+  train_gpt::check_finite_non_negative(kFn, "--grad-clip", opt.grad_clip, "no clipping");
+  train_gpt::check_finite_non_negative(kFn, "--weight-decay", opt.weight_decay, "no decay");
+  train_gpt::check_finite_positive(kFn, "--temperature", opt.temperature);
+  PIPETRAIN_CHECK_ARG(!opt.prompt.empty(), kFn,
+                      "--prompt is empty, expected at least 1 byte to start the sample from");
+  train_gpt::check_model_fits(kFn, {static_cast<std::int64_t>(data::kByteVocabSize), opt.seq,
+                                    opt.layers, opt.heads, opt.channels,
+                                    opt.batch / opt.microbatches});
+  if (!opt.data.empty()) {
+    // The training part (1 - --val-fraction) must hold a microbatch of windows, and the
+    // validation part one window.
+    const std::uint64_t bytes = train_gpt::check_text_file(kFn, opt.data);
+    const std::int64_t rows = opt.batch / opt.microbatches;
+    const auto train_bytes = static_cast<std::uint64_t>(
+        static_cast<double>(bytes) - std::round(opt.val_fraction * static_cast<double>(bytes)));
+    train_gpt::check_data_holds(kFn, opt.data, train_bytes, opt.seq, rows,
+                                "(--batch/--microbatches=" + std::to_string(rows) +
+                                    ") in the training part");
+    train_gpt::check_data_holds(kFn, opt.data, bytes - train_bytes, opt.seq, 1,
+                                "1 window in the validation part (--val-fraction)");
+  }
+}
+
 int run(const Options& opt) {
   // ---- data ------------------------------------------------------------------------------
   const fs::path text_path = 
@@ -170,7 +199,9 @@ int run(const Options& opt) {
       spdlog::error("step {}: loss {} or a gradient is not finite; stopping", step + 1, loss);
       return 1;
     }
-    const double norm = optim::clip_grad_norm(params, opt.grad_clip);
+    const double norm = opt.grad_clip > 0.0
+                            ? optim::clip_grad_norm(params, opt.grad_clip)
+                            : std::sqrt(optim::local_grad_sum_of_squares(params));
     const double lr = schedule(step);
     optimizer.step(lr);
     ++window_steps;
@@ -256,8 +287,9 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", opt.warmup, "learning-rate warmup steps")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--weight-decay", opt.weight_decay, "AdamW weight decay")->capture_default_str();
-  app.add_option("--grad-clip", opt.grad_clip, "clip the global gradient norm to this")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--grad-clip", opt.grad_clip,
+                 "clip the global gradient norm to this (finite, >= 0; 0: off)")
+      ->capture_default_str();
   app.add_option("--seed", opt.seed, "seed of initialisation, data order and sampling")
       ->capture_default_str();
   app.add_option("--val-fraction", opt.val_fraction, "tail of the text held out for validation")
@@ -272,7 +304,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--temperature", opt.temperature, "sampling temperature")->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--prompt", opt.prompt, "text the sample starts from")->capture_default_str();
+  app.add_option("--prompt", opt.prompt, "text the sample starts from (not empty)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (opt.batch % opt.microbatches != 0) {
     spdlog::error("--batch={} must be a multiple of --microbatches={}", opt.batch,
@@ -280,6 +313,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (opt.warmup > opt.steps) opt.warmup = opt.steps;
+  try {
+    validate_options(opt);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 2;
+  }
   try {
     return run(opt);
   } catch (const std::exception& e) {

@@ -11,18 +11,27 @@
 //
 // Every configuration error is reported before any transfer: unknown schedule, too few
 // microbatches for the schedule, more stages than layers, a batch that does not split, a world
-// size that is not P x D, ranks started with different options.
+// size that is not P x D, ranks started with different options. Values are checked before
+// training (validate_options): finite rates, ranges, --data a readable file large enough for
+// --seq, a model that fits in memory, a writable --save-dir, a --resume that exists.
+//
+// Checkpoints (--save-dir) are committed step folders with a manifest (runtime/checkpoint.h);
+// --resume takes a step folder, a save directory (its newest complete step) or "latest" (the
+// newest complete step of --save-dir).
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../train_gpt/checks.h"
 #include "../train_gpt/corpus.h"
 #include "pipetrain/comm/inprocess.h"
 #include "pipetrain/comm/mpi.h"
@@ -107,6 +116,57 @@ struct Plan {
   int micro_rows = 0;
 };
 
+// Everything that can be checked before a transport or a model exists. Resolves
+// --resume (a step folder, a save directory or "latest") to a committed step folder.
+void validate_options(Options& opt) {
+  constexpr const char* kFn = "train_pipeline";
+  PIPETRAIN_CHECK_ARG(opt.transport == "inprocess" || opt.transport == "mpi", kFn,
+                      "--transport=", opt.transport, " must be inprocess or mpi");
+  PIPETRAIN_CHECK_ARG(opt.steps >= 1, kFn, "--steps=", opt.steps, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(opt.log_every >= 1, kFn, "--log-every=", opt.log_every, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(opt.timeout_ms >= 1, kFn, "--timeout-ms=", opt.timeout_ms,
+                      " must be >= 1");
+  PIPETRAIN_CHECK_ARG(opt.pipeline >= 1 && opt.data_parallel >= 1, kFn, "--pipeline=",
+                      opt.pipeline, " and --data-parallel=", opt.data_parallel, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(opt.batch >= 1, kFn, "--batch=", opt.batch, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(opt.layers >= 1 && opt.heads >= 1, kFn, "--layers=", opt.layers,
+                      " and --heads=", opt.heads, " must be >= 1");
+  train_gpt::check_finite_positive(kFn, "--lr", opt.lr);
+  train_gpt::check_finite_non_negative(kFn, "--grad-clip", opt.grad_clip, "no clipping");
+  PIPETRAIN_CHECK_ARG(opt.save_every >= 0, kFn, "--save-every=", opt.save_every,
+                      " must be >= 0 (0: save at the end only)");
+  PIPETRAIN_CHECK_ARG(opt.save_every == 0 || !opt.save_dir.empty(), kFn, "--save-every=",
+                      opt.save_every, " needs --save-dir");
+  const int world = opt.pipeline * opt.data_parallel;
+  PIPETRAIN_CHECK_ARG((opt.fail_rank == -1) == (opt.fail_step == -1), kFn, "--fail-rank=",
+                      opt.fail_rank, " and --fail-step=", opt.fail_step,
+                      " must be given together (-1: off)");
+  PIPETRAIN_CHECK_ARG(opt.fail_rank >= -1 && opt.fail_rank < world, kFn, "--fail-rank=",
+                      opt.fail_rank, " must be in [0, ", world - 1, "] (the world is --pipeline=",
+                      opt.pipeline, " x --data-parallel=", opt.data_parallel, ") or -1 (off)");
+  PIPETRAIN_CHECK_ARG(opt.fail_step >= -1 && opt.fail_step < opt.steps, kFn, "--fail-step=",
+                      opt.fail_step, " must be in [0, ", opt.steps - 1,
+                      "] (a step of the run) or -1 (off)");
+  train_gpt::check_model_fits(
+      kFn, {static_cast<std::int64_t>(data::kByteVocabSize), opt.seq, opt.layers, opt.heads,
+            opt.channels, opt.batch / std::max(1, opt.data_parallel)});
+  if (!opt.data.empty()) {
+    const std::uint64_t bytes = train_gpt::check_text_file(kFn, opt.data);
+    train_gpt::check_data_holds(kFn, opt.data, bytes, opt.seq, opt.batch,
+                                "--batch=" + std::to_string(opt.batch));
+  }
+  if (!opt.save_dir.empty()) rt::check_directory_writable(opt.save_dir, "train_pipeline --save-dir");
+  if (opt.resume_dir == "latest") {
+    PIPETRAIN_CHECK_ARG(!opt.save_dir.empty(), kFn, "--resume latest needs --save-dir");
+    const std::optional<fs::path> latest = rt::find_latest_checkpoint(opt.save_dir);
+    PIPETRAIN_CHECK_ARG(latest.has_value(), kFn, "--resume latest: --save-dir='", opt.save_dir,
+                        "' holds no complete checkpoint (step-<n>/manifest.txt)");
+    opt.resume_dir = latest->string();
+  } else if (!opt.resume_dir.empty()) {
+    opt.resume_dir = rt::resolve_checkpoint(opt.resume_dir).string();
+  }
+}
+
 Plan make_plan(const Options& opt) {
   Schedule compute = pipetrain::make_schedule(opt.schedule, opt.pipeline, opt.microbatches,
                                               opt.stages_per_rank);
@@ -167,6 +227,9 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
     // come from another cut (P, schedule, chunks per rank, microbatches).
     const rt::LoadedCheckpoint loaded =
         rt::load_checkpoint_into_stage(opt.resume_dir, stage_ptrs, optimizer, model_hash);
+    PIPETRAIN_CHECK_ARG(loaded.meta.step <= opt.steps, "train_pipeline", "checkpoint '",
+                        opt.resume_dir, "' is at step ", loaded.meta.step,
+                        ", beyond --steps=", opt.steps);
     sampler.restore(loaded.meta.sampler);
     first_step = static_cast<int>(loaded.meta.step);
     if (rank == 0) {
@@ -181,6 +244,7 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
   }
   rt::ProgressMeter meter(opt.steps, static_cast<std::int64_t>(opt.batch) * opt.seq);
   rt::StepStats stats;
+  int skipped = 0, skip_streak = 0;
   for (int step = first_step; step < opt.steps; ++step) {
     if (rank == opt.fail_rank && step == opt.fail_step) {
       throw pipetrain::Error("[train_pipeline] injected failure on rank " + std::to_string(rank) +
@@ -189,6 +253,8 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
     const data::Batch global = sampler.next();
     const data::Batch local = rt::shard_batch(global, opt.data_parallel, topo.dp_index(rank));
     stats = executor.step(rt::split_batch(local, opt.microbatches), lr_schedule(step));
+    skipped += stats.skipped ? 1 : 0;
+    skip_streak = stats.skipped ? skip_streak + 1 : 0;
     const std::string line = meter.update(step, stats.loss, stats.seconds, stats.skipped);
     if (rank == 0 && ((step + 1) % opt.log_every == 0 || step == 0 || step + 1 == opt.steps)) {
       rt::log_info(rank, line + " | norm " + std::to_string(stats.grad_norm));
@@ -196,13 +262,37 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
     const bool save = !opt.save_dir.empty() &&
                       ((opt.save_every > 0 && (step + 1) % opt.save_every == 0) ||
                        step + 1 == opt.steps);
-    if (save && topo.dp_index(rank) == 0) {  // replicas are identical: replica 0 writes
-      for (std::size_t i = 0; i < stages.size(); ++i) {
-        const fs::path dir = fs::path(opt.save_dir) / ("step-" + std::to_string(step + 1));
-        rt::save_stage_checkpoint(dir, my_stages[i], num_stages, *stages[i], optimizer,
-                                  rt::CheckpointMeta{step + 1, model_hash, sampler.state()});
+    if (save) {
+      // Stage files into the staging folder, then (every file written) rank 0 commits it: the
+      // manifest, the rename into place, the cleaning of what crashed saves left.
+      const fs::path staging = rt::checkpoint_staging_dir(opt.save_dir, step + 1, num_stages);
+      if (topo.dp_index(rank) == 0) {  // replicas are identical: replica 0 writes
+        for (std::size_t i = 0; i < stages.size(); ++i) {
+          rt::save_stage_checkpoint(staging, my_stages[i], num_stages, *stages[i], optimizer,
+                                    rt::CheckpointMeta{step + 1, model_hash, sampler.state()});
+        }
       }
+      transport.barrier();
+      if (rank == 0) {
+        const fs::path done = rt::commit_checkpoint(opt.save_dir, step + 1, num_stages);
+        if (done.filename() != "step-" + std::to_string(step + 1)) {
+          rt::log_info(rank, "saved " + done.string() + " (step-" + std::to_string(step + 1) +
+                                 " holds a checkpoint of another cut)");
+        }
+      }
+      transport.barrier();
     }
+  }
+  // Every step skipped, or the last kSkipStreak: the weights did not train, or diverged (a
+  // step skipped for a NaN weight is skipped forever after). One skipped batch is not an error.
+  constexpr int kSkipStreak = 5;
+  const int ran = opt.steps - first_step;
+  if (ran > 0 && (skipped == ran || skip_streak >= kSkipStreak)) {
+    throw pipetrain::Error("[train_pipeline] " +
+                           (skipped == ran ? "all " + std::to_string(ran) + " steps"
+                                           : "the last " + std::to_string(skip_streak) + " steps") +
+                           " were skipped (non-finite loss or gradient): the model did not "
+                           "train; lower --lr, set --grad-clip, or check --data");
   }
   if (first_step >= opt.steps) return;
   // Trace of the last step, gathered on every replica, written by rank 0.
@@ -313,7 +403,7 @@ int main(int argc, char** argv) {
   app.add_option("--channels", opt.channels, "embedding width")->capture_default_str();
   app.add_option("--lr", opt.lr, "peak learning rate")->capture_default_str();
   app.add_option("--warmup", opt.warmup, "warmup steps")->capture_default_str();
-  app.add_option("--grad-clip", opt.grad_clip, "global gradient norm clip (0: off)")
+  app.add_option("--grad-clip", opt.grad_clip, "global gradient norm clip (finite, >= 0; 0: off)")
       ->capture_default_str();
   app.add_option("--seed", opt.seed, "seed of initialisation and data order")
       ->capture_default_str();
@@ -323,31 +413,27 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--checkpoint-activations", opt.checkpointing,
                "keep only stage inputs and recompute in the backward");
-  app.add_option("--save-dir", opt.save_dir, "write per-stage checkpoints to <dir>/step-<n>/");
-  app.add_option("--save-every", opt.save_every, "steps between checkpoints (0: at the end)")
+  app.add_option("--save-dir", opt.save_dir,
+                 "write checkpoints to <dir>/step-<n>/ (checked writable at start)");
+  app.add_option("--save-every", opt.save_every,
+                 "steps between checkpoints (>= 0; 0: at the end only)")
       ->capture_default_str();
-  app.add_option("--resume", opt.resume_dir, "continue from the checkpoints in this folder "
-                 "(a <save-dir>/step-<n> of a run with the same model, optimizer and data "
+  app.add_option("--resume", opt.resume_dir, "continue from a checkpoint: a step folder "
+                 "(<save-dir>/step-<n>), a save directory (its newest complete step) or 'latest' "
+                 "(the newest complete step of --save-dir), of a run with the same model, "
+                 "optimizer and data "
                  "options; --pipeline, --data-parallel, --schedule, --microbatches and "
                  "--stages-per-rank may differ)");
   app.add_option("--fail-rank", opt.fail_rank,
-                 "testing aid: this rank throws at the start of --fail-step")
+                 "testing aid: this rank (in [0, P x D), -1: off) throws at the start of "
+                 "--fail-step")
       ->group("Fault injection");
-  app.add_option("--fail-step", opt.fail_step, "testing aid: the step at which --fail-rank throws")
+  app.add_option("--fail-step", opt.fail_step, "testing aid: the step (in [0, --steps), -1: off) at which --fail-rank throws")
       ->group("Fault injection");
   CLI11_PARSE(app, argc, argv);
 
   try {
-    PIPETRAIN_CHECK_ARG(opt.transport == "inprocess" || opt.transport == "mpi", "train_pipeline",
-                        "--transport=", opt.transport, " must be inprocess or mpi");
-    PIPETRAIN_CHECK_ARG(opt.steps >= 1, "train_pipeline", "--steps=", opt.steps, " must be >= 1");
-    PIPETRAIN_CHECK_ARG(opt.log_every >= 1, "train_pipeline", "--log-every=", opt.log_every,
-                        " must be >= 1");
-    PIPETRAIN_CHECK_ARG(opt.timeout_ms >= 1, "train_pipeline", "--timeout-ms=", opt.timeout_ms,
-                        " must be >= 1");
-    PIPETRAIN_CHECK_ARG(opt.pipeline >= 1 && opt.data_parallel >= 1, "train_pipeline",
-                        "--pipeline=", opt.pipeline, " and --data-parallel=", opt.data_parallel,
-                        " must be >= 1");
+    validate_options(opt);
     const Plan plan = make_plan(opt);
     return opt.transport == "mpi" ? run_mpi(opt, plan, &argc, &argv) : run_inprocess(opt, plan);
   } catch (const std::exception& e) {

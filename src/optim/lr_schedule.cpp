@@ -15,7 +15,8 @@ WarmupCosineSchedule::WarmupCosineSchedule(double max_lr, std::int64_t warmup_st
       total_steps_(total_steps),
       min_fraction_(min_fraction) {
   constexpr const char* kFn = "WarmupCosineSchedule";
-  PIPETRAIN_CHECK_ARG(max_lr > 0.0, kFn, "max_lr=", max_lr, " must be > 0");
+  PIPETRAIN_CHECK_ARG(std::isfinite(max_lr) && max_lr > 0.0, kFn, "max_lr=", max_lr,
+                      " must be finite and > 0");
   PIPETRAIN_CHECK_ARG(total_steps >= 1, kFn, "total_steps=", total_steps, " must be >= 1");
   PIPETRAIN_CHECK_ARG(warmup_steps >= 0, kFn, "warmup_steps=", warmup_steps, " must be >= 0");
   PIPETRAIN_CHECK_ARG(warmup_steps <= total_steps, kFn, "warmup_steps=", warmup_steps,

@@ -1,6 +1,11 @@
 #include "pipetrain/runtime/checkpoint.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -79,6 +84,7 @@ class Reader {
     return v;
   }
   std::int64_t i64() { return static_cast<std::int64_t>(u64()); }
+  std::size_t remaining() const { return end_ - at_; }
   void skip(std::size_t n) {
     need(n);
     at_ += n;
@@ -175,6 +181,133 @@ bool belongs_to(const std::string& buffer, const std::map<std::string, nn::Param
   return slash != std::string::npos && names.count(buffer.substr(0, slash)) > 0;
 }
 
+std::string range(std::int64_t lo, std::int64_t hi) {
+  return "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+}
+
+// The header of a stage file, range-checked.
+struct FileHeader {
+  std::int64_t stage = 0;
+  std::int64_t num_stages = 0;
+  CheckpointMeta meta;
+};
+
+FileHeader read_header(Reader& rd) {
+  FileHeader h;
+  rd.skip(sizeof kMagic + 8);
+  h.stage = rd.i64();
+  h.num_stages = rd.i64();
+  if (h.num_stages < 1 || h.num_stages > kMaxCheckpointStages) {
+    rd.fail("num_stages " + std::to_string(h.num_stages) + " must be in " +
+            range(1, kMaxCheckpointStages));
+  }
+  if (h.stage < 0 || h.stage >= h.num_stages) {
+    rd.fail("stage " + std::to_string(h.stage) + " must be in " + range(0, h.num_stages - 1));
+  }
+  h.meta.step = rd.i64();
+  if (h.meta.step < 0 || h.meta.step > kMaxCheckpointStep) {
+    rd.fail("step " + std::to_string(h.meta.step) + " must be in " + range(0, kMaxCheckpointStep));
+  }
+  h.meta.model_hash = rd.u64();
+  h.meta.sampler.seed = rd.u64();
+  h.meta.sampler.epoch = rd.u64();
+  h.meta.sampler.cursor = rd.u64();
+  return h;
+}
+
+// A parameter's shape: at most 16 dimensions, each in [0, 2^31), whose product fits the bytes
+// left in the file (so shape_numel cannot overflow and nothing is allocated for absent values).
+Shape read_shape(Reader& rd, std::uint64_t index) {
+  const std::uint64_t dims = rd.u64();
+  if (dims > 16) {
+    rd.fail("parameter " + std::to_string(index) + " has " + std::to_string(dims) + " dimensions");
+  }
+  Shape shape;
+  std::uint64_t numel = 1;
+  for (std::uint64_t d = 0; d < dims; ++d) {
+    const std::int64_t n = rd.i64();
+    if (n < 0 || n >= (std::int64_t{1} << 31)) {
+      rd.fail("parameter " + std::to_string(index) + " dimension " + std::to_string(d) + " is " +
+              std::to_string(n) + ", expected [0, 2^31)");
+    }
+    shape.push_back(n);
+    numel *= static_cast<std::uint64_t>(n);
+    if (numel > rd.remaining() / 4) {
+      rd.fail("parameter " + std::to_string(index) + " shape " + shape_to_string(shape) +
+              "... needs more values than the file holds");
+    }
+  }
+  return shape;
+}
+
+std::int64_t read_optimizer_step(Reader& rd) {
+  const std::int64_t step = rd.i64();
+  if (step < 0 || step > kMaxCheckpointStep) {
+    rd.fail("optimizer step " + std::to_string(step) + " must be in " +
+            range(0, kMaxCheckpointStep));
+  }
+  return step;
+}
+
+std::uint64_t trailer_of(const std::string& data) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) {
+    v |= static_cast<std::uint64_t>(static_cast<unsigned char>(data[data.size() - 8 + i]))
+         << (8 * i);
+  }
+  return v;
+}
+
+[[noreturn]] void fail_io(const char* function, const std::string& what,
+                          const std::filesystem::path& path, int error) {
+  throw Error(detail::message(function, what, " '", path.string(), "': ", std::strerror(error)));
+}
+
+void fsync_path(const std::filesystem::path& path, bool directory, const char* function) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) fail_io(function, "cannot open", path, errno);
+  if (::fsync(fd) != 0) {
+    const int error = errno;
+    ::close(fd);
+    fail_io(function, "cannot fsync", path, error);
+  }
+  ::close(fd);
+}
+
+// Writes `bytes` to "<path>.tmp", fsyncs it, renames it over `path`, and fsyncs the folder:
+// after a crash the file is either absent, or whole.
+void write_durably(const std::filesystem::path& path, const std::string& bytes,
+                   const char* function) {
+  const std::filesystem::path tmp = path.string() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail_io(function, "cannot write", tmp, errno);
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = n < 0 ? errno : EIO;
+      ::close(fd);
+      fail_io(function, "cannot write", tmp, error);
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    const int error = errno;
+    ::close(fd);
+    fail_io(function, "cannot fsync", tmp, error);
+  }
+  if (::close(fd) != 0) fail_io(function, "cannot close", tmp, errno);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    throw Error(detail::message(function, "cannot rename '", tmp.string(), "' to '",
+                                path.string(), "': ", ec.message()));
+  }
+  fsync_path(path.has_parent_path() ? path.parent_path() : std::filesystem::path("."), true,
+             function);
+}
+
 }  // namespace
 
 std::filesystem::path stage_checkpoint_path(const std::filesystem::path& dir, int stage,
@@ -185,6 +318,13 @@ std::filesystem::path stage_checkpoint_path(const std::filesystem::path& dir, in
 void save_stage_checkpoint(const std::filesystem::path& dir, int stage, int num_stages,
                            Stage& stage_object, const optim::Optimizer& optimizer,
                            const CheckpointMeta& meta) {
+  constexpr const char* kFn = "save_stage_checkpoint";
+  PIPETRAIN_CHECK_ARG(num_stages >= 1 && num_stages <= kMaxCheckpointStages, kFn,
+                      "num_stages=", num_stages, " must be in ", range(1, kMaxCheckpointStages));
+  PIPETRAIN_CHECK_ARG(stage >= 0 && stage < num_stages, kFn, "stage=", stage, " must be in ",
+                      range(0, num_stages - 1));
+  PIPETRAIN_CHECK_ARG(meta.step >= 0 && meta.step <= kMaxCheckpointStep, kFn,
+                      "meta.step=", meta.step, " must be in ", range(0, kMaxCheckpointStep));
   Writer w;
   w.bytes(kMagic, sizeof kMagic);
   w.u64(kVersion);
@@ -221,22 +361,10 @@ void save_stage_checkpoint(const std::filesystem::path& dir, int stage, int num_
 
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  const std::filesystem::path path = stage_checkpoint_path(dir, stage, num_stages);
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (out) out.write(w.data().data(), static_cast<std::streamsize>(w.data().size()));
-    out.flush();
-    if (!out) {
-      throw Error(detail::message("save_stage_checkpoint", "cannot write '", tmp.string(),
-                                  "': ", std::strerror(errno)));
-    }
-  }
-  std::filesystem::rename(tmp, path, ec);
   if (ec) {
-    throw Error(detail::message("save_stage_checkpoint", "cannot rename '", tmp.string(), "' to '",
-                                path.string(), "': ", ec.message()));
+    throw Error(detail::message(kFn, "cannot create '", dir.string(), "': ", ec.message()));
   }
+  write_durably(stage_checkpoint_path(dir, stage, num_stages), w.data(), kFn);
 }
 
 CheckpointMeta load_stage_checkpoint(const std::filesystem::path& dir, int stage, int num_stages,
@@ -245,19 +373,13 @@ CheckpointMeta load_stage_checkpoint(const std::filesystem::path& dir, int stage
   const std::filesystem::path path = stage_checkpoint_path(dir, stage, num_stages);
   const std::string data = read_checked(path, "load_stage_checkpoint");
   Reader rd(data, data.size() - 8, path.string());
-  rd.skip(sizeof kMagic + 8);
-  const std::int64_t file_stage = rd.i64();
-  const std::int64_t file_stages = rd.i64();
-  if (file_stage != stage || file_stages != num_stages) {
-    rd.fail("holds stage " + std::to_string(file_stage) + " of " + std::to_string(file_stages) +
-            ", expected stage " + std::to_string(stage) + " of " + std::to_string(num_stages));
+  const FileHeader header = read_header(rd);
+  if (header.stage != stage || header.num_stages != num_stages) {
+    rd.fail("holds stage " + std::to_string(header.stage) + " of " +
+            std::to_string(header.num_stages) + ", expected stage " + std::to_string(stage) +
+            " of " + std::to_string(num_stages));
   }
-  CheckpointMeta meta;
-  meta.step = rd.i64();
-  meta.model_hash = rd.u64();
-  meta.sampler.seed = rd.u64();
-  meta.sampler.epoch = rd.u64();
-  meta.sampler.cursor = rd.u64();
+  const CheckpointMeta meta = header.meta;
   if (meta.model_hash != expected_model_hash) {
     rd.fail(model_hash_mismatch(meta.model_hash, expected_model_hash));
   }
@@ -271,11 +393,7 @@ CheckpointMeta load_stage_checkpoint(const std::filesystem::path& dir, int stage
   std::map<std::string, nn::Parameter*> names;
   for (std::size_t i = 0; i < params.size(); ++i) {
     const std::string name = rd.str();
-    const std::uint64_t dims = rd.u64();
-    if (dims > 16)
-      rd.fail("parameter " + std::to_string(i) + " has " + std::to_string(dims) + " dimensions");
-    Shape shape;
-    for (std::uint64_t d = 0; d < dims; ++d) shape.push_back(rd.i64());
+    const Shape shape = read_shape(rd, i);
     if (name != params[i]->name || shape != params[i]->value.shape()) {
       rd.fail("parameter " + std::to_string(i) + " is '" + name + "' " + shape_to_string(shape) +
               ", expected '" + params[i]->name + "' " + shape_to_string(params[i]->value.shape()));
@@ -288,7 +406,7 @@ CheckpointMeta load_stage_checkpoint(const std::filesystem::path& dir, int stage
     names[name] = params[i];
   }
   const std::string kind = rd.str();
-  const std::int64_t opt_step = rd.i64();
+  const std::int64_t opt_step = read_optimizer_step(rd);
   optim::OptimizerState state = optimizer.state();
   if (kind != state.kind) rd.fail("optimizer '" + kind + "', this run uses '" + state.kind + "'");
   const std::uint64_t nbuf = rd.u64();
@@ -312,6 +430,303 @@ CheckpointMeta load_stage_checkpoint(const std::filesystem::path& dir, int stage
     params[i]->value.copy_from(Tensor::from_vector(values[i], params[i]->value.shape()));
   }
   return meta;
+}
+
+namespace {
+
+constexpr const char* kManifestHeader = "pipetrain checkpoint manifest 1";
+constexpr std::uint64_t kMaxFileSize = std::uint64_t{1} << 48;
+
+std::string manifest_text(const CheckpointManifest& m) {
+  std::string t = std::string(kManifestHeader) + "\n";
+  t += "step " + std::to_string(m.step) + "\n";
+  t += "num_stages " + std::to_string(m.num_stages) + "\n";
+  t += "model_hash " + hex(m.model_hash) + "\n";
+  for (const auto& f : m.files) {
+    t += "file " + f.name + " " + std::to_string(f.size) + " " + hex(f.checksum) + "\n";
+  }
+  t += "end\n";
+  return t;
+}
+
+// Reads <dir>/manifest.txt when it exists; nullopt when it does not. Throws when it is there
+// but cannot be read or parsed.
+std::optional<CheckpointManifest> read_manifest_if_present(const std::filesystem::path& dir,
+                                                           const char* function) {
+  const std::filesystem::path path = dir / kCheckpointManifestName;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return std::nullopt;
+  const std::uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec || size > (1u << 20)) {
+    throw ParseError(detail::message(function, "'", path.string(), "': ",
+                                     ec ? ec.message() : "larger than 1 MiB, not a manifest"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail_io(function, "cannot open", path, errno);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_checkpoint_manifest(text, path.string());
+}
+
+// A complete step folder: its manifest parses, names `step` (when >= 0), and every listed file
+// exists with its size. Never throws.
+std::optional<CheckpointManifest> complete_manifest(const std::filesystem::path& dir,
+                                                    std::int64_t step) {
+  try {
+    std::optional<CheckpointManifest> m = read_manifest_if_present(dir, "find_latest_checkpoint");
+    if (!m || (step >= 0 && m->step != step)) return std::nullopt;
+    for (const auto& f : m->files) {
+      std::error_code ec;
+      if (std::filesystem::file_size(dir / f.name, ec) != f.size || ec) return std::nullopt;
+    }
+    return m;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// "step-<n>" -> (n, 0), "step-<n>-stages-<S>" -> (n, S); anything else (staging folders
+// "step-<n>.tmp-<S>" included) -> nullopt.
+std::optional<std::pair<std::int64_t, int>> parse_step_folder(const std::string& name) {
+  long long n = -1;
+  int S = 0, used = 0;
+  if (std::sscanf(name.c_str(), "step-%lld%n", &n, &used) == 1 && n >= 0 &&
+      "step-" + std::to_string(n) == name) {
+    return std::make_pair(static_cast<std::int64_t>(n), 0);
+  }
+  if (std::sscanf(name.c_str(), "step-%lld-stages-%d", &n, &S) == 2 && n >= 0 && S >= 1 &&
+      "step-" + std::to_string(n) + "-stages-" + std::to_string(S) == name) {
+    return std::make_pair(static_cast<std::int64_t>(n), S);
+  }
+  return std::nullopt;
+}
+
+bool is_staging_name(const std::string& name) {
+  return name.rfind("step-", 0) == 0 && name.find(".tmp") != std::string::npos;
+}
+
+}  // namespace
+
+CheckpointManifest parse_checkpoint_manifest(std::string_view text, const std::string& where) {
+  constexpr const char* kFn = "parse_checkpoint_manifest";
+  std::vector<std::string_view> lines;
+  while (!text.empty()) {
+    const std::size_t nl = text.find('\n');
+    if (nl == std::string_view::npos) {
+      lines.push_back(text);
+      break;
+    }
+    lines.push_back(text.substr(0, nl));
+    text.remove_prefix(nl + 1);
+  }
+  std::size_t at = 0;
+  auto fail = [&](const std::string& what) -> void {
+    throw ParseError(detail::message(kFn, "'", where, "': line ", at + 1, ": ", what));
+  };
+  auto next = [&](std::string_view key) -> std::vector<std::string_view> {
+    if (at >= lines.size()) {
+      at = lines.size();
+      fail("missing, expected '" + std::string(key) + " ...' (truncated manifest)");
+    }
+    std::vector<std::string_view> words;
+    std::string_view line = lines[at];
+    while (!line.empty()) {
+      const std::size_t sp = line.find(' ');
+      words.push_back(line.substr(0, sp));
+      if (sp == std::string_view::npos) break;
+      line.remove_prefix(sp + 1);
+    }
+    if (words.empty() || words[0] != key) {
+      fail("'" + std::string(lines[at].substr(0, 80)) + "', expected '" + std::string(key) +
+           " ...'");
+    }
+    return words;
+  };
+  auto number = [&](std::string_view word, std::uint64_t lo, std::uint64_t hi, const char* name,
+                    int base = 10) -> std::uint64_t {
+    std::uint64_t v = 0;
+    if (base == 16) {
+      if (word.substr(0, 2) != "0x") fail(std::string(name) + " must be hexadecimal (0x...)");
+      word.remove_prefix(2);
+    }
+    const auto [end, ec] = std::from_chars(word.data(), word.data() + word.size(), v, base);
+    if (ec != std::errc() || end != word.data() + word.size() || word.empty()) {
+      fail(std::string(name) + "='" + std::string(word.substr(0, 40)) + "' is not a number");
+    }
+    if (v < lo || v > hi) {
+      fail(std::string(name) + "=" + std::to_string(v) + " must be in [" + std::to_string(lo) +
+           ", " + std::to_string(hi) + "]");
+    }
+    return v;
+  };
+  CheckpointManifest m;
+  if (lines.empty() || lines[0] != kManifestHeader) {
+    fail(std::string("not a pipetrain manifest, expected '") + kManifestHeader + "'");
+  }
+  ++at;
+  auto words = next("step");
+  if (words.size() != 2) fail("expected 'step <n>'");
+  m.step = static_cast<std::int64_t>(number(words[1], 0, kMaxCheckpointStep, "step"));
+  ++at;
+  words = next("num_stages");
+  if (words.size() != 2) fail("expected 'num_stages <S>'");
+  m.num_stages = static_cast<int>(number(words[1], 1, kMaxCheckpointStages, "num_stages"));
+  ++at;
+  words = next("model_hash");
+  if (words.size() != 2) fail("expected 'model_hash 0x<hex>'");
+  m.model_hash = number(words[1], 0, ~std::uint64_t{0}, "model_hash", 16);
+  ++at;
+  for (int s = 0; s < m.num_stages; ++s, ++at) {
+    words = next("file");
+    if (words.size() != 4) fail("expected 'file <name> <bytes> 0x<checksum>'");
+    CheckpointManifest::File f;
+    f.name = std::string(words[1]);
+    const std::string want = stage_checkpoint_path({}, s, m.num_stages).filename().string();
+    if (f.name != want) fail("file '" + f.name.substr(0, 80) + "', expected '" + want + "'");
+    f.size = number(words[2], 24, kMaxFileSize, "size");
+    f.checksum = number(words[3], 0, ~std::uint64_t{0}, "checksum", 16);
+    m.files.push_back(std::move(f));
+  }
+  next("end");
+  if (lines[at].size() != 3) fail("expected 'end'");
+  if (at + 1 != lines.size()) {
+    ++at;
+    fail("text after 'end'");
+  }
+  return m;
+}
+
+std::filesystem::path checkpoint_staging_dir(const std::filesystem::path& save_dir,
+                                             std::int64_t step, int num_stages) {
+  return save_dir / ("step-" + std::to_string(step) + ".tmp-" + std::to_string(num_stages));
+}
+
+std::filesystem::path commit_checkpoint(const std::filesystem::path& save_dir, std::int64_t step,
+                                        int num_stages) {
+  constexpr const char* kFn = "commit_checkpoint";
+  PIPETRAIN_CHECK_ARG(num_stages >= 1 && num_stages <= kMaxCheckpointStages, kFn,
+                      "num_stages=", num_stages, " must be in ", range(1, kMaxCheckpointStages));
+  PIPETRAIN_CHECK_ARG(step >= 0 && step <= kMaxCheckpointStep, kFn, "step=", step,
+                      " must be in ", range(0, kMaxCheckpointStep));
+  const std::filesystem::path staging = checkpoint_staging_dir(save_dir, step, num_stages);
+  CheckpointManifest manifest;
+  manifest.step = step;
+  manifest.num_stages = num_stages;
+  std::set<std::string> listed;
+  for (int s = 0; s < num_stages; ++s) {
+    const std::filesystem::path path = stage_checkpoint_path(staging, s, num_stages);
+    const std::string data = read_checked(path, kFn);
+    Reader rd(data, data.size() - 8, path.string(), kFn);
+    const FileHeader header = read_header(rd);
+    if (header.stage != s || header.num_stages != num_stages || header.meta.step != step) {
+      rd.fail("holds stage " + std::to_string(header.stage) + " of " +
+              std::to_string(header.num_stages) + " at step " +
+              std::to_string(header.meta.step) + ", expected stage " + std::to_string(s) +
+              " of " + std::to_string(num_stages) + " at step " + std::to_string(step));
+    }
+    if (s == 0) {
+      manifest.model_hash = header.meta.model_hash;
+    } else if (header.meta.model_hash != manifest.model_hash) {
+      rd.fail(model_hash_mismatch(header.meta.model_hash, manifest.model_hash));
+    }
+    manifest.files.push_back({path.filename().string(), data.size(), trailer_of(data)});
+    listed.insert(path.filename().string());
+  }
+  // Leftovers of an earlier, crashed save of the same step and cut ("*.tmp" files).
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(staging, ec)) {
+    if (listed.count(entry.path().filename().string()) == 0) {
+      std::filesystem::remove_all(entry.path(), ec);
+    }
+  }
+  write_durably(staging / kCheckpointManifestName, manifest_text(manifest), kFn);
+  fsync_path(staging, true, kFn);
+
+  // Never write into a complete folder of another cut: take a name of our own.
+  std::filesystem::path final_dir = save_dir / ("step-" + std::to_string(step));
+  if (std::filesystem::exists(final_dir, ec)) {
+    const std::optional<CheckpointManifest> there = complete_manifest(final_dir, step);
+    if (!there || there->num_stages != num_stages) {
+      final_dir = save_dir / ("step-" + std::to_string(step) + "-stages-" +
+                              std::to_string(num_stages));
+    }
+  }
+  if (std::filesystem::exists(final_dir, ec)) {
+    // A checkpoint of the same step and cut (an earlier run): move it aside, then replace it.
+    const std::filesystem::path old =
+        save_dir / (final_dir.filename().string() + ".tmp-old");
+    std::filesystem::remove_all(old, ec);
+    std::filesystem::rename(final_dir, old, ec);
+    if (ec) {
+      throw Error(detail::message(kFn, "cannot move '", final_dir.string(), "' aside to '",
+                                  old.string(), "': ", ec.message()));
+    }
+  }
+  std::filesystem::rename(staging, final_dir, ec);
+  if (ec) {
+    throw Error(detail::message(kFn, "cannot rename '", staging.string(), "' to '",
+                                final_dir.string(), "': ", ec.message()));
+  }
+  fsync_path(save_dir, true, kFn);
+  // What crashed saves left behind: staging folders and stray "*.tmp" entries.
+  for (const auto& entry : std::filesystem::directory_iterator(save_dir, ec)) {
+    if (is_staging_name(entry.path().filename().string())) {
+      std::filesystem::remove_all(entry.path(), ec);
+    }
+  }
+  return final_dir;
+}
+
+std::optional<std::filesystem::path> find_latest_checkpoint(
+    const std::filesystem::path& save_dir) {
+  std::optional<std::filesystem::path> best;
+  std::pair<std::int64_t, int> best_key{-1, -1};
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(save_dir, ec)) {
+    const auto key = parse_step_folder(entry.path().filename().string());
+    if (!key || !entry.is_directory(ec)) continue;
+    // Of two folders of one step, the "-stages-" one was committed later.
+    const std::pair<std::int64_t, int> rank{key->first, key->second > 0 ? 1 : 0};
+    if (rank <= best_key) continue;
+    if (complete_manifest(entry.path(), key->first)) {
+      best = entry.path();
+      best_key = rank;
+    }
+  }
+  return best;
+}
+
+std::filesystem::path resolve_checkpoint(const std::filesystem::path& path) {
+  constexpr const char* kFn = "resolve_checkpoint";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    throw Error(detail::message(kFn, "'", path.string(), "': does not exist"));
+  }
+  if (!std::filesystem::is_directory(path, ec)) {
+    throw Error(detail::message(kFn, "'", path.string(), "': is not a directory"));
+  }
+  if (std::filesystem::exists(path / kCheckpointManifestName, ec)) return path;
+  if (auto latest = find_latest_checkpoint(path)) return *latest;
+  throw Error(detail::message(kFn, "'", path.string(), "': holds no complete checkpoint (no ",
+                              kCheckpointManifestName, " in it or in any step-<n> folder)"));
+}
+
+void check_directory_writable(const std::filesystem::path& dir, const char* function) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir)) {
+    throw Error(detail::message(function, "cannot write in '", dir.string(), "': ",
+                                ec ? ec.message() : std::string("not a directory")));
+  }
+  static std::atomic<int> counter{0};
+  const std::filesystem::path probe =
+      dir / (".write-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  try {
+    write_durably(probe, "pipetrain\n", function);
+  } catch (const Error& e) {
+    std::filesystem::remove(probe.string() + ".tmp", ec);
+    throw Error(detail::message(function, "cannot write in '", dir.string(), "': ", e.what()));
+  }
+  std::filesystem::remove(probe, ec);
 }
 
 namespace {
@@ -367,34 +782,24 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
                                             std::span<Stage* const> stages,
                                             optim::Optimizer& optimizer,
                                             std::uint64_t expected_model_hash) {
-  // The files present, and the one number of stages they belong to.
-  std::map<int, std::set<int>> found;  // num_stages -> stages
+  // The manifest names the checkpoint's files; nothing else in the folder is looked at.
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    int s = -1, n = -1;
-    if (std::sscanf(name.c_str(), "stage-%d-of-%d", &s, &n) == 2 && s >= 0 && n >= 1 &&
-        stage_checkpoint_path(dir, s, n).filename() == entry.path().filename()) {
-      found[n].insert(s);
-    }
+  if (!std::filesystem::exists(dir, ec)) fail_at(dir, "does not exist");
+  if (!std::filesystem::is_directory(dir, ec)) fail_at(dir, "is not a directory");
+  const std::optional<CheckpointManifest> manifest = read_manifest_if_present(dir, kAnyCut);
+  if (!manifest) {
+    fail_at(dir, std::string("holds no ") + kCheckpointManifestName +
+                     ", so it is not a complete checkpoint (a save that did not finish, or a "
+                     "folder written before manifests existed)");
   }
-  if (found.empty()) fail_at(dir, "holds no stage-<s>-of-<S>.ckpt file");
-  if (found.size() > 1) {
-    std::string sizes;
-    for (auto it = found.begin(); it != found.end(); ++it) {
-      sizes += (it == found.begin()            ? ""
-                : std::next(it) == found.end() ? " and "
-                                               : ", ") +
-               std::to_string(it->first);
-    }
-    fail_at(dir, "holds checkpoints of " + sizes + " stages");
-  }
-  const int num_stages = found.begin()->first;
+  const int num_stages = manifest->num_stages;
   for (int s = 0; s < num_stages; ++s) {
-    if (found.begin()->second.count(s) == 0) {
-      fail_at(stage_checkpoint_path(dir, s, num_stages), "missing (a checkpoint of " +
-                                                             std::to_string(num_stages) +
-                                                             " stages has one file per stage)");
+    const std::filesystem::path path = stage_checkpoint_path(dir, s, num_stages);
+    const std::uint64_t size = std::filesystem::file_size(path, ec);
+    if (ec) fail_at(path, "missing (the manifest lists it)");
+    if (size != manifest->files[s].size) {
+      fail_at(path, "holds " + std::to_string(size) + " bytes, the manifest says " +
+                        std::to_string(manifest->files[s].size));
     }
   }
 
@@ -413,19 +818,21 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
     const std::filesystem::path path = stage_checkpoint_path(dir, s, num_stages);
     const std::string data = read_checked(path, kAnyCut);
     Reader rd(data, data.size() - 8, path.string(), kAnyCut);
-    rd.skip(sizeof kMagic + 8);
-    const std::int64_t file_stage = rd.i64();
-    const std::int64_t file_stages = rd.i64();
-    if (file_stage != s || file_stages != num_stages) {
-      rd.fail("holds stage " + std::to_string(file_stage) + " of " + std::to_string(file_stages) +
-              ", expected stage " + std::to_string(s) + " of " + std::to_string(num_stages));
+    if (trailer_of(data) != manifest->files[s].checksum) {
+      rd.fail("checksum " + hex(trailer_of(data)) + " differs from the manifest's " +
+              hex(manifest->files[s].checksum));
     }
-    CheckpointMeta m;
-    m.step = rd.i64();
-    m.model_hash = rd.u64();
-    m.sampler.seed = rd.u64();
-    m.sampler.epoch = rd.u64();
-    m.sampler.cursor = rd.u64();
+    const FileHeader header = read_header(rd);
+    if (header.stage != s || header.num_stages != num_stages) {
+      rd.fail("holds stage " + std::to_string(header.stage) + " of " +
+              std::to_string(header.num_stages) + ", expected stage " + std::to_string(s) +
+              " of " + std::to_string(num_stages));
+    }
+    const CheckpointMeta m = header.meta;
+    if (m.step != manifest->step) {
+      rd.fail("step " + std::to_string(m.step) + " differs from the manifest's " +
+              std::to_string(manifest->step));
+    }
     if (m.model_hash != expected_model_hash) {
       rd.fail(model_hash_mismatch(m.model_hash, expected_model_hash));
     }
@@ -439,12 +846,7 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
     std::vector<std::pair<std::string, Shape>> file_params;
     for (std::uint64_t i = 0; i < count; ++i) {
       const std::string name = rd.str();
-      const std::uint64_t dims = rd.u64();
-      if (dims > 16) {
-        rd.fail("parameter " + std::to_string(i) + " has " + std::to_string(dims) + " dimensions");
-      }
-      Shape shape;
-      for (std::uint64_t d = 0; d < dims; ++d) shape.push_back(rd.i64());
+      const Shape shape = read_shape(rd, i);
       record(params, name, shape, wanted.count(name) > 0, path, "parameter",
              [&](std::vector<float>* out, std::uint64_t* n) { return rd.floats_hashed(out, n); });
       const Saved& got = params.at(name);
@@ -454,7 +856,7 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
       }
     }
     const std::string kind = rd.str();
-    const std::int64_t step = rd.i64();
+    const std::int64_t step = read_optimizer_step(rd);
     if (kind != state.kind) rd.fail("optimizer '" + kind + "', this run uses '" + state.kind + "'");
     if (s == 0) {
       opt_step = step;

@@ -160,12 +160,17 @@ TEST(WarmupCosineSchedule, RejectsBadArguments) {
     }
     return std::string("no InvalidArgument");
   };
-  EXPECT_EQ(message(0.0, 1, 10, 0.1), "[WarmupCosineSchedule] max_lr=0 must be > 0");
+  EXPECT_EQ(message(0.0, 1, 10, 0.1), "[WarmupCosineSchedule] max_lr=0 must be finite and > 0");
+  // An infinite or NaN rate would train NaN weights (issue 10).
+  EXPECT_EQ(message(INFINITY, 1, 10, 0.1),
+            "[WarmupCosineSchedule] max_lr=inf must be finite and > 0");
+  EXPECT_EQ(message(NAN, 1, 10, 0.1), "[WarmupCosineSchedule] max_lr=nan must be finite and > 0");
   EXPECT_EQ(message(1.0, 20, 10, 0.1),
             "[WarmupCosineSchedule] warmup_steps=20 must be <= total_steps=10");
   EXPECT_EQ(message(1.0, -1, 10, 0.1), "[WarmupCosineSchedule] warmup_steps=-1 must be >= 0");
   EXPECT_EQ(message(1.0, 0, 0, 0.1), "[WarmupCosineSchedule] total_steps=0 must be >= 1");
   EXPECT_EQ(message(1.0, 1, 10, 1.5), "[WarmupCosineSchedule] min_fraction=1.5 must be in [0, 1]");
+  EXPECT_EQ(message(1.0, 1, 10, NAN), "[WarmupCosineSchedule] min_fraction=nan must be in [0, 1]");
 }
 
 }  // namespace

@@ -1,0 +1,43 @@
+// Checks the trainers (train_gpt, train_pipeline) run on their options before they load data
+// or allocate a model, so a bad value is reported at once, naming the flag, the value and the
+// limit, instead of as std::bad_alloc or NaN weights after the training.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace train_gpt {
+
+/// Largest --seq and --channels the trainers accept, whatever the memory.
+inline constexpr std::int64_t kMaxSeq = 1 << 16;
+inline constexpr std::int64_t kMaxChannels = 1 << 15;
+
+/// Throws InvalidArgument "[program] --flag=value must be finite and > 0" unless it is.
+void check_finite_positive(const char* program, const char* flag, double value);
+/// Throws InvalidArgument "[program] --flag=value must be finite and >= 0 (0: off)" unless it is.
+void check_finite_non_negative(const char* program, const char* flag, double value,
+                               const char* zero_means);
+
+/// Checks that `path` (the value of --data) is a regular file that can be opened for reading
+/// and is not empty; returns its size in bytes. Throws InvalidArgument naming --data otherwise:
+///   "[train_gpt] --data='runs' is a directory, expected a text file"
+std::uint64_t check_text_file(const char* program, const std::string& path);
+
+/// What a model and its training need, for check_model_fits().
+struct ModelSize {
+  std::int64_t vocab = 256, seq = 0, layers = 0, heads = 0, channels = 0;
+  std::int64_t sequences_in_memory = 0;  ///< sequences whose activations are held at once
+};
+
+/// Checks --seq and --channels against kMaxSeq and kMaxChannels, then the estimated bytes of
+/// parameters, gradients, AdamW state and activations against the machine's physical memory.
+/// Throws InvalidArgument naming the flags, the values and the limit.
+void check_model_fits(const char* program, const ModelSize& size);
+
+/// Checks that `bytes` of byte-level text hold `windows` windows of --seq+1 bytes (the input
+/// and its shifted target): "[train_pipeline] --seq=4096 x --batch=16 needs 65537 bytes of
+/// --data, 'LICENSE' holds 11357".
+void check_data_holds(const char* program, const std::string& data, std::uint64_t bytes,
+                      std::int64_t seq, std::int64_t windows, const std::string& windows_text);
+
+}  // namespace train_gpt
