@@ -20,6 +20,16 @@ std::string quoted(const std::filesystem::path& path) {
 
 // Reads the whole file; the size comes from the stream itself so nothing past the end is read.
 std::vector<char> read_file(const std::filesystem::path& path, std::string_view function) {
+  // A directory opens as a stream whose size reads as 2^63-1 (then bad_alloc); a FIFO or a
+  // device never ends.
+  std::error_code ec;
+  const std::filesystem::file_status status = std::filesystem::status(path, ec);
+  if (!ec && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+    throw Error(detail::message(function, quoted(path), " is ",
+                                std::filesystem::is_directory(status) ? "a directory"
+                                                                      : "not a regular file",
+                                ", expected a data file"));
+  }
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw Error(detail::message(function, "cannot open ", quoted(path)));
   const std::streamoff size = in.tellg();

@@ -145,6 +145,17 @@ TEST_F(DataFiles, MissingFile) {
   }
 }
 
+// A directory used to read as a file of 2^63-1 bytes: std::bad_alloc, naming nothing.
+TEST_F(DataFiles, DirectoryIsRefused) {
+  try {
+    load_text_tokens(dir_);
+    ADD_FAILURE() << "no exception";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "[load_text_tokens] '" + dir_.string() + "' is a directory, expected a data file");
+  }
+}
+
 TEST_F(DataFiles, TextFileIsBytes) {
   const fs::path path = write("a.txt", {'H', 'i', '\n', static_cast<char>(0xE9)});
   EXPECT_EQ(load_text_tokens(path), (std::vector<Token>{72, 105, 10, 233}));
