@@ -374,7 +374,7 @@ Schedule from_csv(std::string_view text, std::string name) {
     throw ParseError(detail::message("from_csv", "the largest microbatch ", max_microbatch,
                                      " gives num_microbatches=", microbatches, ", more than ",
                                      L::kMaxMicrobatches, " (ScheduleLimits::kMaxMicrobatches)"));
-  const std::int64_t work = stages * microbatches;  // <= 2^12 * 2^20
+  const std::int64_t work = stages * microbatches;  // <= 2^12 * 2^19
   // A complete schedule has an F and a backward for each of the stages x microbatches pairs; a
   // text may miss some (validate() then lists them), but not most.
   const std::int64_t allowed = std::min(L::kMaxWork, std::max<std::int64_t>(num_compute, 4096));

@@ -33,7 +33,7 @@ void check_schedule_size(std::string_view function, std::int64_t num_ranks,
   PIPETRAIN_CHECK_ARG(num_microbatches <= L::kMaxMicrobatches, function, "num_microbatches=",
                       num_microbatches, " must be <= ", L::kMaxMicrobatches,
                       " (ScheduleLimits::kMaxMicrobatches)");
-  const std::int64_t work = stages * num_microbatches;  // <= 2^12 * 2^20: no overflow
+  const std::int64_t work = stages * num_microbatches;  // <= 2^12 * 2^19: no overflow
   PIPETRAIN_CHECK_ARG(work <= L::kMaxWork, function, "num_stages*num_microbatches=", stages, "*",
                       num_microbatches, "=", work, " must be <= ", L::kMaxWork,
                       " (ScheduleLimits::kMaxWork)");

@@ -33,9 +33,9 @@ enum class Placement { kLoop, kV };
 struct ScheduleLimits {
   static constexpr int kMaxRanks = 1024;          ///< num_ranks
   static constexpr int kMaxStages = 4096;         ///< num_stages = num_ranks * stages_per_rank
-  static constexpr int kMaxMicrobatches = 1 << 20;  ///< num_microbatches, for the generators
+  static constexpr int kMaxMicrobatches = 1 << 19;  ///< num_microbatches, for the generators
   /// num_stages * num_microbatches for the generators: each pair is 2 or 3 compute actions.
-  static constexpr std::int64_t kMaxWork = std::int64_t{1} << 20;
+  static constexpr std::int64_t kMaxWork = std::int64_t{1} << 19;
   /// Slots (actions and idle cells) of a schedule read from a file, and its size in bytes.
   static constexpr std::int64_t kMaxSlots = std::int64_t{1} << 23;
   static constexpr std::int64_t kMaxFileBytes = std::int64_t{64} << 20;
@@ -46,7 +46,7 @@ struct ScheduleLimits {
 /// hold and products of counts are checked, not wrapped). Throws InvalidArgument naming
 /// `function`, the value and the limit:
 ///   "[train_pipeline] num_ranks=65536 must be <= 1024 (ScheduleLimits::kMaxRanks)"
-///   "[gpipe] num_stages*num_microbatches=1*2000000=2000000 must be <= 1048576
+///   "[gpipe] num_stages*num_microbatches=1*2000000=2000000 must be <= 524288
 ///    (ScheduleLimits::kMaxWork)"
 void check_schedule_size(std::string_view function, std::int64_t num_ranks,
                          std::int64_t stages_per_rank, std::int64_t num_microbatches);

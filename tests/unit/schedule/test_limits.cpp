@@ -42,10 +42,10 @@ TEST(Limits, CheckScheduleSizeNamesTheValueAndTheLimit) {
             "[f] num_stages=num_ranks*stages_per_rank=4*2000=8000 must be <= 4096 "
             "(ScheduleLimits::kMaxStages)");
   EXPECT_EQ(error_of<InvalidArgument>([] { check_schedule_size("f", 4, 1, 1000000000); }),
-            "[f] num_microbatches=1000000000 must be <= 1048576 "
+            "[f] num_microbatches=1000000000 must be <= 524288 "
             "(ScheduleLimits::kMaxMicrobatches)");
   EXPECT_EQ(error_of<InvalidArgument>([] { check_schedule_size("f", 64, 2, 10000); }),
-            "[f] num_stages*num_microbatches=128*10000=1280000 must be <= 1048576 "
+            "[f] num_stages*num_microbatches=128*10000=1280000 must be <= 524288 "
             "(ScheduleLimits::kMaxWork)");
   // 64-bit arguments: values an int cannot hold are checked, not wrapped.
   EXPECT_EQ(error_of<InvalidArgument>(
@@ -58,10 +58,10 @@ TEST(Limits, GeneratorsCheckBeforeTheyAllocate) {
   EXPECT_EQ(error_of<InvalidArgument>([] { make_schedule("1f1b", 100000, 8); }),
             "[one_f_one_b] num_ranks=100000 must be <= 1024 (ScheduleLimits::kMaxRanks)");
   EXPECT_EQ(error_of<InvalidArgument>([] { make_schedule("gpipe", 4, 1000000000); }),
-            "[gpipe] num_microbatches=1000000000 must be <= 1048576 "
+            "[gpipe] num_microbatches=1000000000 must be <= 524288 "
             "(ScheduleLimits::kMaxMicrobatches)");
   EXPECT_EQ(error_of<InvalidArgument>([] { make_schedule("zb-v", 1024, 1024); }),
-            "[zb_v] num_stages*num_microbatches=2048*1024=2097152 must be <= 1048576 "
+            "[zb_v] num_stages*num_microbatches=2048*1024=2097152 must be <= 524288 "
             "(ScheduleLimits::kMaxWork)");
   EXPECT_EQ(error_of<InvalidArgument>([] { make_schedule("looped-bfs", 4, 4, 100000); }),
             "[looped_bfs] stages_per_rank=100000 must be <= 4096 (ScheduleLimits::kMaxStages)");
@@ -90,17 +90,17 @@ TEST(Limits, CsvNumbersBeyondTheLimitsAreRefused) {
             "(ScheduleLimits::kMaxStages)");
   EXPECT_EQ(error_of<ParseError>([] { from_csv("0F2147483647"); }),
             "[from_csv] the largest microbatch 2147483647 gives num_microbatches=2147483648, "
-            "more than 1048576 (ScheduleLimits::kMaxMicrobatches)");
+            "more than 524288 (ScheduleLimits::kMaxMicrobatches)");
 }
 
 TEST(Limits, CsvShapeMustMatchTheNumberOfActions) {
-  // 10 bytes that used to print 1.2 GB of violations: ten million (stage, microbatch) pairs
-  // named by a single action.
-  EXPECT_EQ(error_of<ParseError>([] { from_csv("0F999999"); }),
-            "[from_csv] the largest stage 0 and microbatch 999999 give "
-            "num_stages*num_microbatches=1*1000000=1000000 (stage, microbatch) pairs, but the "
+  // A few bytes that name many (stage, microbatch) pairs used to print one violation per pair
+  // (10000000F0: 1.2 GB of them).
+  EXPECT_EQ(error_of<ParseError>([] { from_csv("0F99999"); }),
+            "[from_csv] the largest stage 0 and microbatch 99999 give "
+            "num_stages*num_microbatches=1*100000=100000 (stage, microbatch) pairs, but the "
             "text holds 1 compute actions: expected at most max(compute actions, 4096), and at "
-            "most 1048576 (ScheduleLimits::kMaxWork)");
+            "most 524288 (ScheduleLimits::kMaxWork)");
   EXPECT_THROW(from_csv("0F4096"), ParseError);
   // Small shapes and texts with some actions missing are still read (validate() lists them).
   EXPECT_EQ(from_csv("0F4095").num_microbatches(), 4096);
@@ -161,7 +161,7 @@ TEST(Limits, ValidateRefusesHugeShapesWithOneViolation) {
   ASSERT_EQ(report.violations.size(), 1u);
   EXPECT_EQ(report.violations[0].rule, Violation::Rule::kRange);
   EXPECT_EQ(report.violations[0].message,
-            "num_stages*num_microbatches=2*1000000000=2000000000 is more than 1048576 "
+            "num_stages*num_microbatches=2*1000000000=2000000000 is more than 524288 "
             "(ScheduleLimits::kMaxWork): the schedule was not checked");
 }
 
