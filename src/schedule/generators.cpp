@@ -26,13 +26,10 @@ constexpr ActionKind kW = ActionKind::kBackwardWeight;
 
 using Orders = std::vector<std::vector<Action>>;
 
+// Every generator checks its shape, limits included, before it allocates anything.
 void check_common(const char* function, int num_ranks, int num_microbatches,
                   int stages_per_rank = 1) {
-  PIPETRAIN_CHECK_ARG(num_ranks >= 1, function, "num_ranks=", num_ranks, " must be >= 1");
-  PIPETRAIN_CHECK_ARG(num_microbatches >= 1, function, "num_microbatches=", num_microbatches,
-                      " must be >= 1");
-  PIPETRAIN_CHECK_ARG(stages_per_rank >= 1, function, "stages_per_rank=", stages_per_rank,
-                      " must be >= 1");
+  check_schedule_size(function, num_ranks, stages_per_rank, num_microbatches);
 }
 
 // End times (in unit steps) of the actions placed so far, per (stage, microbatch).
@@ -323,7 +320,7 @@ Schedule zb_h2(int num_ranks, int num_microbatches) {
 }
 
 Schedule zb_v(int num_ranks, int num_microbatches) {
-  check_common("zb_v", num_ranks, num_microbatches);
+  check_common("zb_v", num_ranks, num_microbatches, 2);
   const int p = num_ranks, m = num_microbatches;
   // The order of PyTorch's ScheduleZBVZeroBubble (the ZB-V of Qi et al. 2024, figure 6), built
   // for at least 2P-1 microbatches; the microbatches past M are then dropped, which keeps every
@@ -363,7 +360,7 @@ Schedule zb_v(int num_ranks, int num_microbatches) {
 }
 
 Schedule dualpipe_v(int num_ranks, int num_microbatches) {
-  check_common("dualpipe_v", num_ranks, num_microbatches);
+  check_common("dualpipe_v", num_ranks, num_microbatches, 2);
   const int p = num_ranks, m = num_microbatches;
   PIPETRAIN_CHECK_ARG(m >= 2 * p, "dualpipe_v", "num_microbatches=", m,
                       " must be >= 2*num_ranks=", 2 * p);

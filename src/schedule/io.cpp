@@ -7,6 +7,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <sstream>
@@ -94,6 +97,11 @@ std::string json_number(double value) {
 std::string short_number(double value) {
   if (!std::isfinite(value)) return "0";
   std::array<char, 64> buffer{};
+  if (std::fabs(value) >= 1e15) {  // fixed notation would not fit: 1e+300
+    const auto result = std::to_chars(buffer.data(), buffer.data() + buffer.size(), value,
+                                      std::chars_format::scientific, 6);
+    return std::string(buffer.data(), result.ptr);
+  }
   const auto result = std::to_chars(buffer.data(), buffer.data() + buffer.size(), value,
                                     std::chars_format::fixed, 2);
   std::string text(buffer.data(), result.ptr);
@@ -222,11 +230,29 @@ bool is_light(Rgb c) { return 0.299 * c.r + 0.587 * c.g + 0.114 * c.b > 160.0; }
 // labels.
 double tick_step(double pixels_per_unit, double min_pixels) {
   const double raw = min_pixels / pixels_per_unit;
+  if (!std::isfinite(raw) || raw <= 0.0) return raw;  // the caller draws no ticks
   double power = std::pow(10.0, std::floor(std::log10(raw)));
   for (;;) {
     for (const double m : {1.0, 2.0, 5.0})
       if (m * power >= raw) return m * power;
     power *= 10.0;
+  }
+}
+
+const char* file_type_name(std::filesystem::file_type type) {
+  switch (type) {
+    case std::filesystem::file_type::directory:
+      return "a directory";
+    case std::filesystem::file_type::character:
+      return "a character device";
+    case std::filesystem::file_type::block:
+      return "a block device";
+    case std::filesystem::file_type::fifo:
+      return "a FIFO";
+    case std::filesystem::file_type::socket:
+      return "a socket";
+    default:
+      return "not a regular file";
   }
 }
 
@@ -258,13 +284,26 @@ Schedule from_csv(std::string_view text, std::string name) {
   // A file with any "BW" cell comes from a PyTorch release in which "B" meant the
   // input-gradient backward; read its "B" as I and its "BW" as B.
   bool old_dialect = false;
+  // Linear: each "BW" looks only at the digits and blanks around it (searching for the cell's
+  // separators instead made a long line of "BW"s quadratic).
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  auto blank = [](char c) { return c == ' ' || c == '\t'; };
   for (std::size_t at = text.find("BW"); at != std::string_view::npos && !old_dialect;
        at = text.find("BW", at + 2)) {
-    std::size_t begin = text.find_last_of(",\n(;", at);
-    begin = begin == std::string_view::npos ? 0 : begin + 1;
-    const std::size_t end = std::min(text.find_first_of(",\r\n);", at), text.size());
-    old_dialect = is_old_full_backward(trim_cell(text.substr(begin, end - begin)));
+    std::size_t begin = at;
+    while (begin > 0 && digit(text[begin - 1])) --begin;
+    if (begin == at) continue;
+    while (begin > 0 && blank(text[begin - 1])) --begin;
+    if (begin > 0 && std::string_view(",\n(;").find(text[begin - 1]) == std::string_view::npos)
+      continue;
+    std::size_t end = at + 2;
+    while (end < text.size() && digit(text[end])) ++end;
+    if (end == at + 2) continue;
+    while (end < text.size() && blank(text[end])) ++end;
+    old_dialect = end == text.size() || std::string_view(",\r\n);").find(text[end]) !=
+                                            std::string_view::npos;
   }
+  std::int64_t num_slots = 0;
   std::size_t pos = 0;
   while (pos < text.size()) {
     std::size_t eol = text.find('\n', pos);
@@ -273,6 +312,10 @@ Schedule from_csv(std::string_view text, std::string name) {
     pos = eol + 1;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     const int row = static_cast<int>(rows.size()) + 1;
+    if (row > ScheduleLimits::kMaxRanks)
+      throw ParseError(detail::message("from_csv", "the text has more than ",
+                                       ScheduleLimits::kMaxRanks,
+                                       " rows (one per rank; ScheduleLimits::kMaxRanks)"));
     auto& slots = rows.emplace_back();
     if (line.empty()) continue;  // a rank with no slots, as csv.reader gives []
     std::size_t start = 0;
@@ -282,6 +325,11 @@ Schedule from_csv(std::string_view text, std::string name) {
       std::string_view body = trim_cell(line.substr(start, comma - start));
       if (body.size() >= 2 && body.front() == '"' && body.back() == '"')
         body = trim_cell(body.substr(1, body.size() - 2));
+      // Bounded before it grows: a cell holds one action, or two or three when overlapped.
+      if (++num_slots > ScheduleLimits::kMaxSlots)
+        throw ParseError(detail::message("from_csv", where(row, cell), ": the text has more than ",
+                                         ScheduleLimits::kMaxSlots,
+                                         " cells (ScheduleLimits::kMaxSlots)"));
       if (body.empty()) {
         slots.emplace_back(std::nullopt);
       } else {
@@ -303,15 +351,40 @@ Schedule from_csv(std::string_view text, std::string name) {
     throw ParseError(detail::message("from_csv", "the text has ", rows.size(),
                                      " rows but no actions: the shape cannot be inferred"));
 
+  // The shape comes from the largest numbers in the text; it is checked against the limits and
+  // against the number of actions before anything sized by it is built, so that the memory the
+  // schedule needs follows from the size of the text, not from the numbers written in it.
+  using L = ScheduleLimits;
   const int ranks = static_cast<int>(rows.size());
   int max_stage = 0;
   int max_microbatch = 0;
+  std::int64_t num_compute = 0;
   for (const CsvCell& c : cells) {
     max_stage = std::max(max_stage, c.action.stage);
     max_microbatch = std::max(max_microbatch, c.action.microbatch);
+    if (is_compute(c.action.kind)) ++num_compute;
   }
-  const long long stages = static_cast<long long>(max_stage) + 1;
-  const long long microbatches = static_cast<long long>(max_microbatch) + 1;
+  const std::int64_t stages = std::int64_t{max_stage} + 1;
+  const std::int64_t microbatches = std::int64_t{max_microbatch} + 1;
+  if (stages > L::kMaxStages)
+    throw ParseError(detail::message("from_csv", "the largest stage ", max_stage,
+                                     " gives num_stages=", stages, ", more than ", L::kMaxStages,
+                                     " (ScheduleLimits::kMaxStages)"));
+  if (microbatches > L::kMaxMicrobatches)
+    throw ParseError(detail::message("from_csv", "the largest microbatch ", max_microbatch,
+                                     " gives num_microbatches=", microbatches, ", more than ",
+                                     L::kMaxMicrobatches, " (ScheduleLimits::kMaxMicrobatches)"));
+  const std::int64_t work = stages * microbatches;  // <= 2^12 * 2^19
+  // A complete schedule has an F and a backward for each of the stages x microbatches pairs; a
+  // text may miss some (validate() then lists them), but not most.
+  const std::int64_t allowed = std::min(L::kMaxWork, std::max<std::int64_t>(num_compute, 4096));
+  if (work > allowed)
+    throw ParseError(detail::message(
+        "from_csv", "the largest stage ", max_stage, " and microbatch ", max_microbatch,
+        " give num_stages*num_microbatches=", stages, "*", microbatches, "=", work,
+        " (stage, microbatch) pairs, but the text holds ", num_compute,
+        " compute actions: expected at most max(compute actions, 4096), and at most ",
+        L::kMaxWork, " (ScheduleLimits::kMaxWork)"));
   if (stages % ranks != 0)
     throw ParseError(
         detail::message("from_csv", "the largest stage ", max_stage, " gives num_stages=", stages,
@@ -347,9 +420,6 @@ Schedule from_csv(std::string_view text, std::string name) {
       throw ParseError(why);
     }
   }
-  if (microbatches > std::numeric_limits<int>::max())
-    throw ParseError(detail::message("from_csv", "microbatch ", max_microbatch, " is too large"));
-
   Schedule schedule(std::move(name), ranks, per_rank, static_cast<int>(microbatches), placement);
   for (int r = 0; r < ranks; ++r)
     schedule.rank_slots(r) = std::move(rows[static_cast<std::size_t>(r)]);
@@ -404,6 +474,8 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
   PIPETRAIN_CHECK_ARG(std::isfinite(options.row_height) && options.row_height >= 8.0, "to_svg",
                       "row_height=", options.row_height, " must be >= 8");
   check_result("to_svg", schedule, result);
+  PIPETRAIN_CHECK_ARG(std::isfinite(result.makespan) && result.makespan >= 0.0, "to_svg",
+                      "result.makespan=", result.makespan, " must be finite and >= 0");
 
   const int ranks = schedule.num_ranks();
   const int chunks = schedule.stages_per_rank();
@@ -467,9 +539,13 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
   }
 
   // Time axis with grid lines.
-  const double step = tick_step(ppu, 48.0);
+  // At least 48 pixels between labels, and at most kMaxAxisTicks labels however long the run.
+  constexpr int kMaxAxisTicks = 200;
+  double step = tick_step(ppu, 48.0);
+  if (result.makespan / step > kMaxAxisTicks)
+    step = tick_step(kMaxAxisTicks / result.makespan, 1.0);
   out += "<g class=\"axis\" font-size=\"10\" fill=\"#555555\" stroke=\"none\">\n";
-  for (int i = 0;; ++i) {
+  for (int i = 0; i <= kMaxAxisTicks && std::isfinite(step) && step > 0.0; ++i) {
     const double t = step * i;
     if (t > result.makespan + 1e-9 * step) break;
     const double x = left + t * ppu;
@@ -545,17 +621,42 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
   return out;
 }
 
-std::string read_file(const std::string& path) {
+std::string read_file(const std::string& path, std::int64_t max_bytes) {
+  PIPETRAIN_CHECK_ARG(max_bytes >= 0, "read_file", "max_bytes=", max_bytes, " must be >= 0");
+  // Only regular files: a device (/dev/zero) never ends, a FIFO blocks the open, a directory
+  // has no bytes. Checked before opening; a path that does not exist falls through to fopen's
+  // own message.
+  std::error_code ec;
+  const std::filesystem::file_status status = std::filesystem::status(path, ec);
+  if (!ec && std::filesystem::exists(status)) {
+    if (!std::filesystem::is_regular_file(status))
+      throw Error(detail::message("read_file", "'", path, "' is not a regular file (",
+                                  file_type_name(status.type()), ")"));
+    const std::uintmax_t size = std::filesystem::file_size(path, ec);
+    if (!ec && size > static_cast<std::uintmax_t>(max_bytes))
+      throw Error(detail::message("read_file", "'", path, "' has ", size,
+                                  " bytes, more than the limit of ", max_bytes));
+  }
   std::FILE* file = std::fopen(path.c_str(), "rb");
   if (!file)
     throw Error(detail::message("read_file", "cannot open '", path, "': ", std::strerror(errno)));
   std::string contents;
   std::array<char, 1 << 16> buffer;
   std::size_t got = 0;
-  while ((got = std::fread(buffer.data(), 1, buffer.size(), file)) > 0)
+  bool too_long = false;
+  while ((got = std::fread(buffer.data(), 1, buffer.size(), file)) > 0) {
+    // The file may grow after the size check: stop at the limit all the same.
+    if (contents.size() + got > static_cast<std::uint64_t>(max_bytes)) {
+      too_long = true;
+      break;
+    }
     contents.append(buffer.data(), got);
+  }
   const int error = std::ferror(file) ? errno : 0;
   std::fclose(file);
+  if (too_long)
+    throw Error(detail::message("read_file", "'", path, "' has more than the limit of ",
+                                max_bytes, " bytes"));
   if (error)
     throw Error(detail::message("read_file", "cannot read '", path, "': ", std::strerror(error)));
   return contents;

@@ -1,6 +1,7 @@
 #include "pipetrain/schedule/schedule.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <sstream>
 
 #include "pipetrain/error.h"
@@ -11,6 +12,33 @@ std::string_view to_string(Placement placement) {
   return placement == Placement::kLoop ? "loop" : "v";
 }
 
+void check_schedule_size(std::string_view function, std::int64_t num_ranks,
+                         std::int64_t stages_per_rank, std::int64_t num_microbatches) {
+  using L = ScheduleLimits;
+  PIPETRAIN_CHECK_ARG(num_ranks >= 1, function, "num_ranks=", num_ranks, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(num_microbatches >= 1, function, "num_microbatches=", num_microbatches,
+                      " must be >= 1");
+  PIPETRAIN_CHECK_ARG(stages_per_rank >= 1, function, "stages_per_rank=", stages_per_rank,
+                      " must be >= 1");
+  PIPETRAIN_CHECK_ARG(num_ranks <= L::kMaxRanks, function, "num_ranks=", num_ranks,
+                      " must be <= ", L::kMaxRanks, " (ScheduleLimits::kMaxRanks)");
+  PIPETRAIN_CHECK_ARG(stages_per_rank <= L::kMaxStages, function, "stages_per_rank=",
+                      stages_per_rank, " must be <= ", L::kMaxStages,
+                      " (ScheduleLimits::kMaxStages)");
+  // Both factors are at most kMaxStages here, so the product cannot overflow.
+  const std::int64_t stages = num_ranks * stages_per_rank;
+  PIPETRAIN_CHECK_ARG(stages <= L::kMaxStages, function, "num_stages=num_ranks*stages_per_rank=",
+                      num_ranks, "*", stages_per_rank, "=", stages, " must be <= ", L::kMaxStages,
+                      " (ScheduleLimits::kMaxStages)");
+  PIPETRAIN_CHECK_ARG(num_microbatches <= L::kMaxMicrobatches, function, "num_microbatches=",
+                      num_microbatches, " must be <= ", L::kMaxMicrobatches,
+                      " (ScheduleLimits::kMaxMicrobatches)");
+  const std::int64_t work = stages * num_microbatches;  // <= 2^12 * 2^19: no overflow
+  PIPETRAIN_CHECK_ARG(work <= L::kMaxWork, function, "num_stages*num_microbatches=", stages, "*",
+                      num_microbatches, "=", work, " must be <= ", L::kMaxWork,
+                      " (ScheduleLimits::kMaxWork)");
+}
+
 Schedule::Schedule(std::string name, int num_ranks, int stages_per_rank, int num_microbatches,
                    Placement placement)
     : name_(std::move(name)),
@@ -19,8 +47,16 @@ Schedule::Schedule(std::string name, int num_ranks, int stages_per_rank, int num
       num_microbatches_(num_microbatches),
       placement_(placement) {
   PIPETRAIN_CHECK_ARG(num_ranks >= 1, "Schedule", "num_ranks=", num_ranks, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(num_ranks <= ScheduleLimits::kMaxRanks, "Schedule", "num_ranks=", num_ranks,
+                      " must be <= ", ScheduleLimits::kMaxRanks, " (ScheduleLimits::kMaxRanks)");
   PIPETRAIN_CHECK_ARG(stages_per_rank >= 1, "Schedule", "stages_per_rank=", stages_per_rank,
                       " must be >= 1");
+  // 64-bit so that num_stages() (an int) is known to fit before it is ever formed.
+  PIPETRAIN_CHECK_ARG(
+      std::int64_t{num_ranks} * stages_per_rank <= ScheduleLimits::kMaxStages, "Schedule",
+      "num_stages=num_ranks*stages_per_rank=", num_ranks, "*", stages_per_rank, "=",
+      std::int64_t{num_ranks} * stages_per_rank, " must be <= ", ScheduleLimits::kMaxStages,
+      " (ScheduleLimits::kMaxStages)");
   PIPETRAIN_CHECK_ARG(num_microbatches >= 1, "Schedule", "num_microbatches=", num_microbatches,
                       " must be >= 1");
   PIPETRAIN_CHECK_ARG(placement != Placement::kV || stages_per_rank == 2, "Schedule",

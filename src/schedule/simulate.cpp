@@ -125,12 +125,12 @@ MemoryProfile analyze_memory(const Schedule& schedule) {
       const Action& a = *slots[i];
       const int step = static_cast<int>(i);
       if (!in_range(schedule, a)) {
-        report.violations.push_back(range_violation(schedule, a, r, step));
+        report.add(range_violation(schedule, a, r, step));
         continue;
       }
       std::uint8_t& state = seen.at(pair_key(a, microbatches));
       auto before = [&](ActionKind needed) {
-        report.violations.push_back(
+        report.add(
             Violation{Violation::Rule::kDependency, r, step,
                       to_string(a) + " at rank " + std::to_string(r) + " step " +
                           std::to_string(step) + " comes before " +
@@ -174,12 +174,36 @@ MemoryProfile analyze_memory(const Schedule& schedule) {
         seen.at(pair_key(*slot, microbatches)) = 0;
   }
   if (!report.ok()) {
-    const std::size_t n = report.violations.size();
+    const std::size_t n = report.num_found();
     throw_report("analyze_memory", schedule, report,
                  "has " + std::to_string(n) + (n == 1 ? " action" : " actions") +
                      " out of order or out of range");
   }
   return profile;
+}
+
+void CostModel::check(const char* function) const {
+  auto time = [&](double value, const char* name) {
+    PIPETRAIN_CHECK_ARG(std::isfinite(value) && value >= 0.0, function, "costs.", name, "=",
+                        value, " must be finite and >= 0");
+  };
+  auto times = [&](const std::vector<double>& values, const char* name) {
+    for (std::size_t i = 0; i < values.size(); ++i)
+      PIPETRAIN_CHECK_ARG(std::isfinite(values[i]) && values[i] >= 0.0, function, "costs.", name,
+                          "[", i, "]=", values[i], " must be finite and >= 0");
+  };
+  time(forward, "forward");
+  time(backward, "backward");
+  time(backward_input, "backward_input");
+  time(backward_weight, "backward_weight");
+  times(forward_per_stage, "forward_per_stage");
+  times(backward_per_stage, "backward_per_stage");
+  times(backward_input_per_stage, "backward_input_per_stage");
+  times(backward_weight_per_stage, "backward_weight_per_stage");
+  time(latency, "latency");
+  time(bytes_per_transfer, "bytes_per_transfer");
+  PIPETRAIN_CHECK_ARG(bandwidth > 0.0, function, "costs.bandwidth=", bandwidth,
+                      " must be > 0 (infinity: free)");
 }
 
 CostModel CostModel::uniform(double forward_time) {
@@ -217,6 +241,7 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
   const int ranks = schedule.num_ranks();
   const int stages = schedule.num_stages();
   const int microbatches = schedule.num_microbatches();
+  costs.check("simulate");
   check_per_stage(costs.forward_per_stage, "forward_per_stage", stages);
   check_per_stage(costs.backward_per_stage, "backward_per_stage", stages);
   check_per_stage(costs.backward_input_per_stage, "backward_input_per_stage", stages);
@@ -248,7 +273,7 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
       rank_of[id] = r;
       step_of[id] = static_cast<int>(i);
       if (!in_range(schedule, *slots[i])) {
-        report.violations.push_back(range_violation(schedule, *slots[i], r, static_cast<int>(i)));
+        report.add(range_violation(schedule, *slots[i], r, static_cast<int>(i)));
       } else {
         // A duplicate keeps the first occurrence as the producer; validate() reports duplicates.
         std::int64_t& slot = where.at(compute_key(*slots[i], microbatches));
@@ -258,7 +283,7 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
     }
   }
   if (!report.ok()) {
-    const std::size_t count = report.violations.size();
+    const std::size_t count = report.num_found();
     throw_report(
         "simulate", schedule, report,
         "has " + std::to_string(count) + (count == 1 ? " action" : " actions") + " out of range");
@@ -365,11 +390,11 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
       why += " (rank " + std::to_string(rank_of[p]) + " step " + std::to_string(step_of[p]) +
              "), which never runs";
     }
-    report.violations.push_back(
+    report.add(
         Violation{Violation::Rule::kDeadlock, r, step_of[id], std::move(why)});
   }
   if (!report.ok()) {
-    const std::size_t count = report.violations.size();
+    const std::size_t count = report.num_found();
     throw_report("simulate", schedule, report,
                  "cannot finish: " + std::to_string(count) +
                      (count == 1 ? " rank is stuck" : " ranks are stuck"));

@@ -78,23 +78,32 @@ class Validator {
   }
 
   ValidationReport run() {
+    const std::int64_t work = std::int64_t{num_stages_} * num_microbatches_;
+    if (work > ScheduleLimits::kMaxWork) {
+      add(Rule::kRange, -1, -1,
+          "num_stages*num_microbatches=" + std::to_string(num_stages_) + "*" +
+              std::to_string(num_microbatches_) + "=" + std::to_string(work) + " is more than " +
+              std::to_string(ScheduleLimits::kMaxWork) +
+              " (ScheduleLimits::kMaxWork): the schedule was not checked");
+      return std::move(report_);
+    }
     check_cells();
     check_completeness();
-    if (violations_.empty()) {
+    if (report_.ok()) {
       check_order();
       if (lowered_) check_matching_order();
     }
-    if (violations_.empty()) check_cross_rank();
-    if (violations_.empty() && lowered_) check_deadlock();
+    if (report_.ok()) check_cross_rank();
+    if (report_.ok() && lowered_) check_deadlock();
     std::stable_sort(
-        violations_.begin(), violations_.end(),
+        report_.violations.begin(), report_.violations.end(),
         [](const Violation& a, const Violation& b) { return priority(a.rule) < priority(b.rule); });
-    return ValidationReport{std::move(violations_)};
+    return std::move(report_);
   }
 
  private:
   void add(Rule rule, int rank, int step, std::string message) {
-    violations_.push_back(Violation{rule, rank, step, std::move(message)});
+    report_.add(Violation{rule, rank, step, std::move(message)});
   }
   void add(Rule rule, Cell cell, std::string message) {
     add(rule, cell.rank, cell.step, std::move(message));
@@ -519,7 +528,7 @@ class Validator {
   ActionIndex index_;
   std::vector<int> stage_rank_;
   std::unordered_map<std::uint64_t, Channel> channels_;
-  std::vector<Violation> violations_;
+  ValidationReport report_;
 };
 
 void pad_to(std::string& line, std::size_t width) {
@@ -532,50 +541,90 @@ void trim_right(std::string& line) {
 
 }  // namespace
 
+void ValidationReport::add(Violation violation) {
+  std::size_t& kept = num_added[static_cast<std::size_t>(violation.rule) % num_added.size()];
+  if (kept >= kMaxPerRule) {
+    ++num_omitted;
+    return;
+  }
+  ++kept;
+  violations.push_back(std::move(violation));
+}
+
 std::string ValidationReport::format(const Schedule& schedule) const {
   if (ok()) return {};
   std::ostringstream out;
-  for (const Violation& v : violations) out << to_string(v.rule) << ": " << v.message << '\n';
+  const std::size_t listed = std::min(violations.size(), kMaxListed);
+  for (std::size_t i = 0; i < listed; ++i)
+    out << to_string(violations[i].rule) << ": " << violations[i].message << '\n';
+  if (const std::size_t more = num_found() - listed; more > 0)
+    out << "... and " << more << (more == 1 ? " more violation\n" : " more violations\n");
 
   const int ranks = schedule.num_ranks();
-  std::vector<std::vector<char>> marked(static_cast<std::size_t>(ranks));
-  for (int r = 0; r < ranks; ++r)
-    marked[static_cast<std::size_t>(r)].assign(schedule.rank_slots(r).size(), 0);
-  for (const Violation& v : violations) {
-    if (v.rank < 0 || v.rank >= ranks || v.step < 0) continue;
-    auto& row = marked[static_cast<std::size_t>(v.rank)];
-    if (static_cast<std::size_t>(v.step) < row.size()) row[static_cast<std::size_t>(v.step)] = 1;
+  const std::size_t steps = schedule.num_steps();
+  // A large grid is drawn as a window around the first faulty cell (the first violation that
+  // names one), so that the report stays readable and its size bounded.
+  int rank_begin = 0, rank_end = ranks;
+  std::size_t step_begin = 0, step_end = steps;
+  const bool window = static_cast<std::size_t>(ranks) * steps > kMaxGridCells;
+  if (window) {
+    int focus_rank = 0;
+    std::size_t focus_step = 0;
+    for (const Violation& v : violations) {
+      if (v.rank < 0 || v.rank >= ranks) continue;
+      focus_rank = v.rank;
+      focus_step = v.step < 0 ? 0 : static_cast<std::size_t>(v.step);
+      break;
+    }
+    rank_begin = std::max(0, std::min(focus_rank - kWindowRanks / 2, ranks - kWindowRanks));
+    rank_end = std::min(ranks, rank_begin + kWindowRanks);
+    const auto width = static_cast<std::size_t>(kWindowSteps);
+    step_begin = focus_step > width / 2 ? focus_step - width / 2 : 0;
+    if (step_begin + width > steps) step_begin = steps > width ? steps - width : 0;
+    step_end = std::min(steps, step_begin + width);
   }
+  auto is_marked = [&](int rank, std::size_t step) {
+    for (std::size_t i = 0; i < violations.size(); ++i)
+      if (violations[i].rank == rank && violations[i].step >= 0 &&
+          static_cast<std::size_t>(violations[i].step) == step)
+        return true;
+    return false;
+  };
 
   // Each cell is " 2F0" or "[2F0]!", padded to one width, so marks never shift the columns.
-  const std::size_t steps = schedule.num_steps();
   std::size_t text_width = std::to_string(steps == 0 ? 0 : steps - 1).size();
-  for (int r = 0; r < ranks; ++r)
-    for (const auto& slot : schedule.rank_slots(r))
-      if (slot) text_width = std::max(text_width, to_string(*slot).size());
+  for (int r = rank_begin; r < rank_end; ++r) {
+    const auto& row = schedule.rank_slots(r);
+    for (std::size_t i = step_begin; i < std::min(step_end, row.size()); ++i)
+      if (row[i]) text_width = std::max(text_width, to_string(*row[i]).size());
+  }
   const std::size_t cell_width = text_width + 3;
   const std::size_t label_width = ("rank " + std::to_string(ranks - 1)).size();
 
   out << schedule.name() << ": " << ranks << " ranks, " << schedule.num_stages() << " stages ("
       << to_string(schedule.placement()) << "), " << schedule.num_microbatches()
       << " microbatches\n";
+  if (window)
+    out << "showing ranks " << rank_begin << ".." << rank_end - 1 << " of " << ranks
+        << ", steps " << step_begin << ".." << (step_end == 0 ? 0 : step_end - 1) << " of "
+        << steps << "\n";
   std::string line = "step";
   pad_to(line, label_width);
-  for (std::size_t i = 0; i < steps; ++i) {
+  for (std::size_t i = step_begin; i < step_end; ++i) {
     const std::size_t start = line.size() + 1;
     line += "  " + std::to_string(i);
     pad_to(line, start + cell_width);
   }
   trim_right(line);
   out << line << '\n';
-  for (int r = 0; r < ranks; ++r) {
+  for (int r = rank_begin; r < rank_end; ++r) {
     const auto& row = schedule.rank_slots(r);
     line = "rank " + std::to_string(r);
     pad_to(line, label_width);
-    for (std::size_t i = 0; i < steps; ++i) {
+    for (std::size_t i = step_begin; i < step_end; ++i) {
       const std::size_t start = line.size() + 1;
       const std::string cell = i < row.size() && row[i] ? to_string(*row[i]) : ".";
-      const bool mark = i < row.size() && marked[static_cast<std::size_t>(r)][i];
+      const bool mark = i < row.size() && is_marked(r, i);
       line += mark ? " [" + cell + "]!" : "  " + cell;
       pad_to(line, start + cell_width);
     }
@@ -591,7 +640,7 @@ ValidationReport validate(const Schedule& schedule) { return Validator(schedule)
 void validate_or_throw(const Schedule& schedule) {
   const ValidationReport report = validate(schedule);
   if (report.ok()) return;
-  const std::size_t n = report.violations.size();
+  const std::size_t n = report.num_found();
   throw ScheduleError(detail::message("validate_or_throw", "schedule '", schedule.name(), "' has ",
                                       n, n == 1 ? " violation" : " violations", ":\n",
                                       report.format(schedule)));

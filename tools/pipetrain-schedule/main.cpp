@@ -8,6 +8,9 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <exception>
+#include <new>
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
@@ -52,11 +55,18 @@ CostModel cost_model(const Options& options) {
     if (options.costs.size() != 4)
       throw InvalidArgument(detail::message(
           "pipetrain-schedule", "--costs takes 4 numbers F,B,I,W; got ", options.costs.size()));
+    for (std::size_t i = 0; i < 4; ++i)
+      PIPETRAIN_CHECK_ARG(std::isfinite(options.costs[i]) && options.costs[i] >= 0.0,
+                          "pipetrain-schedule", "--costs ", "FBIW"[i], "=", options.costs[i],
+                          " must be finite and >= 0");
     costs.forward = options.costs[0];
     costs.backward = options.costs[1];
     costs.backward_input = options.costs[2];
     costs.backward_weight = options.costs[3];
   }
+  PIPETRAIN_CHECK_ARG(std::isfinite(options.latency) && options.latency >= 0.0,
+                      "pipetrain-schedule", "--latency=", options.latency,
+                      " must be finite and >= 0");
   costs.latency = options.latency;
   return costs;
 }
@@ -136,6 +146,8 @@ int run(const Options& options) {
                 << "\n";
     return 0;
   }
+  // The costs are checked before anything is built or read.
+  const CostModel costs = cost_model(options);
   Schedule schedule = options.load.empty()
                           ? make_schedule(options.schedule, options.ranks, options.microbatches,
                                           options.stages_per_rank)
@@ -152,7 +164,7 @@ int run(const Options& options) {
   if (options.print || (!options.quiet && !options.simulate && !wants_outputs))
     std::cout << schedule.to_grid();
 
-  const SimulationResult result = simulate(schedule, cost_model(options));
+  const SimulationResult result = simulate(schedule, costs);
   if (!options.quiet) print_summary(schedule, result, analyze_memory(schedule));
   if (!options.csv.empty()) write_file(options.csv, to_csv(schedule));
   if (!options.svg.empty()) write_file(options.svg, to_svg(schedule, result));
@@ -212,6 +224,18 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const pipetrain::Error& e) {
     std::cerr << "pipetrain-schedule: " << e.what() << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {
+    // Sizes are checked before allocation (ScheduleLimits), so this means the machine itself
+    // is short of memory.
+    std::cerr << "pipetrain-schedule: out of memory (std::bad_alloc); the limits on sizes are in "
+                 "ScheduleLimits (include/pipetrain/schedule/schedule.h)\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "pipetrain-schedule: unexpected error: " << e.what() << "\n";
+    return 1;
+  } catch (...) {
+    std::cerr << "pipetrain-schedule: unexpected error of unknown type\n";
     return 1;
   }
 }

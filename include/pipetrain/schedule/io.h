@@ -1,6 +1,7 @@
 // pipetrain/schedule/io.h: schedules to and from text, and pictures of simulated runs.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -31,6 +32,11 @@ std::string to_csv(const Schedule& schedule);
 ///                           and the full backward as "BW": a text with any "NBWm" cell is read
 ///                           in that dialect ("B" as I, "BW" as B).
 /// from_csv(to_csv(s), s.name()) == s for every schedule whose shape these rules recover.
+/// Bounded: the text may have at most ScheduleLimits::kMaxRanks rows and kMaxSlots cells, the
+/// inferred shape must pass the limits of ScheduleLimits (stages, microbatches, stages x
+/// microbatches), and stages x microbatches may not exceed max(compute actions in the text, 4096):
+/// a text whose numbers are far larger than its contents ("2147483646F0") is refused before
+/// anything sized by them is built.
 /// Throws ParseError, rows and cells numbered from 1:
 ///   "[from_csv] row 2 cell 5: [parse_action] 'X' is not an action: ..." for a bad cell,
 ///   "[from_csv] the text has no rows", or "... but no actions: the shape cannot be inferred",
@@ -70,7 +76,12 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
 
 /// Reads or writes (truncating) a whole file, bytes as they are. Throws Error naming the path and
 /// the system's reason: "[read_file] cannot open 'x.csv': No such file or directory".
-std::string read_file(const std::string& path);
+/// read_file reads regular files only and at most max_bytes: it throws Error, before reading,
+/// "[read_file] '/dev/zero' is not a regular file (a character device)" (likewise a directory, a
+/// FIFO, a socket) and "[read_file] 'big.csv' has 70000000 bytes, more than the limit of
+/// 67108864", and stops at the limit a file that grows while it is read.
+std::string read_file(const std::string& path,
+                      std::int64_t max_bytes = ScheduleLimits::kMaxFileBytes);
 void write_file(const std::string& path, std::string_view contents);
 
 }  // namespace pipetrain

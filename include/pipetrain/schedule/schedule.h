@@ -13,6 +13,7 @@
 //   kV:    v = 2, rank r runs stages r and 2*num_ranks-1-r (ZB-V, DualPipeV)
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -24,6 +25,32 @@ namespace pipetrain {
 
 enum class Placement { kLoop, kV };
 
+/// Sizes pipetrain accepts, checked before anything is allocated so that the memory a schedule
+/// needs follows from the size of its input, never from the numbers written in it. They are far
+/// above what a pipeline runs (the largest figure in docs/schedules.md has P = 128, M = 1024,
+/// v = 2: 262144 (stage, microbatch) pairs); at the limits, pipetrain-schedule builds, lowers,
+/// validates, simulates and draws a schedule in well under 1 GB (docs/reliability.md).
+struct ScheduleLimits {
+  static constexpr int kMaxRanks = 1024;          ///< num_ranks
+  static constexpr int kMaxStages = 4096;         ///< num_stages = num_ranks * stages_per_rank
+  static constexpr int kMaxMicrobatches = 1 << 19;  ///< num_microbatches, for the generators
+  /// num_stages * num_microbatches for the generators: each pair is 2 or 3 compute actions.
+  static constexpr std::int64_t kMaxWork = std::int64_t{1} << 19;
+  /// Slots (actions and idle cells) of a schedule read from a file, and its size in bytes.
+  static constexpr std::int64_t kMaxSlots = std::int64_t{1} << 23;
+  static constexpr std::int64_t kMaxFileBytes = std::int64_t{64} << 20;
+};
+
+/// Checks a schedule shape against ScheduleLimits before anything is built; the generators call
+/// it first, and a program can call it on its raw options (64-bit, so that values an int cannot
+/// hold and products of counts are checked, not wrapped). Throws InvalidArgument naming
+/// `function`, the value and the limit:
+///   "[train_pipeline] num_ranks=65536 must be <= 1024 (ScheduleLimits::kMaxRanks)"
+///   "[gpipe] num_stages*num_microbatches=1*2000000=2000000 must be <= 524288
+///    (ScheduleLimits::kMaxWork)"
+void check_schedule_size(std::string_view function, std::int64_t num_ranks,
+                         std::int64_t stages_per_rank, std::int64_t num_microbatches);
+
 /// "loop" or "v".
 std::string_view to_string(Placement placement);
 
@@ -32,8 +59,11 @@ class Schedule {
   using Slot = std::optional<Action>;
 
   /// An empty schedule (no actions on any rank).
-  /// Throws InvalidArgument when num_ranks < 1, stages_per_rank < 1, num_microbatches < 1,
-  /// or placement is kV with stages_per_rank != 2.
+  /// Throws InvalidArgument when num_ranks is not in [1, ScheduleLimits::kMaxRanks],
+  /// stages_per_rank < 1, num_stages() > ScheduleLimits::kMaxStages, num_microbatches < 1, or
+  /// placement is kV with stages_per_rank != 2. num_microbatches may exceed kMaxMicrobatches:
+  /// a schedule read from a file may name a large microbatch and hold few actions (the tables of
+  /// validate() and simulate() grow with the actions, not the numbers).
   Schedule(std::string name, int num_ranks, int stages_per_rank, int num_microbatches,
            Placement placement = Placement::kLoop);
 

@@ -46,6 +46,12 @@ struct CostModel {
   double bandwidth = std::numeric_limits<double>::infinity();  ///< bytes per time unit
   double bytes_per_transfer = 0.0;
 
+  /// Throws InvalidArgument naming `function` and the field unless every time (the scalars, the
+  /// per-stage entries, latency, bytes_per_transfer) is finite and >= 0 and bandwidth is > 0
+  /// (infinity allowed): "[simulate] costs.latency=-5 must be finite and >= 0". simulate()
+  /// calls it first, so a negative or NaN time never reaches a makespan.
+  void check(const char* function) const;
+
   /// B = 2F, I = W = F, free transfers: the model under which the published formulas hold.
   static CostModel uniform(double forward_time = 1.0);
 
@@ -89,8 +95,8 @@ struct SimulationResult {
 /// schedules, complete or not (only the dependencies present are waited for); a duplicated
 /// action feeds its consumers from its first occurrence. Event-driven, linear in the number of
 /// actions (P=128, M=1024, v=2 with split backward, 786k actions: about 0.1 s).
-/// Throws InvalidArgument when a non-empty per-stage vector of `costs` does not have
-/// num_stages entries; ScheduleError (a ValidationReport with one kDeadlock violation per stuck
+/// Throws InvalidArgument when costs.check() fails or a non-empty per-stage vector of `costs`
+/// does not have num_stages entries; ScheduleError (a ValidationReport with one kDeadlock violation per stuck
 /// rank, formatted with the grid and the stuck cells marked) when the schedule cannot finish
 /// because a rank's next action waits for one that never runs or is not in the schedule; and
 /// ScheduleError (kRange) for an action whose stage or microbatch is out of range.

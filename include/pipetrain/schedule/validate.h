@@ -30,6 +30,8 @@
 // Time and memory are linear in the number of slots (plus stages x microbatches).
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -48,7 +50,25 @@ struct Violation {
 std::string_view to_string(Violation::Rule rule);
 
 struct ValidationReport {
+  /// At most kMaxPerRule violations of each rule are kept: a broken file of any size gives a
+  /// report of bounded size.
+  static constexpr std::size_t kMaxPerRule = 100;
+  /// format() lists at most this many violations, then "... and K more violation(s)".
+  static constexpr std::size_t kMaxListed = 50;
+  /// format() draws the whole grid when it has at most this many cells, otherwise a window of
+  /// kWindowRanks x kWindowSteps cells around the first faulty cell.
+  static constexpr std::size_t kMaxGridCells = 4096;
+  static constexpr int kWindowRanks = 16;
+  static constexpr int kWindowSteps = 24;
+
   std::vector<Violation> violations;
+  std::size_t num_omitted = 0;  ///< violations found beyond kMaxPerRule of their rule
+  std::array<std::size_t, 6> num_added{};  ///< per Violation::Rule, what add() kept (bookkeeping)
+
+  /// Appends `violation`, or counts it in num_omitted when its rule already has kMaxPerRule.
+  void add(Violation violation);
+  /// violations.size() + num_omitted.
+  std::size_t num_found() const { return violations.size() + num_omitted; }
 
   bool ok() const { return violations.empty(); }
   /// One line per violation ("<rule>: <message>"), then the rank x step grid of `schedule`
@@ -63,11 +83,15 @@ struct ValidationReport {
   std::string format(const Schedule& schedule) const;
 };
 
-/// Checks every rule above. Never throws for a broken schedule: it reports.
+/// Checks every rule above. Never throws for a broken schedule: it reports. A schedule with more
+/// than ScheduleLimits::kMaxWork (stage, microbatch) pairs (num_microbatches is not bounded by
+/// the Schedule constructor) is reported as one range violation, unchecked, so that time and
+/// memory stay bounded.
 ValidationReport validate(const Schedule& schedule);
 
 /// validate(), and throws ScheduleError when it is not ok, with the message
-/// "[validate_or_throw] schedule '<name>' has <n> violation(s):\n" followed by report.format().
+/// "[validate_or_throw] schedule '<name>' has <n> violation(s):\n" followed by report.format(),
+/// n counting the omitted ones too.
 void validate_or_throw(const Schedule& schedule);
 
 }  // namespace pipetrain

@@ -322,7 +322,7 @@ TEST(Files, ErrorsNameThePathAndTheReason) {
             "or directory");
   const std::string dir = std::filesystem::temp_directory_path().string();
   EXPECT_EQ(error_of([&] { read_file(dir); }),
-            "[read_file] cannot read '" + dir + "': Is a directory");
+            "[read_file] '" + dir + "' is not a regular file (a directory)");
   EXPECT_THROW(read_file("/nonexistent-pipetrain/x.csv"), Error);
 }
 
