@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -50,6 +51,7 @@
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/io.h"
 #include "pipetrain/schedule/passes.h"
+#include "pipetrain/schedule/schedule.h"
 
 namespace fs = std::filesystem;
 namespace data = pipetrain::data;
@@ -116,6 +118,9 @@ struct Plan {
   int micro_rows = 0;
 };
 
+// The most ranks (threads in-process, processes under MPI) one run may have.
+constexpr std::int64_t kMaxWorldSize = 4096;
+
 // Everything that can be checked before a transport or a model exists. Resolves
 // --resume (a step folder, a save directory or "latest") to a committed step folder.
 void validate_options(Options& opt) {
@@ -128,6 +133,12 @@ void validate_options(Options& opt) {
                       " must be >= 1");
   PIPETRAIN_CHECK_ARG(opt.pipeline >= 1 && opt.data_parallel >= 1, kFn, "--pipeline=",
                       opt.pipeline, " and --data-parallel=", opt.data_parallel, " must be >= 1");
+  // Sizes first, in 64 bits: P x D is formed below, and one thread or process runs per rank.
+  pipetrain::check_schedule_size(kFn, opt.pipeline, opt.stages_per_rank, opt.microbatches);
+  PIPETRAIN_CHECK_ARG(std::int64_t{opt.pipeline} * opt.data_parallel <= kMaxWorldSize, kFn,
+                      "--pipeline=", opt.pipeline, " x --data-parallel=", opt.data_parallel,
+                      " = ", std::int64_t{opt.pipeline} * opt.data_parallel, " ranks, more than ",
+                      kMaxWorldSize);
   PIPETRAIN_CHECK_ARG(opt.batch >= 1, kFn, "--batch=", opt.batch, " must be >= 1");
   PIPETRAIN_CHECK_ARG(opt.layers >= 1 && opt.heads >= 1, kFn, "--layers=", opt.layers,
                       " and --heads=", opt.heads, " must be >= 1");

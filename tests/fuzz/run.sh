@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# tests/fuzz/run.sh [SECONDS] [BUILD_DIR]: builds the libFuzzer targets with clang and runs the
-# CSV loader's for SECONDS (default 300) with a 1 GB RSS limit, from the seed corpus in
-# tests/fuzz/corpus/csv (new inputs go to BUILD_DIR/corpus-csv, crashes to BUILD_DIR/findings).
-# Not run by CTest or CI. Needs clang and libFuzzer (Debian: apt-get install clang-14
-# libclang-rt-14-dev).
+# tests/fuzz/run.sh [csv|checkpoint] [SECONDS] [BUILD_DIR]: builds a libFuzzer target with clang
+# and runs it for SECONDS (default 300) with a 1 GB RSS limit, from its seed corpus in
+# tests/fuzz/corpus/<target> (new inputs go to BUILD_DIR/corpus-<target>, crashes to
+# BUILD_DIR/findings). Targets: csv (the schedule CSV loader, the default) and checkpoint (the
+# stage-file, manifest and step-folder readers). Not run by CTest or CI. Needs clang and
+# libFuzzer (Debian: apt-get install clang-14 libclang-rt-14-dev).
 set -euo pipefail
+target=csv
+case "${1:-}" in csv|checkpoint) target=$1; shift ;; esac
 seconds=${1:-300}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${2:-$root/build-fuzz}
@@ -13,9 +16,9 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_
   -DPIPETRAIN_BUILD_FUZZ=ON -DPIPETRAIN_BUILD_TESTS=OFF -DPIPETRAIN_BUILD_EXAMPLES=OFF \
   -DPIPETRAIN_BUILD_BENCH=OFF -DPIPETRAIN_BUILD_TOOLS=OFF -DPIPETRAIN_WITH_CUDA=OFF \
   -DPIPETRAIN_WITH_NCCL=OFF -DPIPETRAIN_WITH_MPI=OFF > "$build.configure.log"
-cmake --build "$build" --target fuzz_csv -j"${JOBS:-2}"
-mkdir -p "$build/corpus-csv" "$build/findings"
+cmake --build "$build" --target "fuzz_$target" -j"${JOBS:-2}"
+mkdir -p "$build/corpus-$target" "$build/findings"
 cd "$build/findings"
-exec "$build/tests/fuzz/fuzz_csv" "$build/corpus-csv" "$root/tests/fuzz/corpus/csv" \
+exec "$build/tests/fuzz/fuzz_$target" "$build/corpus-$target" "$root/tests/fuzz/corpus/$target" \
   -max_total_time="$seconds" -rss_limit_mb=1024 -malloc_limit_mb=1024 -timeout=10 \
   -max_len=8192 -print_final_stats=1
