@@ -47,7 +47,7 @@ namespace pipetrain {
 ///     own exit status (a failure is reported by the program, not by the session);
 ///   - otherwise (a rank is stopped, dead or still busy after the grace, or some rank left
 ///     unfinished work): the session prints one line on stderr,
-///       "[MpiSession] rank 0: ending the job with MPI_Abort(1): <why>: <first failure>"
+///       "[MpiSession] rank 0: ending the job with MPI_Abort(1): <why> after: <first failure>"
 ///     and calls MPI_Abort(MPI_COMM_WORLD, 1), which ends every process of the job (mpirun
 ///     exits non-zero). The process does not return from the destructor.
 /// An exception unwinding through the session (std::uncaught_exceptions()) counts as a failure.
