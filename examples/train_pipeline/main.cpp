@@ -127,6 +127,12 @@ void validate_options(Options& opt) {
   constexpr const char* kFn = "train_pipeline";
   PIPETRAIN_CHECK_ARG(opt.transport == "inprocess" || opt.transport == "mpi", kFn,
                       "--transport=", opt.transport, " must be inprocess or mpi");
+  // mpirun -n 2 without --transport mpi would train the whole job in each process.
+  const pipetrain::LauncherWorld launcher = pipetrain::mpi_launcher_world();
+  PIPETRAIN_CHECK_ARG(opt.transport == "mpi" || launcher.size == 1, kFn, "this process is one of ",
+                      launcher.size, " started by an MPI launcher (", launcher.variable, "=",
+                      launcher.size, ") but --transport ", opt.transport,
+                      " runs every rank in one process: use --transport mpi");
   PIPETRAIN_CHECK_ARG(opt.steps >= 1, kFn, "--steps=", opt.steps, " must be >= 1");
   PIPETRAIN_CHECK_ARG(opt.log_every >= 1, kFn, "--log-every=", opt.log_every, " must be >= 1");
   PIPETRAIN_CHECK_ARG(opt.timeout_ms >= 1, kFn, "--timeout-ms=", opt.timeout_ms,

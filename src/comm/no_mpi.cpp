@@ -1,4 +1,6 @@
 // Link-time stub used when pipetrain is built without MPI: the same functions, nothing works.
+#include <cstdlib>
+
 #include "comm_util.h"
 #include "pipetrain/build_info.h"
 #include "pipetrain/comm/mpi.h"
@@ -15,6 +17,8 @@ std::unique_ptr<Transport> make_mpi_transport(const TransportOptions&) {
 
 MpiSession::MpiSession(int*, char***, ThreadLevel) { require(Part::kMpi, "MpiSession"); }
 MpiSession::~MpiSession() = default;
+std::string MpiSession::failure() { return {}; }
+void MpiSession::abort(int, std::string_view) noexcept { std::abort(); }  // never constructed
 
 void mpi_abort_world(int) {
   require(Part::kMpi, "mpi_abort_world");

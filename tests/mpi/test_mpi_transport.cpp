@@ -145,6 +145,8 @@ TEST(MpiTransport, TimeoutWhenPeerNeverSends) {
               "[MpiTransport::wait] rank 0 timed out after 200 ms waiting for RECV_F stage 1 "
               "microbatch 5 [2, 3] fp32 step 11 from rank 1");
     EXPECT_GE(Clock::now() - start, 200ms);
+    // The session learns of it: it ends with MPI_Finalize only if every rank gets there.
+    EXPECT_THAT(MpiSession::failure(), ::testing::HasSubstr("timed out"));
   }
   t->set_timeout(20s);
   t->barrier();
@@ -217,6 +219,21 @@ TEST(MpiCheck, ThrowsWithCallErrorAndLocation) {
   EXPECT_THAT(text, ::testing::HasSubstr("MPI_ERR_RANK"));
   EXPECT_THAT(text, ::testing::MatchesRegex(".*\\(tests/mpi/test_mpi_transport\\.cpp:[0-9]+\\)"));
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);
+}
+
+// The file shown in messages does not depend on where the repository was cloned (a checkout
+// under /home/me/src/ once showed "src/pipetrain/tests/...").
+TEST(MpiCheck, ShownPathIsRelativeToTheProject) {
+  using detail::shown_source_path;
+  EXPECT_STREQ(shown_source_path("/home/me/src/pipetrain/src/comm/mpi/mpi_transport.cpp"),
+               "src/comm/mpi/mpi_transport.cpp");
+  EXPECT_STREQ(shown_source_path("/src/pipetrain/tests/mpi/test_mpi_transport.cpp"),
+               "tests/mpi/test_mpi_transport.cpp");
+  EXPECT_STREQ(shown_source_path("/ci/tests/pipetrain/src/comm/mpi/mpi_session.cpp"),
+               "src/comm/mpi/mpi_session.cpp");
+  EXPECT_STREQ(shown_source_path("src/comm/mpi/mpi_session.cpp"), "src/comm/mpi/mpi_session.cpp");
+  EXPECT_STREQ(shown_source_path("/opt/mysrc/file.cpp"), "/opt/mysrc/file.cpp");
+  EXPECT_STREQ(shown_source_path(__FILE__), "tests/mpi/test_mpi_transport.cpp");
 }
 
 TEST(MpiSession, NestedSessionDoesNotOwnMpi) {

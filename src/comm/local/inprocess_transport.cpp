@@ -1,6 +1,7 @@
 // The in-process world: one Transport per rank, one thread per rank, shared mailboxes.
 #include <algorithm>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -312,10 +313,31 @@ class InProcessTransport final : public Transport {
 
 }  // namespace
 
+LauncherWorld mpi_launcher_world() {
+  // Set in every process by Open MPI's mpirun, by MPICH's and Intel MPI's Hydra (and srun with
+  // PMI-2), and by MVAPICH's launcher.
+  for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"}) {
+    const char* value = std::getenv(variable);
+    if (value == nullptr || *value == '\0') continue;
+    char* end = nullptr;
+    const long size = std::strtol(value, &end, 10);
+    if (*end == '\0' && size >= 1 && size <= 1 << 24) {
+      return LauncherWorld{static_cast<int>(size), variable};
+    }
+  }
+  return LauncherWorld{};
+}
+
 std::vector<std::unique_ptr<Transport>> make_inprocess_world(int world_size,
                                                              const TransportOptions& options) {
   PIPETRAIN_CHECK_ARG(world_size >= 1, "make_inprocess_world", "world_size=", world_size,
                       " must be >= 1");
+  const LauncherWorld launcher = mpi_launcher_world();
+  PIPETRAIN_CHECK_ARG(launcher.size <= 1, "make_inprocess_world", "this process is one of ",
+                      launcher.size, " started by an MPI launcher (", launcher.variable, "=",
+                      launcher.size, "), but an in-process world runs every rank as a thread "
+                      "of one process, so each process would run the whole job: use the MPI "
+                      "transport (make_transport(\"mpi\")) or start a single process");
   auto world = std::make_shared<World>(world_size);
   std::vector<std::unique_ptr<Transport>> transports;
   for (int r = 0; r < world_size; ++r) {

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <unordered_map>
 
@@ -36,6 +37,23 @@ struct Op {
   bool header_checked = false;  // receive: the arrived header was compared
 };
 
+// A collective left posted when its wait threw (deadline, abort). MPI offers no way to cancel
+// one, and libnbc keeps progressing it, reading its buffer and its communicator: both must
+// outlive the process's last MPI call (freeing the communicator made MPI_Finalize crash).
+struct Stranded {
+  MPI_Request request = MPI_REQUEST_NULL;
+  Tensor buffer;
+};
+
+// What a transport leaves to MPI when it goes after a failure: never freed, since MPI may still
+// read or write it; the process ends soon after (MpiSession ends it with MPI_Abort).
+struct Leftovers {
+  std::unordered_map<std::uint64_t, std::unique_ptr<Op>> pending;
+  std::vector<std::unique_ptr<Op>> retired;
+  std::vector<Stranded> stranded;
+  std::string abort_reason;
+};
+
 class MpiTransport final : public Transport {
  public:
   explicit MpiTransport(const TransportOptions& options) : Transport(options) {
@@ -51,16 +69,35 @@ class MpiTransport final : public Transport {
     PIPETRAIN_MPI_CHECK(MPI_Comm_size(comm_, &size_));
   }
 
+  // After a failure some requests may still be posted: receives are cancelled, everything else
+  // is left to MPI together with its buffers and communicators (see Leftovers), and
+  // note_mpi_unsafe() tells MpiSession that only MPI_Abort may end the process.
   ~MpiTransport() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (finalized) return;
     for (auto& [id, op] : pending_) release(*op);
-    for (auto& [group, comm] : group_comms_) MPI_Comm_free(&comm);
+    bool notice_in_flight = false;
     for (MPI_Request& r : abort_requests_) {
-      if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+      if (r == MPI_REQUEST_NULL) continue;
+      int done = 0;
+      if (MPI_Test(&r, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || !done) {
+        MPI_Request_free(&r);
+        notice_in_flight = true;
+      }
     }
-    MPI_Comm_free(&comm_);
+    if (notice_in_flight) detail::note_mpi_unsafe();
+    if (stranded_.empty()) {
+      for (auto& [group, comm] : group_comms_) MPI_Comm_free(&comm);
+      MPI_Comm_free(&comm_);
+    }
+    if (!pending_.empty() || !retired_.empty() || !stranded_.empty() || notice_in_flight) {
+      try {
+        (void)new Leftovers{std::move(pending_), std::move(retired_), std::move(stranded_),
+                            std::move(abort_reason_)};  // deliberately never freed
+      } catch (...) {  // out of memory: the members are freed below, as before this fix
+      }
+    }
   }
 
   std::string_view name() const override { return "mpi"; }
@@ -148,7 +185,7 @@ class MpiTransport final : public Transport {
                                          static_cast<int>(work.numel()), type, MPI_SUM, comm,
                                          &request));
     }
-    poll_collective(kFunction, request, deadline, what);
+    poll_collective(kFunction, request, deadline, what, work);
     if (work.dtype() != tensor.dtype()) tensor.copy_from(work);
   }
 
@@ -162,7 +199,7 @@ class MpiTransport final : public Transport {
       throw_if_aborted(kFunction);
       PIPETRAIN_MPI_CHECK(MPI_Ibarrier(comm_, &request));
     }
-    poll_collective(kFunction, request, deadline, "barrier");
+    poll_collective(kFunction, request, deadline, "barrier", Tensor());
   }
 
   void abort(std::string_view reason) noexcept override {
@@ -172,6 +209,8 @@ class MpiTransport final : public Transport {
       aborted_ = true;
       abort_rank_ = rank_;
       abort_reason_ = std::string(reason.substr(0, kMaxReason));
+      detail::note_mpi_failure(detail::message("MpiTransport::abort", "rank ", rank_,
+                                               " aborted the world: ", abort_reason_));
       // Best effort: tell every peer. A peer notices when it next polls the transport.
       abort_requests_.resize(static_cast<std::size_t>(size_), MPI_REQUEST_NULL);
       for (int peer = 0; peer < size_; ++peer) {
@@ -238,8 +277,13 @@ class MpiTransport final : public Transport {
     aborted_ = true;
     abort_rank_ = status.MPI_SOURCE;
     abort_reason_ = std::move(reason);
+    detail::note_mpi_failure(detail::message("MpiTransport", "rank ", rank_,
+                                             ": the world was aborted by rank ", abort_rank_,
+                                             ": ", abort_reason_));
   }
 
+  // (An abort was already noted as a failure where it was learnt, in abort() or
+  // poll_abort_locked().)
   void throw_if_aborted(std::string_view function) const {
     if (!aborted_) return;
     throw AbortedError(detail::message(function, "rank ", rank_, ": the world was aborted by rank ",
@@ -259,9 +303,11 @@ class MpiTransport final : public Transport {
       if (!matches(sent, op.header)) {
         // Only the receiver learns of a mismatch; the sender finds out by the abort that the
         // failing rank is expected to send, or by its deadline.
-        const std::string text = detail::recv_mismatch(rank_, op.peer, op.header, sent);
+        const std::string text = detail::message(
+            function, detail::recv_mismatch(rank_, op.peer, op.header, sent));
         retire(request);
-        throw MismatchError(detail::message(function, text));
+        detail::note_mpi_failure(text);
+        throw MismatchError(text);
       }
     }
     if (op.payload_request != MPI_REQUEST_NULL) {
@@ -272,12 +318,20 @@ class MpiTransport final : public Transport {
   }
 
   // Cancels what can be cancelled of an unfinished operation, so that MPI_Finalize does not
-  // wait for it. Receives are cancelled; sends are freed (MPI completes them in the background).
+  // wait for it. Receives are cancelled; sends still running are freed (MPI completes them in
+  // the background, if the peer ever receives them), which makes MPI_Finalize unsafe.
   void release(Op& op) noexcept {
     for (MPI_Request* r : {&op.header_request, &op.payload_request}) {
       if (*r == MPI_REQUEST_NULL) continue;
-      if (!op.send) MPI_Cancel(r);
+      if (!op.send) {
+        MPI_Cancel(r);
+        MPI_Request_free(r);
+        continue;
+      }
+      int done = 0;
+      if (MPI_Test(r, &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && done) continue;
       MPI_Request_free(r);
+      detail::note_mpi_unsafe();
     }
   }
 
@@ -320,31 +374,56 @@ class MpiTransport final : public Transport {
             retire(requests[i]);
             requests[i].id = 0;
           }
-          throw TimeoutError(detail::message(function, "rank ", rank_, " timed out after ",
-                                             detail::format_ms(timeout()), " waiting for ", what));
+          std::string text = detail::message(function, "rank ", rank_, " timed out after ",
+                                             detail::format_ms(timeout()), " waiting for ", what);
+          detail::note_mpi_failure(text);
+          throw TimeoutError(std::move(text));
         }
       }
       pause(spins);
     }
   }
 
+  // Polls a posted collective until it completes, the deadline or an abort. When it throws, the
+  // collective stays posted (MPI cannot cancel one): it is stranded with its buffer, and its
+  // communicator is never freed.
   void poll_collective(std::string_view function, MPI_Request& request, Clock::time_point deadline,
-                       const std::string& what) {
+                       const std::string& what, const Tensor& buffer) {
     for (int spins = 0;; ++spins) {
       {
         std::lock_guard lock(mutex_);
-        poll_abort_locked();
-        throw_if_aborted(function);  // the collective stays posted: the world is broken anyway
-        int done = 0;
-        PIPETRAIN_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
-        if (done) return;
-        if (Clock::now() >= deadline) {
-          throw TimeoutError(detail::message(function, "rank ", rank_, " timed out after ",
-                                             detail::format_ms(timeout()), " waiting for ", what));
+        try {
+          poll_abort_locked();
+          throw_if_aborted(function);
+          int done = 0;
+          PIPETRAIN_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+          if (done) return;
+          if (Clock::now() >= deadline) {
+            std::string text = detail::message(function, "rank ", rank_, " timed out after ",
+                                               detail::format_ms(timeout()), " waiting for ",
+                                               what);
+            detail::note_mpi_failure(text);
+            throw TimeoutError(std::move(text));
+          }
+        } catch (...) {
+          strand(request, buffer);
+          throw;
         }
       }
       pause(spins);
     }
+  }
+
+  // Keeps a collective that is still posted, and its buffer, for as long as MPI runs. Locked.
+  void strand(MPI_Request& request, const Tensor& buffer) noexcept {
+    if (request == MPI_REQUEST_NULL) return;
+    detail::note_mpi_unsafe();
+    try {
+      stranded_.push_back(Stranded{request, buffer});
+    } catch (...) {  // out of memory: leak the buffer rather than free memory MPI may use
+      (void)new (std::nothrow) Tensor(buffer);
+    }
+    request = MPI_REQUEST_NULL;
   }
 
   // Spin briefly for latency, then sleep a little so that a long wait does not burn a core.
@@ -385,6 +464,7 @@ class MpiTransport final : public Transport {
   std::uint64_t next_id_ = 1;
   std::unordered_map<std::uint64_t, std::unique_ptr<Op>> pending_;
   std::vector<std::unique_ptr<Op>> retired_;
+  std::vector<Stranded> stranded_;
   std::map<std::vector<int>, MPI_Comm> group_comms_;
   bool aborted_ = false;
   int abort_rank_ = -1;

@@ -34,9 +34,7 @@ void throw_nccl_error(const char* call, ncclResult_t code, const char* file, int
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
   if (initialized && !finalized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  const char* shown = std::strstr(file, "/src/");
-  if (shown == nullptr) shown = std::strstr(file, "/tests/");
-  shown = shown == nullptr ? file : shown + 1;
+  const char* shown = shown_source_path(file);  // mpi_check.h: independent of the checkout
   std::string text = "[nccl] rank " + std::to_string(rank) + ": " + call +
                      " failed: " + ncclGetErrorString(code) + " (" + shown + ":" +
                      std::to_string(line) + ")";

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <thread>
@@ -38,6 +39,25 @@ std::vector<std::string> run_world(std::vector<std::unique_ptr<Transport>>& worl
 
 using pipetrain::testing::expect_payload;
 using pipetrain::testing::make_payload;
+
+// Under mpirun -n 2 every process would run the whole in-process world: refused, saying why.
+TEST(InProcessWorld, RefusesSeveralProcessesOfAnMpiLauncher) {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"}) {
+    if (std::getenv(v) != nullptr) GTEST_SKIP() << "run under an MPI launcher (" << v << ")";
+  }
+  EXPECT_EQ(mpi_launcher_world().size, 1);
+  ::setenv("PMI_SIZE", "1", 1);  // one process: allowed
+  EXPECT_EQ(make_inprocess_world(2).size(), 2u);
+  ::setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+  EXPECT_EQ(mpi_launcher_world().size, 2);
+  EXPECT_EQ(error_of<InvalidArgument>([] { make_inprocess_world(2); }),
+            "[make_inprocess_world] this process is one of 2 started by an MPI launcher "
+            "(OMPI_COMM_WORLD_SIZE=2), but an in-process world runs every rank as a thread of "
+            "one process, so each process would run the whole job: use the MPI transport "
+            "(make_transport(\"mpi\")) or start a single process");
+  ::unsetenv("OMPI_COMM_WORLD_SIZE");
+  ::unsetenv("PMI_SIZE");
+}
 
 MessageHeader header(const char* action, const Shape& shape, std::int64_t step = 0) {
   return MessageHeader::make(step, parse_action(action), DType::kFloat32, shape);
