@@ -10,10 +10,12 @@
 // Tensors passed in (inputs, targets, gradients) are kept BY REFERENCE until the microbatch's
 // backward is done: do not write into them meanwhile (hand over fresh or finished buffers).
 //
-// Loss: the last stage's forward returns the mean cross-entropy over the microbatch's tokens,
-// as a 0-d tensor (not scaled). Its backward_input takes, as grad_output, a tensor holding one
-// value s (e.g. 1/num_microbatches): the gradients computed are those of s * loss. An
-// undefined grad_output means s = 1.
+// Loss: the last stage's forward returns the microbatch's loss as a 0-d tensor, not scaled (the
+// GPT returns the mean cross-entropy over the microbatch's tokens; any scalar loss works). Its
+// backward_input takes, as grad_output, a 0-d fp64 tensor holding the scale s (the executor
+// passes 1/num_microbatches, so that the summed gradients are those of the batch's mean loss):
+// the gradients computed are those of s * loss. Read s with data<double>() (data<float>()
+// throws on it). An undefined grad_output means s = 1.
 //
 // Gradients ACCUMULATE into the parameters' grad tensors across microbatches; zero them once per
 // optimizer step. Thread safety: one thread drives a stage at a time.

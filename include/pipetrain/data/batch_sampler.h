@@ -75,7 +75,9 @@ class BatchSampler {
   void reset();
 
   std::size_t num_windows() const { return num_windows_; }
-  std::size_t batches_per_epoch() const { return num_windows_ / batch_size_; }
+  std::size_t batches_per_epoch() const {
+    return num_windows_ / static_cast<std::size_t>(batch_size_);
+  }
   std::uint64_t epoch() const { return epoch_; }
   int seq_len() const { return seq_len_; }
   int batch_size() const { return batch_size_; }

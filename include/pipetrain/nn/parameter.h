@@ -16,7 +16,7 @@
 namespace pipetrain::nn {
 
 struct Parameter {
-  /// Hierarchical name in GPT-2 / llm.c style, e.g. "h.3.attn.qkv.weight", "wte".
+  /// Hierarchical name in GPT-2 / llm.c style, e.g. "h.3.attn.c_attn.weight", "wte".
   std::string name;
   /// fp32 master value.
   Tensor value;

@@ -22,7 +22,7 @@
 
 namespace pipetrain::optim {
 
-/// One named fp32 buffer of optimizer state, e.g. "h.0.attn.qkv.weight/m".
+/// One named fp32 buffer of optimizer state, e.g. "h.0.attn.c_attn.weight/m".
 struct StateBuffer {
   std::string name;
   std::vector<float> data;

@@ -1,8 +1,8 @@
 // pipetrain/optim/update_rules.h: the optimizer update rules on plain fp32 arrays.
 //
 // These are the arithmetic of AdamW and SGD, separate from parameters and tensors so that a
-// CUDA twin or a test can check against them element by element. Optimizer classes
-// (adamw.h, sgd.h) call them on each parameter.
+// CUDA twin or a test can check against them element by element. The optimizer classes
+// (optimizer.h: AdamW, Sgd) call them on each parameter.
 #pragma once
 
 #include <cstdint>

@@ -35,7 +35,7 @@
 //   manifest needed: a low-level reader of one file).
 // - load_checkpoint_into_stage(): any cut of the same model, from a committed step folder.
 //   The manifest names the files; each parameter of the stage is found by its global name
-//   ("h.3.attn.qkv.weight"), whichever stage saved it. So a run saved with P = 2 can continue
+//   ("h.3.attn.c_attn.weight"), whichever stage saved it. So a run saved with P = 2 can continue
 //   with P = 4, another schedule, other microbatches or chunks per rank.
 // The model hash is the caller's hash of what must not change across a resume (model shape,
 // optimizer and its hyper-parameters, data, batch and sequence length); it must leave out the

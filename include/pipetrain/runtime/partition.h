@@ -25,7 +25,10 @@ struct Partition {
 
   int num_stages() const { return static_cast<int>(bounds.size()) - 1; }
   /// Number of layers of stage s.
-  int num_layers(int stage) const { return bounds[stage + 1] - bounds[stage]; }
+  int num_layers(int stage) const {
+    const auto s = static_cast<std::size_t>(stage);
+    return bounds[s + 1] - bounds[s];
+  }
   /// "[0, 3) [3, 5) [5, 8)".
   std::string to_string() const;
 };

@@ -3,10 +3,12 @@
 #include <climits>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "../comm_util.h"
 #include "mpi_check.h"
@@ -54,6 +56,15 @@ struct Leftovers {
   std::string abort_reason;
 };
 
+// Where they are kept: reachable from a global for as long as the process runs, so that
+// LeakSanitizer sees memory held on purpose rather than lost.
+void keep_leftovers(std::unique_ptr<Leftovers> leftovers) {
+  static std::mutex mutex;
+  static auto* kept = new std::vector<std::unique_ptr<Leftovers>>();
+  const std::lock_guard lock(mutex);
+  kept->push_back(std::move(leftovers));
+}
+
 class MpiTransport final : public Transport {
  public:
   explicit MpiTransport(const TransportOptions& options) : Transport(options) {
@@ -93,8 +104,10 @@ class MpiTransport final : public Transport {
     }
     if (!pending_.empty() || !retired_.empty() || !stranded_.empty() || notice_in_flight) {
       try {
-        (void)new Leftovers{std::move(pending_), std::move(retired_), std::move(stranded_),
-                            std::move(abort_reason_)};  // deliberately never freed
+        keep_leftovers(std::make_unique<Leftovers>(Leftovers{std::move(pending_),
+                                                             std::move(retired_),
+                                                             std::move(stranded_),
+                                                             std::move(abort_reason_)}));
       } catch (...) {  // out of memory: the members are freed below, as before this fix
       }
     }
