@@ -6,6 +6,8 @@
 // Prints one row per schedule: the milliseconds each phase took (best of `repeats` runs) and the
 // number of actions after lowering. The goal recorded in docs/performance.md: every row's total
 // under 1 s on the 2-core CI machine.
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -70,10 +72,14 @@ Timing measure(const std::string& name, int P, int M, int v, int repeats) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int P = argc > 1 ? std::atoi(argv[1]) : 128;
-  const int M = argc > 2 ? std::atoi(argv[2]) : 1024;
-  const int v = argc > 3 ? std::atoi(argv[3]) : 2;
-  const int repeats = argc > 4 ? std::atoi(argv[4]) : 3;
+  int P = 128, M = 1024, v = 2, repeats = 3;
+  CLI::App app{"Times generate + lower + validate + simulate of every schedule"};
+  app.add_option("ranks", P, "pipeline ranks P")->check(CLI::Range(1, 1 << 20));
+  app.add_option("microbatches", M, "microbatches M")->check(CLI::Range(1, 1 << 30));
+  app.add_option("chunks", v, "stages per rank v, where a schedule takes it")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("repeats", repeats, "repeats; the best is shown")->check(CLI::Range(1, 1000));
+  CLI11_PARSE(app, argc, argv);
   std::printf(
       "generate + lower + validate + simulate, P=%d M=%d (v=%d where it applies), best of %d\n\n",
       P, M, v, repeats);
@@ -87,7 +93,7 @@ int main(int argc, char** argv) {
       std::printf("%-22s %10zu %10.1f %10.1f %10.1f %10.1f %10.1f %8.4f\n",
                   (name + (chunks > 1 ? " v=" + std::to_string(chunks) : "")).c_str(), t.actions,
                   t.generate, t.lower, t.validate, t.simulate, t.total, t.bubble);
-    } catch (const pipetrain::Error& e) {
+    } catch (const std::exception& e) {
       std::printf("%-22s %s\n", name.c_str(), e.what());
       status = 1;
     }

@@ -6,6 +6,8 @@
 // Times, for one middle stage (transformer blocks only) and one microbatch, the forward F, the
 // full backward B, and the split backward I then W, each the median of 7 runs. Zero-bubble
 // schedules assume I + W costs what B costs; the last column says how far that holds here.
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -34,13 +36,18 @@ pipetrain::Tensor random_tensor(const pipetrain::Shape& shape, std::mt19937_64& 
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   pipetrain::nn::GptConfig config;
   config.vocab_size = 256;
-  config.num_layers = argc > 1 ? std::atoi(argv[1]) : 4;
-  config.channels = argc > 2 ? std::atoi(argv[2]) : 256;
-  const std::int64_t T = argc > 3 ? std::atoi(argv[3]) : 128;
-  const std::int64_t B = argc > 4 ? std::atoi(argv[4]) : 8;
+  config.num_layers = 4;
+  config.channels = 256;
+  std::int64_t T = 128, B = 8;
+  CLI::App app{"Times B against I + W of a stage of GPT blocks (the split backward)"};
+  app.add_option("layers", config.num_layers, "transformer blocks")->check(CLI::Range(1, 1024));
+  app.add_option("channels", config.channels, "channels C")->check(CLI::Range(8, 65536));
+  app.add_option("seq", T, "sequence length T")->check(CLI::Range(1, 65536));
+  app.add_option("batch", B, "batch B")->check(CLI::Range(1, 65536));
+  CLI11_PARSE(app, argc, argv);
   config.num_heads = config.channels >= 128 ? 8 : 4;
   config.context_length = T;
   config.tied_embeddings = false;
@@ -84,4 +91,13 @@ int main(int argc, char** argv) {
   std::printf("%8.2f %8.2f %8.2f %8.2f %8.2f %10.3f %10.3f\n", mf, mb, mi, mw, mi + mw,
               (mi + mw) / mb, mb / mf);
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_split_backward: %s\n", e.what());
+    return 1;
+  }
 }
