@@ -215,6 +215,17 @@ FileHeader read_header(Reader& rd) {
   return h;
 }
 
+// The header of the file that must hold stage `stage` of `num_stages`.
+FileHeader read_header_of(Reader& rd, std::int64_t stage, std::int64_t num_stages) {
+  const FileHeader header = read_header(rd);
+  if (header.stage != stage || header.num_stages != num_stages) {
+    rd.fail("holds stage " + std::to_string(header.stage) + " of " +
+            std::to_string(header.num_stages) + ", expected stage " + std::to_string(stage) +
+            " of " + std::to_string(num_stages));
+  }
+  return header;
+}
+
 // A parameter's shape: at most 16 dimensions, each in [0, 2^31), whose product fits the bytes
 // left in the file (so shape_numel cannot overflow and nothing is allocated for absent values).
 Shape read_shape(Reader& rd, std::uint64_t index) {
@@ -373,12 +384,7 @@ CheckpointMeta load_stage_checkpoint(const std::filesystem::path& dir, int stage
   const std::filesystem::path path = stage_checkpoint_path(dir, stage, num_stages);
   const std::string data = read_checked(path, "load_stage_checkpoint");
   Reader rd(data, data.size() - 8, path.string());
-  const FileHeader header = read_header(rd);
-  if (header.stage != stage || header.num_stages != num_stages) {
-    rd.fail("holds stage " + std::to_string(header.stage) + " of " +
-            std::to_string(header.num_stages) + ", expected stage " + std::to_string(stage) +
-            " of " + std::to_string(num_stages));
-  }
+  const FileHeader header = read_header_of(rd, stage, num_stages);
   const CheckpointMeta meta = header.meta;
   if (meta.model_hash != expected_model_hash) {
     rd.fail(model_hash_mismatch(meta.model_hash, expected_model_hash));
@@ -822,12 +828,7 @@ LoadedCheckpoint load_checkpoint_into_stage(const std::filesystem::path& dir,
       rd.fail("checksum " + hex(trailer_of(data)) + " differs from the manifest's " +
               hex(manifest->files[s].checksum));
     }
-    const FileHeader header = read_header(rd);
-    if (header.stage != s || header.num_stages != num_stages) {
-      rd.fail("holds stage " + std::to_string(header.stage) + " of " +
-              std::to_string(header.num_stages) + ", expected stage " + std::to_string(s) +
-              " of " + std::to_string(num_stages));
-    }
+    const FileHeader header = read_header_of(rd, s, num_stages);
     const CheckpointMeta m = header.meta;
     if (m.step != manifest->step) {
       rd.fail("step " + std::to_string(m.step) + " differs from the manifest's " +

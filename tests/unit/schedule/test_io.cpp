@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "text_count.h"
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/validate.h"
 #include "error_of.h"
@@ -24,13 +25,7 @@ Schedule make(const std::string& name, int ranks, int per_rank, int microbatches
   return testing::schedule_from_rows(name, per_rank, microbatches, rows, placement);
 }
 
-std::size_t count(const std::string& text, const std::string& needle) {
-  std::size_t n = 0;
-  for (std::size_t pos = text.find(needle); pos != std::string::npos;
-       pos = text.find(needle, pos + needle.size()))
-    ++n;
-  return n;
-}
+using pipetrain::testing::count;
 
 const char* const kParseMessage =
     "' is not an action: expected <stage><kind><microbatch> with kind one of "

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "error_of.h"
+#include "text_count.h"
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/io.h"
@@ -24,13 +25,7 @@ namespace {
 using pipetrain::testing::error_of;
 using L = ScheduleLimits;
 
-std::size_t count(const std::string& text, const std::string& needle) {
-  std::size_t n = 0;
-  for (std::size_t pos = text.find(needle); pos != std::string::npos;
-       pos = text.find(needle, pos + needle.size()))
-    ++n;
-  return n;
-}
+using pipetrain::testing::count;
 
 // ---- sizes ----------------------------------------------------------------------------------
 
