@@ -3,7 +3,8 @@
 // Every generator first decides each rank's order of compute actions, then lays the orders out
 // on a common step grid by running them with unit time per action (an action starts one step
 // after its producer ended, as soon as its rank is free). ZB-H1 and ZB-H2 are instead built
-// directly on that unit-time grid by a list scheduler, as in Qi et al. 2024, section 3.
+// directly on that unit-time grid by a list scheduler, as in Qi et al. 2024, section 3, and
+// V-Half and V-Min by repeating a building block on it (Qi et al., NeurIPS 2024).
 #include "pipetrain/schedule/generators.h"
 
 #include <algorithm>
@@ -221,6 +222,103 @@ Schedule zb_list_schedule(Schedule schedule, const ZbLimits& limits) {
   return schedule;
 }
 
+// ---- controllable-memory V schedules (Qi et al., NeurIPS 2024) ------------------------------
+
+// Where the building block of a V schedule puts a rank's four compute actions for microbatch 0,
+// in unit steps; microbatch m repeats them 6m steps later (each rank does F, F, I, I and two W
+// per microbatch, six unit actions, so the block is six steps long).
+struct VBlock {
+  int forward0;  // F of chunk 0 (stage r)
+  int forward1;  // F of chunk 1 (stage 2P-1-r)
+  int input1;    // I of chunk 1
+  int input0;    // I of chunk 0
+};
+
+// Repeats each rank's building block M times and runs it on the unit-time grid. The block fixes
+// the order of each rank's F and I; the W are placed by the grid: a rank runs its next F or I as
+// soon as it is ready, and its oldest pending W when that F or I is not ready yet, or when the F
+// would raise the rank's held memory (F..W) above the block's own peak: the W that the block
+// puts in the free steps of its period, put instead where the squeezed warm-up and cool-down
+// leave a gap. Every F and I has its producer at an earlier step of the repeated block, so the
+// orders cannot deadlock.
+Schedule v_block_schedule(Schedule schedule, const std::vector<VBlock>& blocks) {
+  const int p = schedule.num_ranks(), m = schedule.num_microbatches();
+  const int num_stages = schedule.num_stages();
+  constexpr int kPeriod = 6;
+  struct RankState {
+    std::vector<Action> order;  // F and I in block order
+    std::size_t next = 0;
+    std::deque<Action> pending_w;
+    int held = 0, cap = 0;
+  };
+  std::vector<RankState> ranks(static_cast<std::size_t>(p));
+  std::size_t remaining = 0;
+  for (int r = 0; r < p; ++r) {
+    const VBlock& b = blocks[static_cast<std::size_t>(r)];
+    const int s0 = r, s1 = 2 * p - 1 - r;
+    std::vector<std::pair<int, Action>> timed;  // (step in the repeated block, action)
+    for (int mb = 0; mb < m; ++mb) {
+      timed.push_back({b.forward0 + kPeriod * mb, {s0, kF, mb}});
+      timed.push_back({b.forward1 + kPeriod * mb, {s1, kF, mb}});
+      timed.push_back({b.input1 + kPeriod * mb, {s1, kI, mb}});
+      timed.push_back({b.input0 + kPeriod * mb, {s0, kI, mb}});
+    }
+    std::sort(timed.begin(), timed.end());
+    RankState& st = ranks[static_cast<std::size_t>(r)];
+    // The block's peak held memory, each W in the first free step after its I.
+    int held = 0, waiting_w = 0;
+    std::size_t k = 0;
+    for (int step = 0; k < timed.size(); ++step) {
+      if (timed[k].first == step) {
+        const Action& a = timed[k++].second;
+        st.order.push_back(a);
+        if (a.kind == kF) st.cap = std::max(st.cap, ++held);
+        else ++waiting_w;
+      } else if (waiting_w > 0) {
+        --waiting_w;
+        --held;
+      }
+    }
+    remaining += st.order.size() * 3 / 2;
+  }
+  EndTimes ends(num_stages, m);
+  for (int step = 0; remaining > 0; ++step) {
+    std::vector<Action> placed;
+    for (int r = 0; r < p; ++r) {
+      RankState& st = ranks[static_cast<std::size_t>(r)];
+      std::optional<Action> pick;
+      if (st.next < st.order.size()) {
+        const Action& a = st.order[st.next];
+        if (ends.ready(a, step, num_stages) && (a.kind != kF || st.held < st.cap)) pick = a;
+      }
+      if (pick) {
+        ++st.next;
+        if (pick->kind == kF) ++st.held;
+        else st.pending_w.push_back({pick->stage, kW, pick->microbatch});
+      } else if (!st.pending_w.empty() &&
+                 ends.at(kI, st.pending_w.front().stage, st.pending_w.front().microbatch) <=
+                     step) {
+        pick = st.pending_w.front();
+        st.pending_w.pop_front();
+        --st.held;
+      }
+      if (!pick) {
+        schedule.append_idle(r);
+        continue;
+      }
+      schedule.append(r, *pick);
+      placed.push_back(*pick);
+    }
+    if (placed.empty())
+      throw Error("[v_block_schedule] internal error: schedule '" + schedule.name() +
+                  "' is stuck");
+    for (const Action& a : placed) ends.at(a.kind, a.stage, a.microbatch) = step + 1;
+    remaining -= placed.size();
+  }
+  schedule.normalize();
+  return schedule;
+}
+
 }  // namespace
 
 Schedule gpipe(int num_ranks, int num_microbatches) {
@@ -409,9 +507,35 @@ Schedule dualpipe_v(int num_ranks, int num_microbatches) {
   return lay_out(empty("dualpipe-v", p, 2, m, Placement::kV), orders);
 }
 
+Schedule v_half(int num_ranks, int num_microbatches) {
+  check_common("v_half", num_ranks, num_microbatches, 2);
+  const int p = num_ranks;
+  // The V-Half building block of Qi et al. 2024 (the reference repository's stable pattern):
+  // rank r starts 2r steps after rank 0; an even P shifts the backwards by 3 steps so that no two
+  // of a rank's actions share a step of the 6-step block.
+  const int shift = p % 2 == 0 ? 3 : 0;
+  std::vector<VBlock> blocks;
+  for (int r = 0; r < p; ++r)
+    blocks.push_back({2 * r, 3 * p - 2 - r, 3 * p - 1 + shift + 2 * r, 6 * p - 2 + shift - r});
+  return v_block_schedule(empty("v-half", p, 2, num_microbatches, Placement::kV), blocks);
+}
+
+Schedule v_min(int num_ranks, int num_microbatches) {
+  check_common("v_min", num_ranks, num_microbatches, 2);
+  const int p = num_ranks;
+  // The V-Min building block: rank r starts r steps after rank 0; when 3 divides P the backwards
+  // shift by 2 steps so that no two of a rank's actions share a step of the 6-step block.
+  const int shift = p % 3 == 0 ? 2 : 0;
+  std::vector<VBlock> blocks;
+  for (int r = 0; r < p; ++r)
+    blocks.push_back({r, 2 * p - 1 - r, 2 * p + shift + r, 4 * p - 1 + shift - r});
+  return v_block_schedule(empty("v-min", p, 2, num_microbatches, Placement::kV), blocks);
+}
+
 const std::vector<std::string>& schedule_names() {
   static const std::vector<std::string> names = {
-      "gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipe-v"};
+      "gpipe", "1f1b",      "interleaved-1f1b", "looped-bfs", "zb-h1",
+      "zb-h2", "zb-v", "dualpipe-v",       "v-half",     "v-min"};
   return names;
 }
 
@@ -439,6 +563,8 @@ Schedule make_schedule(std::string_view name, int num_ranks, int num_microbatche
   if (name == "zb-h1") return zb_h1(num_ranks, num_microbatches);
   if (name == "zb-h2") return zb_h2(num_ranks, num_microbatches);
   if (name == "zb-v") return zb_v(num_ranks, num_microbatches);
+  if (name == "v-half") return v_half(num_ranks, num_microbatches);
+  if (name == "v-min") return v_min(num_ranks, num_microbatches);
   return dualpipe_v(num_ranks, num_microbatches);
 }
 

@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
                "pipetrain-schedule"};
   app.add_option("-s,--schedule", options.schedule,
                  "Schedule to build: gpipe, 1f1b, interleaved-1f1b, looped-bfs, zb-h1, zb-h2, "
-                 "zb-v, dualpipe-v")
+                 "zb-v, dualpipe-v, v-half, v-min")
       ->capture_default_str();
   app.add_option("-p,--ranks", options.ranks, "Pipeline ranks P")->capture_default_str();
   app.add_option("-m,--microbatches", options.microbatches, "Microbatches M per batch")

@@ -67,8 +67,24 @@ Schedule zb_v(int num_ranks, int num_microbatches);
 /// Needs M >= 2P. Uniform costs: makespan 6M+P-1 (idle P-1 per rank); peak held 2P+1 stages.
 Schedule dualpipe_v(int num_ranks, int num_microbatches);
 
+/// V-Half (Qi et al., NeurIPS 2024, "Pipeline Parallelism with Controllable Memory"): V placement
+/// (as ZB-V), split backward, built by repeating the paper's V-Half building block every 6 unit
+/// steps; the block fixes each rank's order of F and I, and each W runs where its rank would
+/// otherwise wait or where an F would exceed the block's peak memory. Any M >= 1. Uniform
+/// per-stage costs (F = I = W = 1), P >= 2, M >= P: makespan 6M + 3(P-1) - (P mod 2), i.e. at
+/// most half of 1F1B's idle; peak held (F..W) min(2M, 2(floor(P/2)+1)) stages, i.e.
+/// floor(P/2)+1 rank shares (1F1B: P).
+Schedule v_half(int num_ranks, int num_microbatches);
+
+/// V-Min (Qi et al., NeurIPS 2024): as v_half() with the paper's V-Min building block, the
+/// shortest lifespan. Any M >= 1. Uniform per-stage costs, P >= 2, M >= 2: makespan
+/// 6M + 4P - 5 (+2 when 3 divides P), about two thirds of 1F1B's idle; peak held (F..W)
+/// min(2M, 2 floor((P+4)/3)) stages, i.e. floor((P+4)/3) rank shares (1F1B: P).
+Schedule v_min(int num_ranks, int num_microbatches);
+
 /// Names accepted by make_schedule(), in presentation order:
-/// "gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipe-v".
+/// "gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipe-v",
+/// "v-half", "v-min".
 const std::vector<std::string>& schedule_names();
 
 /// True for the schedules that take stages_per_rank (interleaved-1f1b, looped-bfs).

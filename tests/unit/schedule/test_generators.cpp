@@ -32,7 +32,7 @@ std::string expected_rejection(const std::string& name, int p, int m, int v) {
 enum class Backward { kFull, kSplit, kMixed };
 
 Backward backward_kind(const std::string& name) {
-  if (name.rfind("zb-", 0) == 0) return Backward::kSplit;
+  if (name.rfind("zb-", 0) == 0 || name.rfind("v-", 0) == 0) return Backward::kSplit;
   if (name == "dualpipe-v") return Backward::kMixed;
   return Backward::kFull;
 }
@@ -122,7 +122,8 @@ TEST(Generators, StructureOverTable) {
           EXPECT_EQ(s.name(), name);
           EXPECT_EQ(s.num_ranks(), p);
           EXPECT_EQ(s.num_microbatches(), m);
-          const bool is_v = name == "zb-v" || name == "dualpipe-v";
+          const bool is_v = name == "zb-v" || name == "dualpipe-v" || name == "v-half" ||
+                            name == "v-min";
           EXPECT_EQ(s.stages_per_rank(), is_v ? 2 : v);
           EXPECT_EQ(s.placement(), is_v ? Placement::kV : Placement::kLoop);
           EXPECT_FALSE(s.has_comm());
@@ -132,8 +133,8 @@ TEST(Generators, StructureOverTable) {
       }
     }
   }
-  // 8 schedules; P in 1..8, M in 1..4P: sum 4P = 144 specs each, 3x for the two taking v.
-  EXPECT_EQ(built + rejected, 144 * 6 + 144 * 3 * 2);
+  // 10 schedules; P in 1..8, M in 1..4P: sum 4P = 144 specs each, 3x for the two taking v.
+  EXPECT_EQ(built + rejected, 144 * 8 + 144 * 3 * 2);
   // interleaved v in {2,3} with M < P: 2 * sum(P-1) = 56; dualpipe-v M < 2P: sum(2P-1) = 64.
   EXPECT_EQ(rejected, 56 + 64);
 }
@@ -253,8 +254,11 @@ TEST(Generators, MakeScheduleByName) {
   EXPECT_EQ(make_schedule("zb-h2", 3, 5), zb_h2(3, 5));
   EXPECT_EQ(make_schedule("zb-v", 3, 5), zb_v(3, 5));
   EXPECT_EQ(make_schedule("dualpipe-v", 3, 6), dualpipe_v(3, 6));
-  const std::vector<std::string> names = {"gpipe", "1f1b",  "interleaved-1f1b", "looped-bfs",
-                                          "zb-h1", "zb-h2", "zb-v",             "dualpipe-v"};
+  EXPECT_EQ(make_schedule("v-half", 3, 5), v_half(3, 5));
+  EXPECT_EQ(make_schedule("v-min", 3, 5), v_min(3, 5));
+  const std::vector<std::string> names = {"gpipe",  "1f1b",       "interleaved-1f1b", "looped-bfs",
+                                          "zb-h1",  "zb-h2",      "zb-v",             "dualpipe-v",
+                                          "v-half", "v-min"};
   EXPECT_EQ(schedule_names(), names);
   for (const auto& name : names)
     EXPECT_EQ(takes_stages_per_rank(name), name == "interleaved-1f1b" || name == "looped-bfs");
@@ -273,7 +277,7 @@ void expect_invalid(const std::function<void()>& call, const std::string& messag
 TEST(Generators, MakeScheduleRejections) {
   expect_invalid([] { make_schedule("foo", 2, 2); },
                  "[make_schedule] unknown schedule 'foo': expected one of gpipe, 1f1b, "
-                 "interleaved-1f1b, looped-bfs, zb-h1, zb-h2, zb-v, dualpipe-v");
+                 "interleaved-1f1b, looped-bfs, zb-h1, zb-h2, zb-v, dualpipe-v, v-half, v-min");
   expect_invalid([] { make_schedule("gpipe", 2, 2, 2); },
                  "[make_schedule] stages_per_rank=2 must be 1 for schedule 'gpipe' (only "
                  "interleaved-1f1b and looped-bfs take it)");
@@ -294,6 +298,8 @@ TEST(Generators, RejectBadSizes) {
       {"zb_h2", [](int p, int m, int) { return zb_h2(p, m); }},
       {"zb_v", [](int p, int m, int) { return zb_v(p, m); }},
       {"dualpipe_v", [](int p, int m, int) { return dualpipe_v(p, m); }},
+      {"v_half", [](int p, int m, int) { return v_half(p, m); }},
+      {"v_min", [](int p, int m, int) { return v_min(p, m); }},
   };
   for (const auto& [function, make] : generators) {
     SCOPED_TRACE(function);

@@ -60,6 +60,7 @@ const std::vector<GoldenCase> kCases = {
     {"interleaved-1f1b", 2, 4, 2}, {"interleaved-1f1b", 4, 8, 2}, {"interleaved-1f1b", 2, 3, 2},
     {"looped-bfs", 2, 4, 2},      {"zb-h1", 4, 8, 1},          {"zb-h2", 4, 8, 1},
     {"zb-v", 4, 8, 1},            {"dualpipe-v", 4, 8, 1},     {"dualpipe-v", 2, 4, 1},
+    {"v-half", 4, 8, 1},          {"v-min", 4, 8, 1},
 };
 
 INSTANTIATE_TEST_SUITE_P(AllSchedules, Golden, ::testing::ValuesIn(kCases),

@@ -10,6 +10,8 @@
 
 #include "text_count.h"
 #include "pipetrain/error.h"
+#include "pipetrain/schedule/generators.h"
+#include "pipetrain/schedule/passes.h"
 #include "pipetrain/schedule/validate.h"
 #include "error_of.h"
 #include "schedule_rows.h"
@@ -73,6 +75,23 @@ TEST(Csv, RoundTripsVPlacement) {
   const Schedule back = from_csv(to_csv(s));
   EXPECT_EQ(back.placement(), Placement::kV);
   EXPECT_EQ(back, s);
+}
+
+TEST(Csv, RoundTripsTheVShapeSchedules) {
+  // V-Half and V-Min, compute-only and lowered: the shape (P, 2P stages, V placement, M) is
+  // recovered from the actions, and the slots come back as they were.
+  for (int p : {2, 3, 4, 6, 8}) {
+    for (int m : {1, p, 2 * p + 1}) {
+      for (const Schedule& s : {v_half(p, m), v_min(p, m)}) {
+        SCOPED_TRACE(s.name() + " P=" + std::to_string(p) + " M=" + std::to_string(m));
+        const Schedule back = from_csv(to_csv(s), s.name());
+        EXPECT_EQ(back.placement(), Placement::kV);
+        EXPECT_EQ(back, s);
+        const Schedule lowered = lower(s);
+        EXPECT_EQ(from_csv(to_csv(lowered), s.name()), lowered);
+      }
+    }
+  }
 }
 
 TEST(Csv, RoundTripsEmptyRowsAndASingleIdleSlot) {

@@ -221,6 +221,88 @@ TEST(ScheduleFigures, DualPipeV) {
   }
 }
 
+// V-Half and V-Min (Qi et al., NeurIPS 2024, "Pipeline Parallelism with Controllable Memory"),
+// derived in docs/schedules.md. V placement, per-stage costs F = I = W = 1: a rank works 6M, and
+// 1F1B for the same model (stages twice as large) idles 6(P-1) per rank in these units.
+//   V-Half, P >= 2, M >= P: idle per rank 3(P-1) - (P mod 2), half of 1F1B's for even P;
+//   V-Min,  P >= 2, M >= 2: idle per rank 4P-5, or 4P-3 when 3 divides P, about 2/3 of 1F1B's.
+// Peak held (F..W), the paper's accounting, for every M: min(2M, 2 floor(P/2) + 2) stages for
+// V-Half and min(2M, 2 floor((P+4)/3)) for V-Min, i.e. floor(P/2)+1 and floor((P+4)/3) rank
+// shares against 1F1B's P; never above it on any rank.
+struct VShape {
+  const char* name;
+  Schedule (*make)(int, int);
+  int (*idle)(int p);       // per rank, P >= 2, M >= min_m(P)
+  int (*min_m)(int p);      // from where the idle is exact
+  int (*peak_held)(int p);  // stages, for M large enough
+};
+
+const VShape kVShapes[] = {
+    {"v-half", v_half, [](int p) { return 3 * (p - 1) - p % 2; }, [](int p) { return p; },
+     [](int p) { return 2 * (p / 2) + 2; }},
+    {"v-min", v_min, [](int p) { return 4 * p - 5 + (p % 3 == 0 ? 2 : 0); },
+     [](int) { return 2; }, [](int p) { return 2 * ((p + 4) / 3); }},
+};
+
+TEST(ScheduleFigures, VHalfAndVMin) {
+  for (const VShape& v : kVShapes) {
+    for (int p = 1; p <= 8; ++p) {
+      for (int m = 1; m <= 4 * p; ++m) {
+        SCOPED_TRACE(std::string(v.name) + " " + spec(p, m));
+        const Schedule s = v.make(p, m);
+        const SimulationResult sim = simulate(s, CostModel::uniform());
+        const MemoryProfile mem = analyze_memory(s);
+        const MemoryProfile base_mem = analyze_memory(one_f_one_b(p, m));
+        const int base_peak =
+            *std::max_element(base_mem.peak_held.begin(), base_mem.peak_held.end());
+        const int expected_peak = std::min(2 * m, v.peak_held(p));
+        EXPECT_EQ(*std::max_element(mem.peak_held.begin(), mem.peak_held.end()), expected_peak);
+        for (int r = 0; r < p; ++r) {
+          EXPECT_LE(mem.peak_activations[r], mem.peak_held[r]) << "rank " << r;
+          // In rank shares (held / 2), within 1F1B's peak on every rank.
+          EXPECT_LE(mem.peak_held[r], 2 * base_peak) << "rank " << r;
+        }
+        if (p == 1) {
+          EXPECT_NEAR(sim.makespan, 6.0 * m, kTol);
+          continue;
+        }
+        if (m < v.min_m(p)) continue;
+        const double idle = v.idle(p);
+        EXPECT_NEAR(sim.makespan, 6.0 * m + idle, kTol);
+        EXPECT_NEAR(sim.bubble_fraction, idle / (6.0 * m + idle), kTol);
+        // 1F1B of the same model: (P-1)/(M+P-1), idle 6(P-1) in half-stage units.
+        const double base_idle = 6.0 * (p - 1);
+        for (int r = 0; r < p; ++r) EXPECT_NEAR(sim.idle[r], idle, kTol) << "rank " << r;
+        if (std::string(v.name) == "v-half") {
+          EXPECT_LE(2.0 * idle, base_idle);
+          if (p % 2 == 0) EXPECT_NEAR(2.0 * idle, base_idle, kTol);
+        } else {
+          // Two thirds of 1F1B's idle, less one step (plus two when 3 divides P).
+          EXPECT_LE(idle, base_idle);
+          EXPECT_NEAR(idle, 2.0 / 3.0 * base_idle - 1 + (p % 3 == 0 ? 2 : 0), kTol);
+        }
+      }
+    }
+  }
+}
+
+// The memory and bubble formulas hold beyond P = 8: P up to 16, M from the threshold to 2P.
+TEST(ScheduleFigures, VHalfAndVMinLargerPipelines) {
+  for (const VShape& v : kVShapes) {
+    for (int p = 9; p <= 16; ++p) {
+      for (int m = v.min_m(p); m <= 2 * p; m += 3) {
+        SCOPED_TRACE(std::string(v.name) + " " + spec(p, m));
+        const Schedule s = v.make(p, m);
+        const SimulationResult sim = simulate(s, CostModel::uniform());
+        const MemoryProfile mem = analyze_memory(s);
+        EXPECT_NEAR(sim.makespan, 6.0 * m + v.idle(p), kTol);
+        EXPECT_EQ(*std::max_element(mem.peak_held.begin(), mem.peak_held.end()),
+                  std::min(2 * m, v.peak_held(p)));
+      }
+    }
+  }
+}
+
 TEST(ScheduleFigures, LoopedBfs) {
   // Every rank runs all M microbatches through each of its v stages: peak activations vM, and
   // the GPipe-like bubble (P-1)/(vM+P-1) when M >= P (the next local stage's input is ready).
