@@ -217,7 +217,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ScheduleCase{"interleaved-1f1b", 3, 3, 2},
                       ScheduleCase{"looped-bfs", 2, 3, 2}, ScheduleCase{"zb-h1", 3, 6, 1},
                       ScheduleCase{"zb-h2", 2, 4, 1}, ScheduleCase{"zb-v", 2, 4, 1},
-                      ScheduleCase{"dualpipe-v", 2, 4, 1}, ScheduleCase{"gpipe", 1, 3, 1}),
+                      ScheduleCase{"dualpipe-v", 2, 4, 1}, ScheduleCase{"v-half", 2, 4, 1},
+                      ScheduleCase{"v-half", 3, 6, 1}, ScheduleCase{"v-min", 3, 6, 1},
+                      ScheduleCase{"gpipe", 1, 3, 1}),
     [](const auto& info) {
       std::string n = info.param.name + "_P" + std::to_string(info.param.pipeline) + "_M" +
                       std::to_string(info.param.microbatches);

@@ -198,6 +198,7 @@ INSTANTIATE_TEST_SUITE_P(Schedules, GptPipeline,
                                            Case{"looped-bfs", 2, 2, 2, 1},
                                            Case{"zb-h1", 2, 4, 1, 1}, Case{"zb-h2", 2, 4, 1, 1},
                                            Case{"zb-v", 2, 4, 1, 1}, Case{"dualpipe-v", 2, 4, 1, 1},
+                                           Case{"v-half", 2, 4, 1, 1}, Case{"v-min", 2, 4, 1, 1},
                                            Case{"1f1b", 2, 2, 1, 2}, Case{"zb-v", 2, 4, 1, 2}),
                          [](const auto& info) {
                            std::string n = info.param.name + "_P" + std::to_string(info.param.p) +
