@@ -10,6 +10,7 @@
 
 #include "../comm_util.h"
 #include "pipetrain/comm/inprocess.h"
+#include "pipetrain/cpu_threads.h"
 
 namespace pipetrain {
 namespace {
@@ -338,6 +339,7 @@ std::vector<std::unique_ptr<Transport>> make_inprocess_world(int world_size,
                       launcher.size, "), but an in-process world runs every rank as a thread "
                       "of one process, so each process would run the whole job: use the MPI "
                       "transport (make_transport(\"mpi\")) or start a single process");
+  divide_cpu_threads(world_size);
   auto world = std::make_shared<World>(world_size);
   std::vector<std::unique_ptr<Transport>> transports;
   for (int r = 0; r < world_size; ++r) {

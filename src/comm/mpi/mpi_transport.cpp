@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../comm_util.h"
+#include "pipetrain/cpu_threads.h"
 #include "mpi_check.h"
 
 namespace pipetrain {
@@ -78,6 +79,15 @@ class MpiTransport final : public Transport {
     PIPETRAIN_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
     PIPETRAIN_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     PIPETRAIN_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    // The processes of one host share its cores (cpu_threads.h).
+    MPI_Comm host = MPI_COMM_NULL;
+    PIPETRAIN_MPI_CHECK(
+        MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &host));
+    int ranks_on_host = 1;
+    const int rc = MPI_Comm_size(host, &ranks_on_host);
+    MPI_Comm_free(&host);
+    PIPETRAIN_MPI_CHECK(rc);
+    divide_cpu_threads(ranks_on_host);
   }
 
   // After a failure some requests may still be posted: receives are cancelled, everything else

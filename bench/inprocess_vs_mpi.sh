@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# bench/inprocess_vs_mpi.sh [PAIRS] [BUILD_DIR]: train_pipeline's tokens/s at P=2 with the
+# in-process transport (threads of one process) against the MPI transport (2 processes), in
+# interleaved runs so that both see the same machine load; also the in-process run with
+# PIPETRAIN_CPU_THREADS=<cores>, i.e. every rank asking OpenBLAS for every core (what pipetrain
+# did before the transports divided the cores). Prints one row per run and the median ratios.
+set -euo pipefail
+pairs=${1:-3}
+build=${2:-build}
+exe=$build/examples/train_pipeline
+cores=$(nproc)
+args=(--pipeline 2 --microbatches 4 --steps 30 --log-every 30 --channels 128 --seq 64 --batch 16)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+unset OPENBLAS_NUM_THREADS OMP_NUM_THREADS PIPETRAIN_CPU_THREADS
+
+tokens() { grep -o 'step 30/30 .*tokens/s [0-9.]*' | grep -o '[0-9.]*$'; }
+printf '%-5s %14s %14s %22s\n' run inprocess mpi "inprocess all-cores"
+ins=() mpis=() olds=()
+for i in $(seq "$pairs"); do
+  a=$("$exe" "${args[@]}" 2>&1 | tokens)
+  b=$(mpirun --oversubscribe -n 2 "$exe" --transport mpi "${args[@]}" 2>&1 | tokens)
+  c=$(PIPETRAIN_CPU_THREADS=$cores "$exe" "${args[@]}" 2>&1 | tokens)
+  printf '%-5s %14s %14s %22s\n' "$i" "$a" "$b" "$c"
+  ins+=("$a") mpis+=("$b") olds+=("$c")
+done
+python3 - "${ins[*]}" "${mpis[*]}" "${olds[*]}" <<'PY'
+import statistics, sys
+ins, mpis, olds = ([float(x) for x in a.split()] for a in sys.argv[1:4])
+r1 = statistics.median(i / m for i, m in zip(ins, mpis))
+r2 = statistics.median(i / o for i, o in zip(ins, olds))
+print(f"median of paired ratios: inprocess / mpi = {r1:.3f}, inprocess / inprocess-all-cores = {r2:.3f}")
+PY
