@@ -229,7 +229,8 @@ int run_search(const Options& options) {
       ++position;
       std::cout << "| " << position << " | " << r.name << " | " << r.knobs << " | ";
       if (r.built)
-        std::cout << r.makespan << " | " << r.bubble_fraction << " | "
+        std::cout << std::setprecision(6) << r.makespan << std::setprecision(4) << " | "
+                  << r.bubble_fraction << " | "
                   << human_bytes(r.peak_bytes) << " (" << r.peak_rank << ") | "
                   << (r.feasible ? "yes" : "no: over the cap") << " |\n";
       else
@@ -249,7 +250,8 @@ int run_search(const Options& options) {
   const SimulationResult result = simulate(schedule, stage_costs(costs, schedule));
   if (!options.quiet) {
     std::cout << "\nwinner: " << best.name << (best.knobs.empty() ? "" : " ") << best.knobs
-              << ", makespan " << best.makespan << ", bubble " << best.bubble_fraction
+              << ", makespan " << std::setprecision(6) << best.makespan << std::setprecision(4)
+              << ", bubble " << best.bubble_fraction
               << ", peak " << human_bytes(best.peak_bytes) << " on rank " << best.peak_rank
               << "\n";
     std::cout << schedule.to_grid();
