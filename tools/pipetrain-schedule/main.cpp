@@ -3,12 +3,16 @@
 //   pipetrain-schedule --schedule zb-v --ranks 4 --microbatches 8 --svg zbv.svg --trace zbv.json
 //   pipetrain-schedule --load schedule.csv --simulate
 //   pipetrain-schedule --list
+//   pipetrain-schedule --search -p 8 -m 32 --costs 1,3,2,1 --activation-bytes 1G --memory-cap 6G
 //
-// Exit status: 0 on success, 1 when the schedule is invalid or cannot be built, 2 on bad usage.
+// Exit status: 0 on success, 1 when the schedule is invalid or cannot be built (or, with
+// --search, when no schedule fits the memory cap), 2 on bad usage.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <exception>
 #include <new>
 #include <cstdio>
@@ -22,6 +26,7 @@
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/io.h"
 #include "pipetrain/schedule/passes.h"
+#include "pipetrain/schedule/search.h"
 #include "pipetrain/schedule/simulate.h"
 #include "pipetrain/schedule/validate.h"
 
@@ -47,7 +52,59 @@ struct Options {
   std::string csv;
   std::string svg;
   std::string trace;
+  bool search = false;
+  std::string activation_bytes = "1G";
+  std::string w_bytes;
+  double w_fraction = 1.0;
+  std::string memory_cap = "0";
 };
+
+// "512M", "2G", "1.5GiB", "4096", "100B": a number (decimals allowed) and an optional binary
+// suffix K, M, G, T (powers of 1024; case-insensitive; "B", "iB" after it allowed). Whole bytes
+// result, rounded to nearest.
+std::int64_t parse_bytes(const std::string& option, const std::string& text) {
+  const auto fail = [&] {
+    return InvalidArgument(detail::message(
+        "pipetrain-schedule", option, "=", text,
+        " must be a byte count >= 0: a number with an optional suffix K, M, G or T "
+        "(powers of 1024), e.g. 512M, 2G, 1.5GiB"));
+  };
+  std::size_t end = 0;
+  while (end < text.size() &&
+         (std::isdigit(static_cast<unsigned char>(text[end])) || text[end] == '.'))
+    ++end;
+  if (end == 0 || std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(end), '.') > 1)
+    throw fail();
+  const double number = std::stod(text.substr(0, end));
+  std::string suffix = text.substr(end);
+  for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double scale = 1.0;
+  if (!suffix.empty() && suffix != "B") {
+    const std::string units = "KMGT";
+    const std::size_t power = units.find(suffix[0]);
+    const std::string rest = suffix.substr(1);
+    if (power == std::string::npos || !(rest.empty() || rest == "B" || rest == "IB"))
+      throw fail();
+    scale = std::ldexp(1.0, 10 * static_cast<int>(power + 1));
+  }
+  const double bytes = std::round(number * scale);
+  if (!std::isfinite(bytes) || bytes > 9.0e18) throw fail();
+  return static_cast<std::int64_t>(bytes);
+}
+
+// 4294967296 -> "4 GiB", 4831838208 -> "4.5 GiB", 1000 -> "1000 B".
+std::string human_bytes(std::int64_t bytes) {
+  static const char* const kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024.0 && unit < 6) {
+    value /= 1024.0;
+    ++unit;
+  }
+  std::ostringstream out;
+  out << std::setprecision(unit == 0 ? 20 : 4) << value << ' ' << kUnits[unit];
+  return out.str();
+}
 
 CostModel cost_model(const Options& options) {
   CostModel costs = CostModel::uniform();
@@ -134,7 +191,81 @@ void print_table(const Options& options) {
   }
 }
 
+SearchOptions search_options(const Options& options) {
+  SearchOptions search;
+  search.activation_bytes = parse_bytes("--activation-bytes", options.activation_bytes);
+  if (!options.w_bytes.empty()) search.pending_w_bytes = parse_bytes("--w-bytes", options.w_bytes);
+  search.pending_w_fraction = options.w_fraction;
+  search.memory_cap_bytes = parse_bytes("--memory-cap", options.memory_cap);
+  return search;
+}
+
+// --search: a markdown table of every candidate, best first, then the winner's grid; --csv,
+// --svg and --trace write the winner.
+int run_search(const Options& options) {
+  const CostModel costs = cost_model(options);
+  const SearchOptions search = search_options(options);
+  const std::vector<SearchResult> results =
+      search_schedules(options.ranks, options.microbatches, costs, search);
+  if (!options.quiet) {
+    std::cout << std::setprecision(4);
+    const std::int64_t w_bytes =
+        search.pending_w_bytes
+            ? *search.pending_w_bytes
+            : std::llround(search.pending_w_fraction * static_cast<double>(search.activation_bytes));
+    std::cout << "search: P=" << options.ranks << ", M=" << options.microbatches
+              << "; per rank's share: F=" << costs.forward << " B=" << costs.backward
+              << " I=" << costs.backward_input << " W=" << costs.backward_weight
+              << ", latency " << costs.latency << "; activations "
+              << human_bytes(search.activation_bytes) << ", pending W " << human_bytes(w_bytes)
+              << " per microbatch; memory cap "
+              << (search.memory_cap_bytes == 0 ? std::string("none")
+                                               : human_bytes(search.memory_cap_bytes) + " per rank")
+              << "\n\n";
+    std::cout << "| # | schedule | knobs | makespan | bubble | peak bytes/rank (rank) | feasible |\n"
+              << "|---|---|---|---|---|---|---|\n";
+    int position = 0;
+    for (const SearchResult& r : results) {
+      ++position;
+      std::cout << "| " << position << " | " << r.name << " | " << r.knobs << " | ";
+      if (r.built)
+        std::cout << std::setprecision(6) << r.makespan << std::setprecision(4) << " | "
+                  << r.bubble_fraction << " | "
+                  << human_bytes(r.peak_bytes) << " (" << r.peak_rank << ") | "
+                  << (r.feasible ? "yes" : "no: over the cap") << " |\n";
+      else
+        std::cout << "| | | no: " << r.reason << " |\n";
+    }
+  }
+  const SearchResult& best = results.front();
+  if (!best.feasible) {
+    std::cerr << "pipetrain-schedule: no schedule fits the memory cap of "
+              << human_bytes(search.memory_cap_bytes) << " per rank (" << search.memory_cap_bytes
+              << " bytes) at P=" << options.ranks << ", M=" << options.microbatches << "\n";
+    return 1;
+  }
+  Schedule schedule = make_schedule(best.name, options.ranks, options.microbatches,
+                                    best.stages_per_rank);
+  if (options.lower) schedule = lower(schedule);
+  const SimulationResult result = simulate(schedule, stage_costs(costs, schedule));
+  if (!options.quiet) {
+    std::cout << "\nwinner: " << best.name << (best.knobs.empty() ? "" : " ") << best.knobs
+              << ", makespan " << std::setprecision(6) << best.makespan << std::setprecision(4)
+              << ", bubble " << best.bubble_fraction
+              << ", peak " << human_bytes(best.peak_bytes) << " on rank " << best.peak_rank
+              << "\n";
+    std::cout << schedule.to_grid();
+  }
+  if (!options.csv.empty()) write_file(options.csv, to_csv(schedule));
+  if (!options.svg.empty()) write_file(options.svg, to_svg(schedule, result));
+  if (!options.trace.empty()) write_file(options.trace, to_chrome_trace(schedule, result));
+  for (const std::string* path : {&options.csv, &options.svg, &options.trace})
+    if (!path->empty() && !options.quiet) std::cout << "wrote " << *path << "\n";
+  return 0;
+}
+
 int run(const Options& options) {
+  if (options.search) return run_search(options);
   if (options.table) {
     std::cout << std::setprecision(4);
     print_table(options);
@@ -204,7 +335,9 @@ int main(int argc, char** argv) {
   app.add_flag("--simulate", options.simulate,
                "Print the simulated makespan, bubble and peak memory");
   app.add_flag("-q,--quiet", options.quiet, "Print nothing but errors");
-  app.add_option("--costs", options.costs, "Per-stage times F,B,I,W (default 1,2,1,1)")
+  app.add_option("--costs", options.costs,
+                 "Per-stage times F,B,I,W (default 1,2,1,1); with --table and --search, the "
+                 "times of one rank's share of the model, each of v stages costing 1/v")
       ->delimiter(',');
   app.add_option("--latency", options.latency, "Per-transfer latency between ranks")
       ->capture_default_str();
@@ -212,6 +345,25 @@ int main(int argc, char** argv) {
   app.add_option("--svg", options.svg, "Write an SVG picture of the simulated timeline");
   app.add_option("--trace", options.trace,
                  "Write the simulated timeline as Chrome trace JSON (Perfetto)");
+  app.add_flag("--search", options.search,
+               "Try every schedule (interleaved-1f1b and looped-bfs with v = 2, 3, 4) at "
+               "--ranks/--microbatches under --costs/--latency, print them ranked (fastest "
+               "that fits --memory-cap first) and the winner's grid; --csv/--svg/--trace write "
+               "the winner");
+  app.add_option("--activation-bytes", options.activation_bytes,
+                 "--search: bytes one rank's share keeps per microbatch from F to B/I "
+                 "(suffixes K, M, G, T: powers of 1024; with the default 1G, a peak in GiB "
+                 "reads as a number of shares' activations)")
+      ->capture_default_str();
+  app.add_option("--w-bytes", options.w_bytes,
+                 "--search: bytes one rank's share keeps per microbatch from I to W "
+                 "(default: --w-fraction x --activation-bytes)");
+  app.add_option("--w-fraction", options.w_fraction,
+                 "--search: fraction of --activation-bytes kept from I to W, in [0, 1]")
+      ->capture_default_str();
+  app.add_option("--memory-cap", options.memory_cap,
+                 "--search: per-rank cap on those bytes, e.g. 512M, 2G; 0 = no cap")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

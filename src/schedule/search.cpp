@@ -1,0 +1,229 @@
+#include "pipetrain/schedule/search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <exception>
+#include <new>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "pipetrain/error.h"
+#include "pipetrain/schedule/generators.h"
+#include "pipetrain/schedule/passes.h"
+#include "pipetrain/schedule/validate.h"
+
+namespace pipetrain {
+
+namespace {
+
+constexpr std::int64_t kMaxInFlight = std::int64_t{1} << 23;
+constexpr int kMaxStagesPerRankKnob = 64;
+
+void check_bytes(const char* function, const char* what, std::int64_t bytes) {
+  PIPETRAIN_CHECK_ARG(bytes >= 0 && bytes <= SearchOptions::kMaxBytes, function, what, "=",
+                      bytes, " must be in [0, ", SearchOptions::kMaxBytes,
+                      "] (SearchOptions::kMaxBytes)");
+}
+
+void check_per_stage(const char* function, const char* what, const std::vector<double>& values,
+                     int num_ranks) {
+  PIPETRAIN_CHECK_ARG(values.empty() || values.size() == static_cast<std::size_t>(num_ranks),
+                      function, "costs.", what, " has ", values.size(),
+                      " entries; expected 0 or num_ranks=", num_ranks,
+                      " (one per rank's share of the model)");
+}
+
+void check_share_costs(const char* function, const CostModel& costs, int num_ranks) {
+  costs.check(function);
+  check_per_stage(function, "forward_per_stage", costs.forward_per_stage, num_ranks);
+  check_per_stage(function, "backward_per_stage", costs.backward_per_stage, num_ranks);
+  check_per_stage(function, "backward_input_per_stage", costs.backward_input_per_stage,
+                  num_ranks);
+  check_per_stage(function, "backward_weight_per_stage", costs.backward_weight_per_stage,
+                  num_ranks);
+}
+
+std::vector<double> per_stage(const std::vector<double>& per_rank, const Schedule& schedule,
+                              double share) {
+  if (per_rank.empty()) return {};
+  std::vector<double> out(static_cast<std::size_t>(schedule.num_stages()));
+  for (int s = 0; s < schedule.num_stages(); ++s)
+    out[static_cast<std::size_t>(s)] =
+        per_rank[static_cast<std::size_t>(schedule.rank_of_stage(s))] * share;
+  return out;
+}
+
+// Ranking classes: feasible, built but over the cap, rejected.
+int rank_class(const SearchResult& r) { return r.feasible ? 0 : (r.built ? 1 : 2); }
+
+SearchResult evaluate(const std::string& name, int knob, int num_ranks, int num_microbatches,
+                      const CostModel& costs, std::int64_t activation_bytes,
+                      std::int64_t pending_w_bytes, std::int64_t cap) {
+  const auto base = [&] {
+    SearchResult r;
+    r.name = name;
+    r.stages_per_rank = knob;
+    r.stages_per_rank_effective = knob;
+    if (takes_stages_per_rank(name)) r.knobs = "v=" + std::to_string(knob);
+    return r;
+  };
+  SearchResult r = base();
+  try {
+    const Schedule schedule = make_schedule(name, num_ranks, num_microbatches, knob);
+    r.stages_per_rank_effective = schedule.stages_per_rank();
+    const Schedule lowered = lower(schedule);
+    validate_or_throw(lowered);
+    const SimulationResult sim = simulate(lowered, stage_costs(costs, schedule));
+    r.peak_bytes_per_rank = peak_memory_bytes(schedule, activation_bytes, pending_w_bytes);
+    r.makespan = sim.makespan;
+    r.bubble_fraction = sim.bubble_fraction;
+    const auto peak = std::max_element(r.peak_bytes_per_rank.begin(), r.peak_bytes_per_rank.end());
+    r.peak_bytes = *peak;
+    r.peak_rank = static_cast<int>(peak - r.peak_bytes_per_rank.begin());
+    r.built = true;
+    r.feasible = cap == 0 || r.peak_bytes <= cap;
+    if (!r.feasible)
+      r.reason = "peak " + std::to_string(r.peak_bytes) + " bytes on rank " +
+                 std::to_string(r.peak_rank) + " > memory cap " + std::to_string(cap) + " bytes";
+  } catch (const std::bad_alloc&) {
+    r = base();
+    r.reason = "out of memory (std::bad_alloc) while building or simulating the schedule";
+  } catch (const std::exception& e) {
+    r = base();
+    r.reason = e.what();
+  }
+  return r;
+}
+
+}  // namespace
+
+CostModel stage_costs(const CostModel& share_costs, const Schedule& schedule) {
+  check_share_costs("stage_costs", share_costs, schedule.num_ranks());
+  const double share = 1.0 / schedule.stages_per_rank();
+  CostModel out = share_costs;
+  out.forward *= share;
+  out.backward *= share;
+  out.backward_input *= share;
+  out.backward_weight *= share;
+  out.forward_per_stage = per_stage(share_costs.forward_per_stage, schedule, share);
+  out.backward_per_stage = per_stage(share_costs.backward_per_stage, schedule, share);
+  out.backward_input_per_stage = per_stage(share_costs.backward_input_per_stage, schedule, share);
+  out.backward_weight_per_stage =
+      per_stage(share_costs.backward_weight_per_stage, schedule, share);
+  return out;
+}
+
+std::vector<std::int64_t> peak_memory_bytes(const Schedule& schedule,
+                                            std::int64_t activation_bytes,
+                                            std::int64_t pending_w_bytes) {
+  check_bytes("peak_memory_bytes", "activation_bytes", activation_bytes);
+  check_bytes("peak_memory_bytes", "pending_w_bytes", pending_w_bytes);
+  // analyze_memory() rejects a schedule whose backward comes before its forward (or W before I)
+  // on a rank, so the counts below never go negative.
+  (void)analyze_memory(schedule);
+  const std::int64_t v = schedule.stages_per_rank();
+  std::vector<std::int64_t> peaks(static_cast<std::size_t>(schedule.num_ranks()), 0);
+  for (int rank = 0; rank < schedule.num_ranks(); ++rank) {
+    std::int64_t a = 0;  // stage-microbatches between F and B/I
+    std::int64_t w = 0;  // stage-microbatches between I and W
+    std::int64_t peak = 0;
+    for (const Schedule::Slot& slot : schedule.rank_slots(rank)) {
+      if (!slot) continue;
+      switch (slot->kind) {
+        case ActionKind::kForward: ++a; break;
+        case ActionKind::kBackward: --a; break;
+        case ActionKind::kBackwardInput: --a; ++w; break;
+        case ActionKind::kBackwardWeight: --w; break;
+        default: continue;
+      }
+      PIPETRAIN_CHECK_ARG(a + w <= kMaxInFlight, "peak_memory_bytes", "rank ", rank, " holds ",
+                          a + w, " stage-microbatches at once; at most ", kMaxInFlight,
+                          " are counted");
+      peak = std::max(peak, activation_bytes * a + pending_w_bytes * w);
+    }
+    peaks[static_cast<std::size_t>(rank)] = (peak + v - 1) / v;
+  }
+  return peaks;
+}
+
+std::vector<SearchResult> search_schedules(int num_ranks, int num_microbatches,
+                                           const CostModel& costs,
+                                           const SearchOptions& options) {
+  constexpr const char* kFunction = "search_schedules";
+  check_schedule_size(kFunction, num_ranks, 1, num_microbatches);
+  check_share_costs(kFunction, costs, num_ranks);
+  check_bytes(kFunction, "activation_bytes", options.activation_bytes);
+  if (options.pending_w_bytes) check_bytes(kFunction, "pending_w_bytes", *options.pending_w_bytes);
+  PIPETRAIN_CHECK_ARG(std::isfinite(options.pending_w_fraction) &&
+                          options.pending_w_fraction >= 0.0 && options.pending_w_fraction <= 1.0,
+                      kFunction, "pending_w_fraction=", options.pending_w_fraction,
+                      " must be in [0, 1]");
+  PIPETRAIN_CHECK_ARG(options.memory_cap_bytes >= 0, kFunction,
+                      "memory_cap_bytes=", options.memory_cap_bytes, " must be >= 0 (0: no cap)");
+  PIPETRAIN_CHECK_ARG(!options.stages_per_rank.empty(), kFunction,
+                      "stages_per_rank is empty; expected at least one v in [1, ",
+                      kMaxStagesPerRankKnob, "]");
+  for (int v : options.stages_per_rank)
+    PIPETRAIN_CHECK_ARG(v >= 1 && v <= kMaxStagesPerRankKnob, kFunction, "stages_per_rank=", v,
+                        " must be in [1, ", kMaxStagesPerRankKnob, "]");
+  std::vector<int> knobs = options.stages_per_rank;
+  std::sort(knobs.begin(), knobs.end());
+  knobs.erase(std::unique(knobs.begin(), knobs.end()), knobs.end());
+
+  const std::int64_t pending_w_bytes =
+      options.pending_w_bytes
+          ? *options.pending_w_bytes
+          : std::llround(options.pending_w_fraction * static_cast<double>(options.activation_bytes));
+
+  std::vector<SearchResult> results;
+  for (const std::string& name : schedule_names()) {
+    if (takes_stages_per_rank(name)) {
+      for (int v : knobs)
+        results.push_back(evaluate(name, v, num_ranks, num_microbatches, costs,
+                                   options.activation_bytes, pending_w_bytes,
+                                   options.memory_cap_bytes));
+    } else {
+      results.push_back(evaluate(name, 1, num_ranks, num_microbatches, costs,
+                                 options.activation_bytes, pending_w_bytes,
+                                 options.memory_cap_bytes));
+    }
+  }
+
+  // Makespans within a relative 1e-9 are one tie group: sort by makespan, then number the
+  // groups along the sorted order (each group anchored at its first member), so that the final
+  // comparison below is a strict weak order.
+  std::vector<std::size_t> by_time(results.size());
+  std::iota(by_time.begin(), by_time.end(), std::size_t{0});
+  std::stable_sort(by_time.begin(), by_time.end(), [&](std::size_t x, std::size_t y) {
+    return results[x].makespan < results[y].makespan;
+  });
+  std::vector<std::size_t> group(results.size(), 0);
+  std::size_t current = 0;
+  double anchor = 0.0;
+  for (std::size_t i = 0; i < by_time.size(); ++i) {
+    const double t = results[by_time[i]].makespan;
+    if (i == 0 || t - anchor > 1e-9 * std::max(std::abs(anchor), std::abs(t))) {
+      current = i;
+      anchor = t;
+    }
+    group[by_time[i]] = current;
+  }
+  std::vector<std::size_t> order(results.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) {
+    const SearchResult& a = results[x];
+    const SearchResult& b = results[y];
+    if (rank_class(a) != rank_class(b)) return rank_class(a) < rank_class(b);
+    if (rank_class(a) == 2) return false;  // rejected: presentation order (stable)
+    if (group[x] != group[y]) return group[x] < group[y];
+    return a.peak_bytes < b.peak_bytes;
+  });
+  std::vector<SearchResult> ranked;
+  ranked.reserve(results.size());
+  for (std::size_t i : order) ranked.push_back(std::move(results[i]));
+  return ranked;
+}
+
+}  // namespace pipetrain
