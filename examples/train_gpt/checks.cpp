@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <algorithm>
 #include <unistd.h>
 
 #include <cmath>
@@ -67,14 +68,16 @@ void check_model_fits(const char* program, const ModelSize& m) {
   const long double params = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
   const long double activations =
       static_cast<long double>(m.sequences_in_memory) * T * (L * (16 * C + 2 * H * T) + 2 * V);
-  const long double need = 4.0L * (4 * params + activations);
+  const long double shares = static_cast<long double>(std::max<std::int64_t>(1, m.shares));
+  const long double need = 4.0L * (4 * params + activations) / shares;
   const long double have = static_cast<long double>(::sysconf(_SC_PHYS_PAGES)) *
                            static_cast<long double>(::sysconf(_SC_PAGE_SIZE));
   PIPETRAIN_CHECK_ARG(have <= 0 || need <= have, program, "--seq=", m.seq,
                       " --channels=", m.channels, " --layers=", m.layers, " --heads=", m.heads,
-                      " need about ", human_bytes(need), " (", human_bytes(16 * params),
+                      " need about ", human_bytes(need), m.shares > 1 ? " per rank" : "", " (",
+                      human_bytes(16 * params / shares),
                       " for parameters, gradients and AdamW state, ",
-                      human_bytes(4 * activations), " for activations), more than the ",
+                      human_bytes(4 * activations / shares), " for activations), more than the ",
                       human_bytes(have), " of memory of this machine");
 }
 

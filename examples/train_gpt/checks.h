@@ -27,10 +27,15 @@ std::uint64_t check_text_file(const char* program, const std::string& path);
 struct ModelSize {
   std::int64_t vocab = 256, seq = 0, layers = 0, heads = 0, channels = 0;
   std::int64_t sequences_in_memory = 0;  ///< sequences whose activations are held at once
+  /// The pipeline's P when each rank may be a machine of its own (the MPI transport): a rank
+  /// holds about 1/P of the parameters and of the activations, and only that share must fit
+  /// its machine. 1: the whole model in this machine's memory.
+  std::int64_t shares = 1;
 };
 
 /// Checks --seq and --channels against kMaxSeq and kMaxChannels, then the estimated bytes of
-/// parameters, gradients, AdamW state and activations against the machine's physical memory.
+/// parameters, gradients, AdamW state and activations (divided by `shares`) against the
+/// machine's physical memory.
 /// Throws InvalidArgument naming the flags, the values and the limit.
 void check_model_fits(const char* program, const ModelSize& size);
 

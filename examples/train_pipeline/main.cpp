@@ -166,7 +166,9 @@ void validate_options(Options& opt) {
                       "] (a step of the run) or -1 (off)");
   train_gpt::check_model_fits(
       kFn, {static_cast<std::int64_t>(data::kByteVocabSize), opt.seq, opt.layers, opt.heads,
-            opt.channels, opt.batch / std::max(1, opt.data_parallel)});
+            opt.channels, opt.batch / std::max(1, opt.data_parallel),
+            // Under MPI each rank may be a machine of its own; in-process ranks share this one.
+            opt.transport == "mpi" ? std::int64_t{opt.pipeline} : std::int64_t{1}});
   if (!opt.data.empty()) {
     const std::uint64_t bytes = train_gpt::check_text_file(kFn, opt.data);
     train_gpt::check_data_holds(kFn, opt.data, bytes, opt.seq, opt.batch,

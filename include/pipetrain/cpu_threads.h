@@ -6,7 +6,8 @@
 // each calling a two-thread sgemm, spent 43% of their samples spinning in OpenBLAS. So the
 // transports divide the cores: make_inprocess_world(n) gives each of its n ranks
 // cores / n threads, and the MPI transport gives each process cores / (processes on its host);
-// at least 1. "cores" are those this process may run on (its affinity mask).
+// at least 1, and at most the thread count OpenBLAS was built for (64 in Debian 12). "cores"
+// are those this process may run on (its affinity mask).
 //
 // Environment, in order of precedence:
 //   PIPETRAIN_CPU_THREADS=k   exactly k threads, whatever the ranks
@@ -18,8 +19,9 @@ namespace pipetrain {
 /// Threads OpenBLAS uses now (for the whole process).
 int cpu_blas_threads();
 
-/// Sets OpenBLAS's thread count for the whole process. Throws InvalidArgument unless
-/// threads >= 1: "[set_cpu_blas_threads] threads=0 must be >= 1".
+/// Sets OpenBLAS's thread count for the whole process (OpenBLAS lowers it to the most it was
+/// built for). Throws InvalidArgument unless threads >= 1:
+/// "[set_cpu_blas_threads] threads=0 must be >= 1".
 void set_cpu_blas_threads(int threads);
 
 /// Cores this process may run on (sched_getaffinity; std::thread::hardware_concurrency() where

@@ -1,6 +1,7 @@
 #include "pipetrain/runtime/checkpoint.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +14,7 @@
 #include <set>
 #include <sstream>
 #include <system_error>
+#include <tuple>
 
 #include "pipetrain/error.h"
 #include "pipetrain/runtime/executor.h"
@@ -656,18 +658,27 @@ std::filesystem::path commit_checkpoint(const std::filesystem::path& save_dir, s
                               std::to_string(num_stages));
     }
   }
+  bool exchanged = false;
   if (std::filesystem::exists(final_dir, ec)) {
-    // A checkpoint of the same step and cut (an earlier run): move it aside, then replace it.
-    const std::filesystem::path old =
-        save_dir / (final_dir.filename().string() + ".tmp-old");
-    std::filesystem::remove_all(old, ec);
-    std::filesystem::rename(final_dir, old, ec);
-    if (ec) {
-      throw Error(detail::message(kFn, "cannot move '", final_dir.string(), "' aside to '",
-                                  old.string(), "': ", ec.message()));
+    // A checkpoint of the same step and cut (an earlier run). Swap the two folders in one
+    // atomic step, so that final_dir names a complete checkpoint at every instant; the old one
+    // ends up under the staging name and is removed with the other leftovers below.
+    if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) ==
+        0) {
+      exchanged = true;
+    } else {
+      // A file system without RENAME_EXCHANGE: move the old one aside first. A crash between
+      // the two renames leaves no final_dir (find_latest_checkpoint then takes an older step).
+      const std::filesystem::path old = save_dir / (final_dir.filename().string() + ".tmp-old");
+      std::filesystem::remove_all(old, ec);
+      std::filesystem::rename(final_dir, old, ec);
+      if (ec) {
+        throw Error(detail::message(kFn, "cannot move '", final_dir.string(), "' aside to '",
+                                    old.string(), "': ", ec.message()));
+      }
     }
   }
-  std::filesystem::rename(staging, final_dir, ec);
+  if (!exchanged) std::filesystem::rename(staging, final_dir, ec);
   if (ec) {
     throw Error(detail::message(kFn, "cannot rename '", staging.string(), "' to '",
                                 final_dir.string(), "': ", ec.message()));
@@ -684,18 +695,26 @@ std::filesystem::path commit_checkpoint(const std::filesystem::path& save_dir, s
 
 std::optional<std::filesystem::path> find_latest_checkpoint(
     const std::filesystem::path& save_dir) {
+  // Largest step first; of several complete folders of one step (cuts of different runs), the
+  // one whose manifest was written last; then the name, so that the answer never depends on
+  // the order of the directory.
+  using Key = std::tuple<std::int64_t, std::filesystem::file_time_type, std::string>;
   std::optional<std::filesystem::path> best;
-  std::pair<std::int64_t, int> best_key{-1, -1};
+  std::optional<Key> best_key;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(save_dir, ec)) {
-    const auto key = parse_step_folder(entry.path().filename().string());
-    if (!key || !entry.is_directory(ec)) continue;
-    // Of two folders of one step, the "-stages-" one was committed later.
-    const std::pair<std::int64_t, int> rank{key->first, key->second > 0 ? 1 : 0};
-    if (rank <= best_key) continue;
-    if (complete_manifest(entry.path(), key->first)) {
+    const std::string name = entry.path().filename().string();
+    const auto step = parse_step_folder(name);
+    if (!step || !entry.is_directory(ec)) continue;
+    if (best_key && step->first < std::get<0>(*best_key)) continue;
+    if (!complete_manifest(entry.path(), step->first)) continue;
+    std::error_code time_ec;
+    const auto written =
+        std::filesystem::last_write_time(entry.path() / kCheckpointManifestName, time_ec);
+    const Key key{step->first, time_ec ? std::filesystem::file_time_type::min() : written, name};
+    if (!best_key || key > *best_key) {
       best = entry.path();
-      best_key = rank;
+      best_key = key;
     }
   }
   return best;

@@ -24,7 +24,8 @@
 // A complete folder is never written into. When "<save>/step-<n>" already holds a complete
 // checkpoint of another cut (a run resumed with another P), the new one is committed as
 // "<save>/step-<n>-stages-<S>" instead; a complete checkpoint of the same cut and step is
-// replaced (moved aside, the new one renamed in, the old one removed).
+// replaced: the two folders are swapped in one atomic rename (RENAME_EXCHANGE), then the old one
+// is removed.
 // One save directory serves one run at a time.
 //
 // There is no RNG state beyond the data position: the GPT has no dropout, and the sampler's
@@ -194,9 +195,10 @@ std::filesystem::path commit_checkpoint(const std::filesystem::path& save_dir, s
                                         int num_stages);
 
 /// The newest complete step folder of `save_dir` (largest step whose manifest.txt parses and
-/// whose listed files exist with their sizes; of two folders of the same step, the
-/// "-stages-<S>" one, which was committed later), or nullopt when there is none. Staging
-/// folders ("*.tmp-*") and folders without a manifest are ignored.
+/// whose listed files exist with their sizes; of several folders of the same step, e.g.
+/// "step-20" and "step-20-stages-4", the one whose manifest was written last, then the larger
+/// name), or nullopt when there is none. Staging folders ("*.tmp-*") and folders without a
+/// manifest are ignored.
 std::optional<std::filesystem::path> find_latest_checkpoint(const std::filesystem::path& save_dir);
 
 /// What `--resume PATH` means: PATH itself when it holds manifest.txt, else the newest complete

@@ -147,9 +147,15 @@ MpiSession::MpiSession(int* argc, char*** argv, ThreadLevel level)
           level == ThreadLevel::kMultiple ? "MPI_THREAD_MULTIPLE" : "MPI_THREAD_SERIALIZED",
           ", the library provides only level ", provided));
     }
+    try {
+      PIPETRAIN_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &detail::exit_comm));
+      PIPETRAIN_MPI_CHECK(MPI_Comm_set_errhandler(detail::exit_comm, MPI_ERRORS_RETURN));
+    } catch (...) {  // no destructor will run: end what this constructor began
+      if (detail::exit_comm != MPI_COMM_NULL) MPI_Comm_free(&detail::exit_comm);
+      MPI_Finalize();
+      throw;
+    }
     owns_ = true;
-    PIPETRAIN_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &detail::exit_comm));
-    PIPETRAIN_MPI_CHECK(MPI_Comm_set_errhandler(detail::exit_comm, MPI_ERRORS_RETURN));
   }
   PIPETRAIN_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   PIPETRAIN_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size_));

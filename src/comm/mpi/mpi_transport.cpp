@@ -54,7 +54,7 @@ struct Leftovers {
   std::unordered_map<std::uint64_t, std::unique_ptr<Op>> pending;
   std::vector<std::unique_ptr<Op>> retired;
   std::vector<Stranded> stranded;
-  std::string abort_reason;
+  std::unique_ptr<std::string> abort_notice;  // the bytes of the abort notices still being sent
 };
 
 // Where they are kept: reachable from a global for as long as the process runs, so that
@@ -117,7 +117,7 @@ class MpiTransport final : public Transport {
         keep_leftovers(std::make_unique<Leftovers>(Leftovers{std::move(pending_),
                                                              std::move(retired_),
                                                              std::move(stranded_),
-                                                             std::move(abort_reason_)}));
+                                                             std::move(abort_notice_)}));
       } catch (...) {  // out of memory: the members are freed below, as before this fix
       }
     }
@@ -234,11 +234,14 @@ class MpiTransport final : public Transport {
       abort_reason_ = std::string(reason.substr(0, kMaxReason));
       detail::note_mpi_failure(detail::message("MpiTransport::abort", "rank ", rank_,
                                                " aborted the world: ", abort_reason_));
-      // Best effort: tell every peer. A peer notices when it next polls the transport.
+      // Best effort: tell every peer. A peer notices when it next polls the transport. The
+      // bytes live on the heap, apart from this object: a send may outlive the transport
+      // (Leftovers), and a short string's bytes would sit inside the object itself.
+      abort_notice_ = std::make_unique<std::string>(abort_reason_);
       abort_requests_.resize(static_cast<std::size_t>(size_), MPI_REQUEST_NULL);
       for (int peer = 0; peer < size_; ++peer) {
         if (peer == rank_) continue;
-        MPI_Isend(abort_reason_.data(), static_cast<int>(abort_reason_.size()), MPI_CHAR, peer,
+        MPI_Isend(abort_notice_->data(), static_cast<int>(abort_notice_->size()), MPI_CHAR, peer,
                   kAbortTag, comm_, &abort_requests_[static_cast<std::size_t>(peer)]);
       }
     } catch (...) {  // nothing better to do in a noexcept function
@@ -492,6 +495,7 @@ class MpiTransport final : public Transport {
   bool aborted_ = false;
   int abort_rank_ = -1;
   std::string abort_reason_;
+  std::unique_ptr<std::string> abort_notice_;  // what abort() sends to the peers
   std::vector<MPI_Request> abort_requests_;
 };
 

@@ -522,6 +522,10 @@ TEST(Checkpoint, ReCutSaveNeverMixesCuts) {
   EXPECT_EQ(again.committed, root / "step-2-stages-4");
   EXPECT_EQ(names_in(root), (std::vector<std::string>{"step-2", "step-2-stages-4"}));
   EXPECT_EQ(any_cut_error(root / "step-2-stages-4", 2), "<no error>");
+  // The P = 2 run saves step 2 again: its folder is now the newest of the step.
+  const Outcome p2_again = train_cut(TrainRun{"1f1b", 2, kMicro, 2, {}, root});
+  EXPECT_EQ(p2_again.committed, root / "step-2");
+  EXPECT_EQ(find_latest_checkpoint(root), root / "step-2");
   fs::remove_all(root);
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -196,6 +197,12 @@ struct ScheduleCase {
   std::string name;
   int pipeline, microbatches, stages_per_rank;
 };
+
+// GoogleTest would print the parameter as its bytes (a pointer among them), which makes the
+// CTest names differ from build to build.
+void PrintTo(const ScheduleCase& c, std::ostream* out) {
+  *out << c.name << " P=" << c.pipeline << " M=" << c.microbatches << " v=" << c.stages_per_rank;
+}
 
 class ExecutorMatchesReference : public ::testing::TestWithParam<ScheduleCase> {};
 

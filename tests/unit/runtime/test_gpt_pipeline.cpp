@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -175,6 +176,11 @@ struct Case {
   std::string name;
   int p, m, v, d;
 };
+
+// Printed by value rather than as bytes, so that the CTest names stay the same across builds.
+void PrintTo(const Case& c, std::ostream* out) {
+  *out << c.name << " P=" << c.p << " M=" << c.m << " v=" << c.v << " D=" << c.d;
+}
 
 class GptPipeline : public ::testing::TestWithParam<Case> {};
 

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,12 @@ struct GoldenCase {
   int num_microbatches;
   int stages_per_rank;
 };
+
+// Printed by value rather than as bytes, so that the CTest names stay the same across builds.
+void PrintTo(const GoldenCase& c, std::ostream* out) {
+  *out << c.name << " P=" << c.num_ranks << " M=" << c.num_microbatches
+       << " v=" << c.stages_per_rank;
+}
 
 std::string file_name(const GoldenCase& c) {
   std::string name = c.name + "_p" + std::to_string(c.num_ranks) + "_m" +

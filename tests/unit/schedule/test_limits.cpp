@@ -2,6 +2,7 @@
 // the boundary, and every report is bounded, whatever the numbers written in an input.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -228,7 +229,8 @@ TEST(Limits, ReadFileRefusesWhatIsNotARegularFile) {
   EXPECT_EQ(error_of<Error>([&] { read_file(dir); }),
             "[read_file] '" + dir + "' is not a regular file (a directory)");
   const std::string fifo =
-      (std::filesystem::temp_directory_path() / "pipetrain_test_limits_fifo").string();
+      (std::filesystem::temp_directory_path() /
+       ("pipetrain_test_limits_fifo." + std::to_string(getpid()))).string();
   std::remove(fifo.c_str());
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
   // Opening a FIFO without a writer would block: refused before the open.
@@ -239,7 +241,8 @@ TEST(Limits, ReadFileRefusesWhatIsNotARegularFile) {
 
 TEST(Limits, ReadFileCapsTheSize) {
   const std::string path =
-      (std::filesystem::temp_directory_path() / "pipetrain_test_limits_size.csv").string();
+      (std::filesystem::temp_directory_path() /
+       ("pipetrain_test_limits_size." + std::to_string(getpid()) + ".csv")).string();
   write_file(path, std::string(1000, 'x'));
   EXPECT_EQ(read_file(path, 1000).size(), 1000u);
   EXPECT_EQ(error_of<Error>([&] { read_file(path, 999); }),
