@@ -62,6 +62,11 @@ void layernorm_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp
                                const T* rstd, std::int64_t n, std::int64_t c);
 
 // ---- GELU, tanh approximation (GPT-2) -------------------------------------------------------
+/// out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). T = double is the scalar std::tanh
+/// reference; T = float is vectorised (SSE2, or AVX2 chosen at run time, bit-identical results)
+/// and within 0.51 ulp of the exact function over the whole fp32 range, denormals included.
+/// NaN propagates; gelu(+inf) = +inf, gelu(-inf) = -0, gelu'(+inf) = 1, gelu'(-inf) = 0 for
+/// float (the double reference gives NaN at the infinities).
 template <typename T>
 void gelu_forward(T* out, const T* inp, std::int64_t n);
 /// dinp = dout * gelu'(inp) (overwritten; dinp may alias dout).
