@@ -109,8 +109,18 @@ constexpr std::int64_t kBlock = 512;
 
 // Runtime dispatch (GCC/Clang function multiversioning): an AVX2 clone, twice as fast as the
 // SSE2 one (bench/bench_gelu), and the x86-64 baseline. "avx2" does not enable FMA, so both clones
-// do the same IEEE operations and give bit-identical results on every machine.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__APPLE__)
+// do the same IEEE operations and give bit-identical results on every machine. Not under
+// ThreadSanitizer: the clones' IFUNC resolver runs while the program is relocated, before the
+// TSan runtime is set up, and every TSan binary then crashed at start.
+#if defined(__SANITIZE_THREAD__)
+#define PIPETRAIN_GELU_NO_CLONES 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PIPETRAIN_GELU_NO_CLONES 1
+#endif
+#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__APPLE__) && \
+    !defined(PIPETRAIN_GELU_NO_CLONES)
 #define PIPETRAIN_GELU_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define PIPETRAIN_GELU_CLONES
