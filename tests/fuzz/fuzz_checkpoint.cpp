@@ -25,6 +25,7 @@
 #include "pipetrain/nn/gpt_config.h"
 #include "pipetrain/optim/optimizer.h"
 #include "pipetrain/runtime/checkpoint.h"
+#include "pipetrain/runtime/executor.h"
 #include "pipetrain/runtime/gpt_pipeline.h"
 #include "pipetrain/runtime/progress.h"
 #include "pipetrain/schedule/generators.h"
@@ -62,22 +63,13 @@ World& world() {
   return w;
 }
 
-std::uint64_t fnv1a(const std::string& b) {
-  std::uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : b) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
 void write(const fs::path& p, const std::string& bytes) {
   std::ofstream(p, std::ios::binary | std::ios::trunc).write(bytes.data(),
                                                              static_cast<std::streamsize>(bytes.size()));
 }
 
 std::string with_trailer(std::string body) {
-  const std::uint64_t h = fnv1a(body);
+  const std::uint64_t h = rt::fnv1a64(body);  // the checksum the readers verify
   for (int i = 0; i < 8; ++i) body.push_back(static_cast<char>((h >> (8 * i)) & 0xff));
   return body;
 }

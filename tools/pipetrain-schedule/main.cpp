@@ -200,6 +200,16 @@ SearchOptions search_options(const Options& options) {
   return search;
 }
 
+// --csv, --svg and --trace of `schedule`, each when asked for.
+void write_outputs(const Options& options, const Schedule& schedule,
+                   const SimulationResult& result) {
+  if (!options.csv.empty()) write_file(options.csv, to_csv(schedule));
+  if (!options.svg.empty()) write_file(options.svg, to_svg(schedule, result));
+  if (!options.trace.empty()) write_file(options.trace, to_chrome_trace(schedule, result));
+  for (const std::string* path : {&options.csv, &options.svg, &options.trace})
+    if (!path->empty() && !options.quiet) std::cout << "wrote " << *path << "\n";
+}
+
 // --search: a markdown table of every candidate, best first, then the winner's grid; --csv,
 // --svg and --trace write the winner.
 int run_search(const Options& options) {
@@ -256,11 +266,7 @@ int run_search(const Options& options) {
               << "\n";
     std::cout << schedule.to_grid();
   }
-  if (!options.csv.empty()) write_file(options.csv, to_csv(schedule));
-  if (!options.svg.empty()) write_file(options.svg, to_svg(schedule, result));
-  if (!options.trace.empty()) write_file(options.trace, to_chrome_trace(schedule, result));
-  for (const std::string* path : {&options.csv, &options.svg, &options.trace})
-    if (!path->empty() && !options.quiet) std::cout << "wrote " << *path << "\n";
+  write_outputs(options, schedule, result);
   return 0;
 }
 
@@ -297,11 +303,7 @@ int run(const Options& options) {
 
   const SimulationResult result = simulate(schedule, costs);
   if (!options.quiet) print_summary(schedule, result, analyze_memory(schedule));
-  if (!options.csv.empty()) write_file(options.csv, to_csv(schedule));
-  if (!options.svg.empty()) write_file(options.svg, to_svg(schedule, result));
-  if (!options.trace.empty()) write_file(options.trace, to_chrome_trace(schedule, result));
-  for (const std::string* path : {&options.csv, &options.svg, &options.trace})
-    if (!path->empty() && !options.quiet) std::cout << "wrote " << *path << "\n";
+  write_outputs(options, schedule, result);
   return 0;
 }
 

@@ -104,6 +104,25 @@ std::uint64_t fresh_seed() {
   return (static_cast<std::uint64_t>(rd()) << 32) | rd();
 }
 
+// The largest error seen and the input where it was.
+struct Worst {
+  double ulps = 0.0;
+  float at = 0.0f;
+  void see(double e, float x) {
+    if (e > ulps) ulps = e, at = x;
+  }
+};
+
+// Prints both figures (the measured bounds the docs quote) and checks them.
+void expect_within(const char* what, std::size_t inputs, const Worst& exact,
+                   const Worst& reference) {
+  std::printf("%s: %zu inputs; max %.3f ulp vs exact (at x = %.9g), %.3f ulp vs fp64 reference "
+              "(at x = %.9g)\n",
+              what, inputs, exact.ulps, exact.at, reference.ulps, reference.at);
+  EXPECT_LE(exact.ulps, kExactUlps) << what << " at x = " << exact.at;
+  EXPECT_LE(reference.ulps, kReferenceUlps) << what << " at x = " << reference.at;
+}
+
 TEST(GeluFp32, ForwardWithinUlpsOfExactAndOfFp64Reference) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -113,19 +132,12 @@ TEST(GeluFp32, ForwardWithinUlpsOfExactAndOfFp64Reference) {
   gelu_forward<float>(y.data(), x.data(), n);
   std::vector<double> xd(x.begin(), x.end()), yd(x.size());
   gelu_forward<double>(yd.data(), xd.data(), n);
-  double worst_exact = 0.0, worst_ref = 0.0;
-  float at_exact = 0.0f, at_ref = 0.0f;
+  Worst vs_exact, vs_ref;
   for (std::size_t i = 0; i < x.size(); ++i) {
-    const double e = ulps(y[i], exact(x[i]).y);
-    if (e > worst_exact) worst_exact = e, at_exact = x[i];
-    const double r = ulps(y[i], yd[i], std::ldexp(std::fabs(xd[i]), -52));
-    if (r > worst_ref) worst_ref = r, at_ref = x[i];
+    vs_exact.see(ulps(y[i], exact(x[i]).y), x[i]);
+    vs_ref.see(ulps(y[i], yd[i], std::ldexp(std::fabs(xd[i]), -52)), x[i]);
   }
-  std::printf("gelu_forward<float>: %zu inputs; max %.3f ulp vs exact (at x = %.9g), %.3f ulp vs "
-              "fp64 reference (at x = %.9g)\n",
-              x.size(), worst_exact, at_exact, worst_ref, at_ref);
-  EXPECT_LE(worst_exact, kExactUlps) << "at x = " << at_exact;
-  EXPECT_LE(worst_ref, kReferenceUlps) << "at x = " << at_ref;
+  expect_within("gelu_forward<float>", x.size(), vs_exact, vs_ref);
 }
 
 TEST(GeluFp32, BackwardWithinUlpsOfExactAndOfFp64Reference) {
@@ -138,22 +150,14 @@ TEST(GeluFp32, BackwardWithinUlpsOfExactAndOfFp64Reference) {
   gelu_backward<float>(g.data(), x.data(), ones.data(), n);
   std::vector<double> xd(x.begin(), x.end()), onesd(x.size(), 1.0), gd(x.size());
   gelu_backward<double>(gd.data(), xd.data(), onesd.data(), n);
-  double worst_exact = 0.0, worst_ref = 0.0;
-  float at_exact = 0.0f, at_ref = 0.0f;
+  Worst vs_exact, vs_ref;
   for (std::size_t i = 0; i < x.size(); ++i) {
     const Exact ex = exact(x[i]);
-    const double terms_ulp = ulp_of(ex.terms);
-    const double e = ulps(g[i], ex.grad);
-    if (e > worst_exact) worst_exact = e, at_exact = x[i];
+    vs_exact.see(ulps(g[i], ex.grad), x[i]);
     const double xu = std::fabs(xd[i]) * kS * (1 + 3 * kA * xd[i] * xd[i]);
-    const double r = ulps(g[i], gd[i], std::max(terms_ulp, std::ldexp(1 + xu, -52)));
-    if (r > worst_ref) worst_ref = r, at_ref = x[i];
+    vs_ref.see(ulps(g[i], gd[i], std::max(ulp_of(ex.terms), std::ldexp(1 + xu, -52))), x[i]);
   }
-  std::printf("gelu_backward<float>: %zu inputs; max %.3f ulp vs exact (at x = %.9g), %.3f ulp "
-              "vs fp64 reference (at x = %.9g)\n",
-              x.size(), worst_exact, at_exact, worst_ref, at_ref);
-  EXPECT_LE(worst_exact, kExactUlps) << "at x = " << at_exact;
-  EXPECT_LE(worst_ref, kReferenceUlps) << "at x = " << at_ref;
+  expect_within("gelu_backward<float>", x.size(), vs_exact, vs_ref);
 
   // With a random dout: the product is formed in double too, so still one rounding.
   std::mt19937_64 rng(seed + 1);
