@@ -1,24 +1,36 @@
 // pipetrain/stage.h: the contract between the pipeline runtime and a piece of a model.
 //
 // A Stage is a contiguous run of layers placed on one rank (or one virtual stage of a rank).
-// The runtime drives it with the schedule's actions:
-//   F  -> forward(mb, input)            I -> backward_input(mb, grad_output)
-//   W  -> backward_weight(mb)           B -> backward(mb, grad_output) (I then W)
+// The runtime knows nothing else about the model: a stage takes a list of tensors and returns
+// a list of tensors, each boundary between two stages with its own count, shapes and dtypes.
+// The runtime drives a stage with the schedule's actions:
+//   F  -> forward(mb, inputs)              I -> backward_input(mb, grad_outputs)
+//   W  -> backward_weight(mb)              B -> backward(mb, grad_outputs) (I then W)
 // Microbatches are independent: any number may be in flight, in any order allowed by the
 // dependencies (forward before backward_input before backward_weight, per microbatch).
 //
-// Tensors passed in (inputs, targets, gradients) are kept BY REFERENCE until the microbatch's
-// backward is done: do not write into them meanwhile (hand over fresh or finished buffers).
+// Inputs and outputs:
+//   * the first stage's inputs are the user's input tensors of one microbatch (any dtypes and
+//     shapes; the batch is split along dim 0); any other stage's inputs are exactly the
+//     previous stage's outputs;
+//   * the last stage's outputs are the model's outputs (logits, predictions...): the runtime
+//     hands them, with the microbatch's targets, to a Loss (pipetrain/nn/loss.h).
+// Tensors passed in (inputs, gradients) are kept BY REFERENCE until the microbatch's backward
+// is done: do not write into them meanwhile (hand over fresh or finished buffers).
 //
-// Loss: the last stage's forward returns the microbatch's loss as a 0-d tensor, not scaled (the
-// GPT returns the mean cross-entropy over the microbatch's tokens; any scalar loss works). Its
-// backward_input takes, as grad_output, a 0-d fp64 tensor holding the scale s (the executor
-// passes 1/num_microbatches, so that the summed gradients are those of the batch's mean loss):
-// the gradients computed are those of s * loss. Read s with data<double>() (data<float>()
-// throws on it). An undefined grad_output means s = 1.
+// Gradients: backward_input gets one gradient per output, in order: a tensor of the output's
+// shape and dtype for a floating-point output, an undefined Tensor for an integer output (ids,
+// masks: they carry no gradient). It returns one gradient per input under the same rule; the
+// first stage may return undefined gradients for every input (the runtime drops them).
 //
-// Gradients ACCUMULATE into the parameters' grad tensors across microbatches; zero them once per
-// optimizer step. Thread safety: one thread drives a stage at a time.
+// Loss scale (exact contract): the runtime computes each microbatch's loss L_m with the Loss,
+// then asks it for the gradient of L_m / M (M = microbatches per replica), passes that to the
+// last stage's backward, and averages over the D data-parallel replicas. The gradients summed
+// over a step are therefore those of the mean over replicas of the mean over microbatches of
+// the per-microbatch loss: one device accumulating the same microbatches gets the same ones.
+//
+// Gradients ACCUMULATE into the parameters' grad tensors across microbatches; the runtime
+// zeroes them once per optimizer step. Thread safety: one thread drives a stage at a time.
 #pragma once
 
 #include <cstddef>
@@ -35,6 +47,32 @@ namespace pipetrain {
 /// in flight).
 using MicrobatchId = std::int64_t;
 
+/// The tensors crossing one stage boundary for one microbatch, in a fixed order.
+using TensorList = std::vector<Tensor>;
+
+/// Shape and dtype of one tensor crossing a boundary (what two neighbouring stages agree on).
+struct TensorSpec {
+  Shape shape;
+  DType dtype = DType::kFloat32;
+  bool operator==(const TensorSpec&) const = default;
+};
+
+/// "[2, 4, 8] fp32".
+std::string to_string(const TensorSpec& spec);
+/// "([2, 4] int32, [2, 4, 8] fp32)"; "()" for none.
+std::string to_string(const std::vector<TensorSpec>& specs);
+/// The specs of `tensors`. Throws InvalidArgument for an undefined tensor:
+///   "[specs_of] tensor 1 of 2 is undefined"
+std::vector<TensorSpec> specs_of(const TensorList& tensors);
+/// Whether a gradient flows through tensors of this dtype (fp32, bf16, fp64: yes; int32: no).
+bool is_differentiable(DType dtype);
+
+/// The training data of one microbatch: the first stage's inputs and the loss's targets.
+struct Microbatch {
+  TensorList inputs;
+  TensorList targets;
+};
+
 /// A parameter replicated on several stages whose gradients must be summed (over the stages
 /// that hold `key`) before the optimizer step, e.g. tied token embeddings on the first and the
 /// last stage. Every copy is initialised identically; summed gradients keep them identical.
@@ -45,52 +83,50 @@ struct TiedParameter {
 
 class Stage : public nn::ParameterOwner {
  public:
-  /// Holds the model's first layer: forward takes int32 token ids [B, T].
-  virtual bool is_first() const = 0;
-  /// Holds the model's last layer: forward returns the loss and needs set_targets() first.
-  virtual bool is_last() const = 0;
-
-  /// Last stage only: the int32 targets [B, T] of microbatch mb, before forward(mb).
-  /// Throws InvalidArgument on another stage or for a bad shape.
-  virtual void set_targets(MicrobatchId mb, const Tensor& targets) = 0;
-
-  /// Forward of microbatch mb, keeping what its backward needs. input: int32 tokens [B, T] on
-  /// the first stage, activations [B, T, C] elsewhere. Returns activations [B, T, C], or on the
-  /// last stage the 0-d mean loss. Throws InvalidArgument for a bad shape/dtype or when mb is
+  /// Forward of microbatch mb, keeping what its backward needs. Returns the outputs (see the
+  /// file comment). Throws InvalidArgument for inputs the stage cannot take or when mb is
   /// already in flight.
-  virtual Tensor forward(MicrobatchId mb, const Tensor& input) = 0;
+  virtual TensorList forward(MicrobatchId mb, const TensorList& inputs) = 0;
 
-  /// Gradient of the stage input from the gradient of its output (see the loss note above).
-  /// Returns an undefined Tensor on the first stage (tokens have no gradient). Parameter
-  /// gradients are NOT touched: that is backward_weight(). Throws InvalidArgument when mb has
-  /// no forward pending.
-  virtual Tensor backward_input(MicrobatchId mb, const Tensor& grad_output) = 0;
+  /// Gradients of the inputs from the gradients of the outputs (see the file comment).
+  /// Parameter gradients are NOT touched: that is backward_weight(). Throws InvalidArgument
+  /// when mb has no forward pending.
+  virtual TensorList backward_input(MicrobatchId mb, const TensorList& grad_outputs) = 0;
 
   /// Adds the parameter gradients of microbatch mb, then releases everything kept for it.
   /// Throws InvalidArgument when backward_input(mb) has not run.
   virtual void backward_weight(MicrobatchId mb) = 0;
 
   /// backward_input then backward_weight; bitwise identical gradients to the split form.
-  virtual Tensor backward(MicrobatchId mb, const Tensor& grad_output) {
-    Tensor grad_input = backward_input(mb, grad_output);
+  virtual TensorList backward(MicrobatchId mb, const TensorList& grad_outputs) {
+    TensorList grad_inputs = backward_input(mb, grad_outputs);
     backward_weight(mb);
-    return grad_input;
+    return grad_inputs;
   }
 
-  /// Forward that keeps nothing (evaluation, generation). On the last stage: the 0-d mean loss
-  /// when targets is defined, else the logits [B, T, V].
-  virtual Tensor infer(const Tensor& input, const Tensor& targets = Tensor()) = 0;
+  /// Forward in evaluation mode that keeps nothing (dropout off). Same outputs as forward()
+  /// for a model without dropout.
+  virtual TensorList infer(const TensorList& inputs) = 0;
+
+  /// Specs of forward's outputs for inputs of `inputs` specs, without computing anything: the
+  /// runtime calls it before a step whose input shapes are new, so that a stage that cannot
+  /// take its neighbour's outputs is reported before any compute. Throws InvalidArgument
+  /// naming the stage class and what it expected.
+  virtual std::vector<TensorSpec> output_specs(const std::vector<TensorSpec>& inputs) const = 0;
+
+  /// Drops whatever is kept for mb (no-op when nothing is): the runtime calls it for the
+  /// microbatches in flight when a step fails, so that the stage can run the next step.
+  virtual void release(MicrobatchId mb) { (void)mb; }
+
+  /// Called before each training step with its index (0, 1, ...): stages with randomness
+  /// (dropout) derive it from (seed, step, microbatch), so recomputation is exact.
+  virtual void begin_step(std::int64_t step) { (void)step; }
 
   /// Bytes of tensors this stage keeps for microbatches in flight (0 when none are).
-  virtual std::size_t bytes_kept() const = 0;
+  virtual std::size_t bytes_kept() const { return 0; }
 
-  /// Parameters replicated on other stages (see TiedParameter); empty when none.
-  virtual std::vector<TiedParameter> tied_parameters() = 0;
-
-  /// Shape and dtype of forward's output for an input of `input_shape` (what the next stage
-  /// receives); for the last stage the loss's shape {}.
-  virtual Shape output_shape(const Shape& input_shape) const = 0;
-  virtual DType output_dtype() const = 0;
+  /// Parameters replicated on other stages (see TiedParameter); empty by default.
+  virtual std::vector<TiedParameter> tied_parameters() { return {}; }
 };
 
 }  // namespace pipetrain

@@ -6,7 +6,7 @@ namespace pipetrain::nn {
 
 namespace cpu = kernels::cpu;
 
-Embedding::Embedding(const GptConfig& config)
+GptEmbedding::GptEmbedding(const GptConfig& config)
     : config_(config),
       wte_(make_parameter("wte", {config.vocab_size, config.channels}, true, config.dtype)),
       wpe_(make_parameter("wpe", {config.context_length, config.channels}, true, config.dtype)) {
@@ -15,7 +15,7 @@ Embedding::Embedding(const GptConfig& config)
   init_normal(wpe_, 0.02, config.seed);
 }
 
-Tensor Embedding::run(const Tensor& input, const char* fn) const {
+Tensor GptEmbedding::run(const Tensor& input, const char* fn) const {
   detail::check_tokens(input, config_.context_length, fn, "input");
   detail::check_ids(input, config_.vocab_size, fn, "token");
   const std::int64_t b = input.size(0), t = input.size(1), c = config_.channels;
@@ -28,18 +28,18 @@ Tensor Embedding::run(const Tensor& input, const char* fn) const {
   return out;
 }
 
-Tensor Embedding::forward(MicrobatchId mb, const Tensor& input) {
-  constexpr const char* kFn = "Embedding::forward";
+Tensor GptEmbedding::forward(MicrobatchId mb, const Tensor& input) {
+  constexpr const char* kFn = "GptEmbedding::forward";
   PIPETRAIN_CHECK_ARG(!saved_.contains(mb), kFn, "microbatch ", mb, " is already in flight");
   Tensor out = run(input, kFn);
   saved_[mb].tokens = input;
   return out;
 }
 
-Tensor Embedding::infer(const Tensor& input) { return run(input, "Embedding::infer"); }
+Tensor GptEmbedding::infer(const Tensor& input) { return run(input, "GptEmbedding::infer"); }
 
-Tensor Embedding::backward_input(MicrobatchId mb, const Tensor& grad_output) {
-  constexpr const char* kFn = "Embedding::backward_input";
+Tensor GptEmbedding::backward_input(MicrobatchId mb, const Tensor& grad_output) {
+  constexpr const char* kFn = "GptEmbedding::backward_input";
   auto it = saved_.find(mb);
   PIPETRAIN_CHECK_ARG(it != saved_.end(), kFn, "microbatch ", mb, " has no saved forward");
   PIPETRAIN_CHECK_ARG(!it->second.grad_output.defined(), kFn, "microbatch ", mb,
@@ -54,8 +54,8 @@ Tensor Embedding::backward_input(MicrobatchId mb, const Tensor& grad_output) {
   return Tensor();
 }
 
-void Embedding::backward_weight(MicrobatchId mb) {
-  constexpr const char* kFn = "Embedding::backward_weight";
+void GptEmbedding::backward_weight(MicrobatchId mb) {
+  constexpr const char* kFn = "GptEmbedding::backward_weight";
   auto it = saved_.find(mb);
   PIPETRAIN_CHECK_ARG(it != saved_.end() && it->second.grad_output.defined(), kFn, "microbatch ",
                       mb, " has not run backward_input");
@@ -69,7 +69,7 @@ void Embedding::backward_weight(MicrobatchId mb) {
   saved_.erase(it);
 }
 
-std::size_t Embedding::bytes_kept() const {
+std::size_t GptEmbedding::bytes_kept() const {
   std::size_t n = 0;
   for (const auto& [mb, s] : saved_)
     n += detail::bytes_of(s.tokens) + detail::bytes_of(s.grad_output);

@@ -13,7 +13,7 @@ GptStage::GptStage(const GptConfig& config, std::int64_t first_layer, std::int64
                       "] are outside the model's layers [0, ", end, "]");
   for (std::int64_t i = first_layer; i <= last_layer; ++i) {
     if (i == 0) {
-      auto layer = std::make_unique<Embedding>(config_);
+      auto layer = std::make_unique<GptEmbedding>(config_);
       embedding_ = layer.get();
       layers_.push_back(std::move(layer));
     } else if (i == end) {

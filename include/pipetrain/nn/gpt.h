@@ -72,7 +72,7 @@ class GptStage final : public Stage {
   std::int64_t first_layer_, last_layer_;
   StageOptions options_;
   std::vector<std::unique_ptr<Layer>> layers_;
-  Embedding* embedding_ = nullptr;
+  GptEmbedding* embedding_ = nullptr;
   LmHead* head_ = nullptr;
   std::map<MicrobatchId, InFlight> in_flight_;
 };

@@ -25,16 +25,16 @@
 
 namespace pipetrain::nn {
 
-class Embedding final : public Layer {
+class GptEmbedding final : public Layer {
  public:
   /// Initialises wte and wpe (N(0, 0.02)) from config.seed.
-  explicit Embedding(const GptConfig& config);
+  explicit GptEmbedding(const GptConfig& config);
   std::string name() const override { return "embedding"; }
   std::vector<Parameter*> parameters() override { return {&wte_, &wpe_}; }
   Parameter& wte() { return wte_; }
 
   /// input: int32 [B, T] with 1 <= T <= context_length and ids in [0, vocab_size):
-  ///   "[Embedding::forward] token id 300 at index 5 is outside [0, 256)"
+  ///   "[GptEmbedding::forward] token id 300 at index 5 is outside [0, 256)"
   Tensor forward(MicrobatchId mb, const Tensor& input) override;
   /// Returns an undefined Tensor (tokens have no gradient); keeps grad_output for the weights.
   Tensor backward_input(MicrobatchId mb, const Tensor& grad_output) override;

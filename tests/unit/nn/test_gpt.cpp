@@ -315,17 +315,17 @@ TEST(GptErrors, MessagesAreExact) {
       [&] {
         first->forward(0, Tensor::from_vector(std::vector<std::int32_t>{1, 11}, {1, 2}));
       },
-      "[Embedding::forward] token id 11 at index 1 is outside [0, 11)");
+      "[GptEmbedding::forward] token id 11 at index 1 is outside [0, 11)");
   expect_message(
       [&] {
         first->forward(0, Tensor::zeros({1, 7}, DType::kInt32));
       },
-      "[Embedding::forward] input has T=7, more than context_length=6");
+      "[GptEmbedding::forward] input has T=7, more than context_length=6");
   expect_message(
       [&] {
         first->forward(0, Tensor::zeros({2, 3}));
       },
-      "[Embedding::forward] input has dtype fp32, expected int32");
+      "[GptEmbedding::forward] input has dtype fp32, expected int32");
   EXPECT_EQ(first->bytes_kept(), 0u);
   first->forward(0, Tensor::zeros({1, 2}, DType::kInt32));
   expect_message(
