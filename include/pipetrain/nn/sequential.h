@@ -6,9 +6,10 @@
 // wrap each piece in a Sequential, and every schedule can run it.
 //
 // Activation checkpointing (SequentialOptions::activation_checkpointing): forward keeps only
-// the stage input and runs the layers in evaluation-free "keep nothing" mode; backward_input
-// recomputes the forward first, keeping what the backward needs. Layers with randomness derive
-// it from (seed, step, microbatch), so the recompute is bitwise the original forward.
+// the stage input (each layer's forward runs and its kept tensors are released at once);
+// backward_input recomputes the forward first, keeping what the backward needs this time.
+// Layers with randomness derive it from (seed, step, microbatch), so the recompute is bitwise
+// the original forward.
 //
 // Parameter names: the parameters of a layer whose name() is empty are prefixed with the
 // layer's index in the whole model ("<first_index + position>."), as in PyTorch's
