@@ -1,0 +1,222 @@
+// pipetrain/pipeline.h: train your own model through any schedule, in a few lines.
+//
+//   pipetrain::ModelSpec model;                      // the whole model, as a list of layers
+//   model.add<nn::Linear>(784, 512).add<nn::ReLU>().add<nn::Linear>(512, 10);
+//   pipetrain::PipelineOptions options;              // schedule, P x D, M, optimizer
+//   options.schedule = "zb-h1";
+//   options.pipeline = 2;
+//   options.microbatches = 4;
+//   pipetrain::launch(2, "inprocess", [&](pipetrain::Transport& transport) {
+//     pipetrain::Pipeline pipe(model, std::make_unique<nn::CrossEntropyLoss>(), options,
+//                              transport);
+//     for (...) auto result = pipe.train_step({features}, {labels});
+//   });
+//
+// A ModelSpec is an ordered list of layer factories (DeepSpeed's LayerSpec idea): nothing is
+// built until a Pipeline on some rank asks for the layers of its stages, so each rank holds
+// only its part of the model. Layers are cut into contiguous stages (by parameter count,
+// uniformly, by a cost per layer, or at explicit layer counts); each stage is an nn::Sequential.
+//
+// A Pipeline is one rank's share of a pipeline-parallel (P) x data-parallel (D) training run:
+// every rank of the world builds one with the same ModelSpec and options and calls the same
+// methods in the same order (they are collective). The schedule, the stages, the loss, the
+// optimizer (built from exactly the parameters its stages own) and the runtime Executor are
+// its own. train_step() splits the global batch along dim 0: replica d takes rows
+// [d N/D, (d+1) N/D), cut into M microbatches.
+//
+// Errors: bad options throw InvalidArgument from the constructor on every rank alike; a bad
+// batch (rows not divisible by D x M, tensors with different row counts, targets the loss
+// refuses, a stage refusing its inputs) throws InvalidArgument from train_step/eval_step on
+// every rank before any compute, and the Pipeline stays usable. A failure during compute or
+// communication aborts the transport (see runtime/executor.h): the Pipeline is then unusable.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pipetrain/comm/transport.h"
+#include "pipetrain/nn/layer.h"
+#include "pipetrain/nn/loss.h"
+#include "pipetrain/nn/sequential.h"
+#include "pipetrain/optim/optimizer.h"
+#include "pipetrain/runtime/executor.h"
+#include "pipetrain/runtime/partition.h"
+#include "pipetrain/runtime/topology.h"
+#include "pipetrain/schedule/schedule.h"
+
+namespace pipetrain {
+
+/// Makes one layer. Called only on the rank that holds the layer (and by ModelSpec for
+/// parameter counts, see parameter_counts()).
+using LayerFactory = std::function<std::unique_ptr<nn::Layer>()>;
+
+/// One entry of a ModelSpec.
+struct LayerSpec {
+  LayerFactory make;
+  /// Non-empty for a layer holding a copy of a parameter tied to other layers (TiedLayerSpec):
+  /// every layer with the same key holds its own copy, initialised identically, whose
+  /// gradients the runtime sums before each update (e.g. "wte" on a GPT's embedding and head).
+  std::string tie_key;
+  /// The tied copy inside the built layer (required when tie_key is set).
+  std::function<nn::Parameter*(nn::Layer&)> tied_parameter;
+};
+
+class ModelSpec {
+ public:
+  /// Appends a layer made by `make`.
+  ModelSpec& add(LayerFactory make);
+  /// Appends a layer constructed as L(args...) (the arguments are copied into the factory).
+  template <typename L, typename... Args>
+  ModelSpec& add(Args... args) {
+    return add(LayerFactory([=] { return std::unique_ptr<nn::Layer>(new L(args...)); }));
+  }
+  /// Appends a layer holding a tied copy (see LayerSpec::tie_key).
+  ModelSpec& add_tied(std::string key, LayerFactory make,
+                      std::function<nn::Parameter*(nn::Layer&)> tied_parameter);
+
+  std::size_t size() const { return layers_.size(); }
+  const std::vector<LayerSpec>& layers() const { return layers_; }
+
+  /// Parameter elements of each layer (builds each layer once, on the CPU, and drops it;
+  /// computed once and cached).
+  const std::vector<double>& parameter_counts() const;
+
+  /// The stage holding layers [first, last) as a Sequential (first_index = first, so unnamed
+  /// layers' parameters are "<model index>.weight"), with the tied copies it holds declared.
+  /// Throws InvalidArgument unless 0 <= first < last <= size():
+  ///   "[ModelSpec::build] layers [3, 9) are outside the model's 5 layers"
+  std::unique_ptr<nn::Sequential> build(int first, int last,
+                                        bool activation_checkpointing = false) const;
+
+ private:
+  std::vector<LayerSpec> layers_;
+  mutable std::vector<double> counts_;
+};
+
+/// How a ModelSpec is cut into stages.
+struct PartitionOptions {
+  enum class Method {
+    kParameters,  ///< balance parameter elements (the default)
+    kUniform,     ///< balance the number of layers
+    kCost,        ///< balance `layer_costs` (e.g. measured seconds per layer)
+    kCounts,      ///< exactly `layers_per_stage`
+  };
+  Method method = Method::kParameters;
+  std::vector<double> layer_costs;    ///< kCost: one per layer
+  std::vector<int> layers_per_stage;  ///< kCounts: one per stage
+};
+
+/// The cut of `model` into `num_stages` stages. Throws InvalidArgument when the model has fewer
+/// layers than stages ("[partition_model] the model has 3 layers, fewer than num_stages=4:
+/// each stage needs at least one layer") and as partition_layers / partition_from_counts.
+runtime::Partition partition_model(const ModelSpec& model, int num_stages,
+                                   const PartitionOptions& options = {});
+
+struct OptimizerOptions {
+  enum class Kind { kAdamW, kSgd };
+  Kind kind = Kind::kAdamW;
+  double lr = 1e-3;           ///< used when train_step() is given no learning rate
+  optim::AdamWConfig adamw;   ///< kind == kAdamW
+  optim::SgdConfig sgd;       ///< kind == kSgd
+};
+
+struct PipelineOptions {
+  /// A make_schedule() name ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-v", ...),
+  /// ignored when `custom_schedule` is set.
+  std::string schedule = "1f1b";
+  /// A compute schedule of your own (lowered here); its ranks and microbatches win.
+  std::optional<Schedule> custom_schedule;
+  int pipeline = 1;         ///< P: pipeline ranks
+  int data_parallel = 1;    ///< D: replicas; the world has P x D ranks
+  int microbatches = 1;     ///< M per replica and step
+  int stages_per_rank = 1;  ///< v (interleaved and looped schedules; V schedules use 2)
+  PartitionOptions partition;
+  OptimizerOptions optimizer;
+  bool activation_checkpointing = false;
+  runtime::ExecutorOptions executor;  ///< max_grad_norm, receive lookahead, ...
+};
+
+/// What train_step() returns (every rank sees the same numbers).
+using StepResult = runtime::StepStats;
+
+struct EvalResult {
+  double loss = 0;  ///< mean over the global batch's microbatches; NaN without targets
+  std::vector<double> microbatch_losses;
+  /// The last stage's outputs for this replica's rows, concatenated along dim 0, on the ranks
+  /// holding the last stage; empty on the others.
+  TensorList outputs;
+};
+
+class Pipeline {
+ public:
+  /// Builds this rank's stages, the loss (kept only where the last stage is), the optimizer
+  /// and the executor. Collective: checks that every rank runs the same options. Throws
+  /// InvalidArgument for bad options, e.g.
+  ///   "[Pipeline] pipeline=2 x data_parallel=2 = 4 ranks, the transport has 2"
+  ///   "[partition_model] the model has 3 layers, fewer than num_stages=4: ..."
+  Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss, PipelineOptions options,
+           Transport& transport);
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  /// One optimizer step on the global batch (inputs and targets: every tensor with the same
+  /// number of rows N, a multiple of D x M). Every rank passes the same batch (only the first
+  /// and last stage's ranks read it). lr < 0 means options.optimizer.lr.
+  StepResult train_step(const TensorList& inputs, const TensorList& targets, double lr = -1);
+
+  /// Forward only through the pipeline (nothing kept, parameters untouched); targets may be
+  /// empty (no loss). Same batch rules as train_step.
+  EvalResult eval_step(const TensorList& inputs, const TensorList& targets = {});
+
+  /// Saves a checkpoint of step steps_done() under `save_dir` (step-<n>/, committed by a
+  /// manifest; see runtime/checkpoint.h). Collective.
+  std::filesystem::path save(const std::filesystem::path& save_dir);
+  /// Loads a committed checkpoint folder, saved by any cut of the same ModelSpec (another P,
+  /// schedule or partition). Collective. Returns the step it holds.
+  std::int64_t load(const std::filesystem::path& step_dir);
+
+  std::int64_t steps_done() const;
+  int rank() const { return transport_.rank(); }
+  const Schedule& schedule() const;
+  const runtime::Topology& topology() const;
+  const runtime::Partition& partition() const { return partition_; }
+  /// This rank's stages, in increasing stage order.
+  const std::vector<std::unique_ptr<nn::Sequential>>& stages() const { return stages_; }
+  /// The parameters the optimizer updates: exactly those of this rank's stages.
+  const std::vector<nn::Parameter*>& parameters() const;
+  optim::Optimizer& optimizer() { return *optimizer_; }
+  runtime::Executor& executor() { return *executor_; }
+
+ private:
+  std::vector<Microbatch> split(const TensorList& inputs, const TensorList& targets,
+                                const char* fn) const;
+
+  PipelineOptions options_;
+  Transport& transport_;
+  runtime::Partition partition_;
+  std::vector<std::unique_ptr<nn::Sequential>> stages_;
+  std::unique_ptr<nn::Loss> loss_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+  std::unique_ptr<runtime::Executor> executor_;
+  std::uint64_t model_hash_ = 0;
+  std::int64_t loaded_step_ = 0;
+};
+
+/// Runs `body(transport)` once per rank and returns when every rank has finished:
+///   "inprocess": world_size threads of this process, each with its own in-process transport;
+///   "mpi":       this process's rank of an mpirun job (world_size must equal the job's size;
+///                an MpiSession is created here when none exists).
+/// When a rank throws, the others are aborted (their waits end at once), and after every rank
+/// has ended the root cause (the first rank that failed on its own) is rethrown. Throws
+/// InvalidArgument for an unknown transport or a world_size that does not match.
+void launch(int world_size, const std::string& transport,
+            const std::function<void(Transport&)>& body, const TransportOptions& options = {});
+
+}  // namespace pipetrain

@@ -1,0 +1,363 @@
+#include "pipetrain/pipeline.h"
+
+#include <algorithm>
+#include <exception>
+#include <sstream>
+#include <thread>
+
+#include "pipetrain/comm/inprocess.h"
+#include "pipetrain/comm/mpi.h"
+#include "pipetrain/error.h"
+#include "pipetrain/runtime/checkpoint.h"
+#include "pipetrain/schedule/generators.h"
+#include "pipetrain/schedule/passes.h"
+
+namespace pipetrain {
+
+// ---- ModelSpec -----------------------------------------------------------------------------
+
+ModelSpec& ModelSpec::add(LayerFactory make) {
+  PIPETRAIN_CHECK_ARG(static_cast<bool>(make), "ModelSpec::add", "layer ", layers_.size(),
+                      " has an empty factory");
+  layers_.push_back(LayerSpec{std::move(make), "", nullptr});
+  counts_.clear();
+  return *this;
+}
+
+ModelSpec& ModelSpec::add_tied(std::string key, LayerFactory make,
+                               std::function<nn::Parameter*(nn::Layer&)> tied_parameter) {
+  constexpr const char* kFn = "ModelSpec::add_tied";
+  PIPETRAIN_CHECK_ARG(!key.empty(), kFn, "layer ", layers_.size(), " has an empty tie key");
+  PIPETRAIN_CHECK_ARG(static_cast<bool>(make) && static_cast<bool>(tied_parameter), kFn,
+                      "layer ", layers_.size(), " ('", key,
+                      "') needs a factory and a tied_parameter accessor");
+  layers_.push_back(LayerSpec{std::move(make), std::move(key), std::move(tied_parameter)});
+  counts_.clear();
+  return *this;
+}
+
+const std::vector<double>& ModelSpec::parameter_counts() const {
+  if (counts_.size() != layers_.size()) {
+    counts_.clear();
+    for (const LayerSpec& spec : layers_) {
+      std::unique_ptr<nn::Layer> layer = spec.make();
+      counts_.push_back(static_cast<double>(nn::count_parameters(layer->parameters())));
+    }
+  }
+  return counts_;
+}
+
+std::unique_ptr<nn::Sequential> ModelSpec::build(int first, int last,
+                                                 bool activation_checkpointing) const {
+  PIPETRAIN_CHECK_ARG(0 <= first && first < last && last <= static_cast<int>(layers_.size()),
+                      "ModelSpec::build", "layers [", first, ", ", last,
+                      ") are outside the model's ", layers_.size(), " layers");
+  std::vector<std::unique_ptr<nn::Layer>> layers;
+  for (int i = first; i < last; ++i) {
+    layers.push_back(layers_[static_cast<std::size_t>(i)].make());
+    PIPETRAIN_CHECK_ARG(layers.back() != nullptr, "ModelSpec::build", "the factory of layer ", i,
+                        " returned null");
+  }
+  nn::SequentialOptions options;
+  options.first_index = first;
+  options.activation_checkpointing = activation_checkpointing;
+  auto stage = std::make_unique<nn::Sequential>(std::move(layers), options);
+  for (int i = first; i < last; ++i) {
+    const LayerSpec& spec = layers_[static_cast<std::size_t>(i)];
+    if (spec.tie_key.empty()) continue;
+    nn::Parameter* p = spec.tied_parameter(*stage->layers()[static_cast<std::size_t>(i - first)]);
+    PIPETRAIN_CHECK_ARG(p != nullptr, "ModelSpec::build", "layer ", i, " ('", spec.tie_key,
+                        "') returned no tied parameter");
+    stage->add_tied_parameter(spec.tie_key, p);
+  }
+  return stage;
+}
+
+runtime::Partition partition_model(const ModelSpec& model, int num_stages,
+                                   const PartitionOptions& options) {
+  constexpr const char* kFn = "partition_model";
+  const int layers = static_cast<int>(model.size());
+  PIPETRAIN_CHECK_ARG(num_stages >= 1, kFn, "num_stages=", num_stages, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(layers >= num_stages, kFn, "the model has ", layers,
+                      " layers, fewer than num_stages=", num_stages,
+                      ": each stage needs at least one layer");
+  using Method = PartitionOptions::Method;
+  std::vector<double> costs;
+  switch (options.method) {
+    case Method::kParameters:
+      costs = model.parameter_counts();
+      // A parameterless layer (ReLU) still takes time: count it as a little work so that the
+      // cut does not pile them all on one stage.
+      for (double& c : costs) c = std::max(c, 1.0);
+      break;
+    case Method::kUniform:
+      costs.assign(static_cast<std::size_t>(layers), 1.0);
+      break;
+    case Method::kCost:
+    case Method::kCounts:
+      costs = options.layer_costs.empty() ? std::vector<double>(layers, 1.0) : options.layer_costs;
+      PIPETRAIN_CHECK_ARG(static_cast<int>(costs.size()) == layers, kFn, "layer_costs has ",
+                          costs.size(), " entries, the model has ", layers, " layers");
+      break;
+  }
+  if (options.method == Method::kCounts) {
+    PIPETRAIN_CHECK_ARG(static_cast<int>(options.layers_per_stage.size()) == num_stages, kFn,
+                        "layers_per_stage has ", options.layers_per_stage.size(),
+                        " entries, expected num_stages=", num_stages);
+    return runtime::partition_from_counts(costs, options.layers_per_stage);
+  }
+  return runtime::partition_layers(costs, num_stages);
+}
+
+// ---- Pipeline ------------------------------------------------------------------------------
+
+namespace {
+
+std::unique_ptr<optim::Optimizer> make_optimizer(const OptimizerOptions& o,
+                                                 std::vector<nn::Parameter*> params) {
+  if (o.kind == OptimizerOptions::Kind::kSgd) {
+    return std::make_unique<optim::Sgd>(std::move(params), o.sgd);
+  }
+  return std::make_unique<optim::AdamW>(std::move(params), o.adamw);
+}
+
+// A text every rank computes alike from the options, to check that all ranks agree.
+std::string canonical(const PipelineOptions& o, const Schedule& schedule,
+                      const runtime::Partition& partition, const std::string& loss) {
+  std::ostringstream out;
+  out << "schedule=" << schedule.name() << " P=" << o.pipeline << " D=" << o.data_parallel
+      << " M=" << schedule.num_microbatches() << " v=" << schedule.stages_per_rank()
+      << " cut=" << partition.to_string() << " loss=" << loss
+      << " optimizer=" << static_cast<int>(o.optimizer.kind)
+      << " ckpt=" << o.activation_checkpointing << " clip=" << o.executor.max_grad_norm;
+  return out.str();
+}
+
+}  // namespace
+
+Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
+                   PipelineOptions options, Transport& transport)
+    : options_(std::move(options)), transport_(transport), loss_(std::move(loss)) {
+  constexpr const char* kFn = "Pipeline";
+  const PipelineOptions& o = options_;
+  PIPETRAIN_CHECK_ARG(loss_ != nullptr, kFn, "the loss is null");
+  PIPETRAIN_CHECK_ARG(o.pipeline >= 1 && o.data_parallel >= 1, kFn, "pipeline=", o.pipeline,
+                      " and data_parallel=", o.data_parallel, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(
+      static_cast<std::int64_t>(o.pipeline) * o.data_parallel == transport.world_size(), kFn,
+      "pipeline=", o.pipeline, " x data_parallel=", o.data_parallel, " = ",
+      static_cast<std::int64_t>(o.pipeline) * o.data_parallel, " ranks, the transport has ",
+      transport.world_size());
+  check_schedule_size(kFn, o.pipeline, o.stages_per_rank, o.microbatches);
+  Schedule compute = o.custom_schedule
+                         ? *o.custom_schedule
+                         : make_schedule(o.schedule, o.pipeline, o.microbatches, o.stages_per_rank);
+  PIPETRAIN_CHECK_ARG(compute.num_ranks() == o.pipeline, kFn, "the schedule has ",
+                      compute.num_ranks(), " ranks, pipeline=", o.pipeline);
+  Schedule schedule = compute.num_ranks() > 1 && !compute.has_comm() ? lower(compute) : compute;
+  partition_ = partition_model(model, schedule.num_stages(), o.partition);
+  const runtime::Topology topology(transport.world_size(), o.pipeline, o.data_parallel);
+  runtime::check_same_configuration(transport,
+                                    canonical(o, schedule, partition_, loss_->name()));
+
+  std::vector<Stage*> stage_ptrs;
+  std::vector<nn::Parameter*> params;
+  for (int s : schedule.stages_of_rank(topology.pp_index(transport.rank()))) {
+    const auto i = static_cast<std::size_t>(s);
+    stages_.push_back(model.build(partition_.bounds[i], partition_.bounds[i + 1],
+                                  o.activation_checkpointing));
+    stage_ptrs.push_back(stages_.back().get());
+    for (nn::Parameter* p : stages_.back()->parameters()) params.push_back(p);
+  }
+  // The model hash ties checkpoints to the model: parameter names and shapes of every layer.
+  std::string signature;
+  for (const double c : model.parameter_counts()) signature += std::to_string(c) + ";";
+  model_hash_ = runtime::fnv1a64(signature);
+  optimizer_ = make_optimizer(o.optimizer, params);
+  executor_ = std::make_unique<runtime::Executor>(std::move(schedule), topology, transport,
+                                                  stage_ptrs, loss_.get(), optimizer_.get(),
+                                                  o.executor);
+  // Nothing the optimizer updates is outside the stages, and nothing of the stages is left out.
+  PIPETRAIN_CHECK_ARG(executor_->parameters().size() == optimizer_->parameters().size(), kFn,
+                      "the stages hold ", executor_->parameters().size(),
+                      " distinct parameters, the optimizer ", optimizer_->parameters().size(),
+                      ": a parameter is listed twice by a stage");
+}
+
+Pipeline::~Pipeline() = default;
+
+std::int64_t Pipeline::steps_done() const { return loaded_step_ + executor_->steps_done(); }
+const Schedule& Pipeline::schedule() const { return executor_->schedule(); }
+const runtime::Topology& Pipeline::topology() const { return executor_->topology(); }
+const std::vector<nn::Parameter*>& Pipeline::parameters() const {
+  return executor_->parameters();
+}
+
+std::vector<Microbatch> Pipeline::split(const TensorList& inputs, const TensorList& targets,
+                                        const char* fn) const {
+  PIPETRAIN_CHECK_ARG(!inputs.empty(), fn, "no input tensors");
+  const int d = options_.data_parallel;
+  const int m = executor_->schedule().num_microbatches();
+  auto rows_of = [&](const Tensor& t, const char* what, std::size_t i) {
+    PIPETRAIN_CHECK_ARG(t.defined() && t.dim() >= 1, fn, what, " ", i,
+                        " must be a defined tensor with a batch dimension");
+    return t.size(0);
+  };
+  const std::int64_t n = rows_of(inputs[0], "input", 0);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    PIPETRAIN_CHECK_ARG(rows_of(inputs[i], "input", i) == n, fn, "input ", i, " has ",
+                        inputs[i].size(0), " rows, input 0 has ", n);
+  }
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    PIPETRAIN_CHECK_ARG(rows_of(targets[i], "target", i) == n, fn, "target ", i, " has ",
+                        targets[i].size(0), " rows, the inputs have ", n);
+  }
+  PIPETRAIN_CHECK_ARG(n > 0 && n % (static_cast<std::int64_t>(d) * m) == 0, fn, "the batch has ",
+                      n, " rows, not a positive multiple of data_parallel x microbatches = ", d,
+                      " x ", m);
+  const std::int64_t per_replica = n / d, rows = per_replica / m;
+  const std::int64_t base = topology().dp_index(transport_.rank()) * per_replica;
+  std::vector<Microbatch> out(static_cast<std::size_t>(m));
+  for (int k = 0; k < m; ++k) {
+    const std::int64_t begin = base + k * rows;
+    for (const Tensor& t : inputs) out[k].inputs.push_back(t.slice(begin, begin + rows));
+    for (const Tensor& t : targets) out[k].targets.push_back(t.slice(begin, begin + rows));
+  }
+  return out;
+}
+
+StepResult Pipeline::train_step(const TensorList& inputs, const TensorList& targets, double lr) {
+  constexpr const char* kFn = "Pipeline::train_step";
+  std::vector<Microbatch> microbatches;
+  try {
+    microbatches = split(inputs, targets, kFn);
+  } catch (const InvalidArgument& e) {
+    // Take part in the executor's agreement anyway, so that every rank refuses this step
+    // together even when the others' batches split (no rank is left waiting).
+    try {
+      executor_->step({}, 0.0);
+    } catch (const InvalidArgument&) {
+    }
+    throw;
+  }
+  return executor_->step(microbatches, lr < 0 ? options_.optimizer.lr : lr);
+}
+
+EvalResult Pipeline::eval_step(const TensorList& inputs, const TensorList& targets) {
+  constexpr const char* kFn = "Pipeline::eval_step";
+  std::vector<Microbatch> microbatches;
+  try {
+    microbatches = split(inputs, targets, kFn);
+  } catch (const InvalidArgument&) {
+    try {
+      executor_->evaluate({});
+    } catch (const InvalidArgument&) {
+    }
+    throw;
+  }
+  runtime::EvalStats stats = executor_->evaluate(microbatches);
+  EvalResult result;
+  result.loss = stats.loss;
+  result.microbatch_losses = std::move(stats.microbatch_losses);
+  if (!stats.outputs.empty()) {
+    // Concatenate each output along dim 0 (the microbatches are consecutive rows).
+    for (std::size_t i = 0; i < stats.outputs[0].size(); ++i) {
+      Shape shape = stats.outputs[0][i].shape();
+      std::int64_t rows = 0;
+      for (const TensorList& mb : stats.outputs) rows += mb[i].size(0);
+      shape[0] = rows;
+      Tensor all = Tensor::empty(shape, stats.outputs[0][i].dtype(), stats.outputs[0][i].device());
+      std::int64_t at = 0;
+      for (const TensorList& mb : stats.outputs) {
+        all.slice(at, at + mb[i].size(0)).copy_from(mb[i]);
+        at += mb[i].size(0);
+      }
+      result.outputs.push_back(std::move(all));
+    }
+  }
+  return result;
+}
+
+std::filesystem::path Pipeline::save(const std::filesystem::path& save_dir) {
+  const runtime::Topology& topo = topology();
+  const Schedule& sched = schedule();
+  const std::int64_t step = steps_done();
+  const int num_stages = sched.num_stages();
+  const std::filesystem::path staging = runtime::checkpoint_staging_dir(save_dir, step, num_stages);
+  if (topo.dp_index(transport_.rank()) == 0) {  // replicas are identical: replica 0 writes
+    const std::vector<int> mine = sched.stages_of_rank(topo.pp_index(transport_.rank()));
+    for (std::size_t i = 0; i < stages_.size(); ++i) {
+      runtime::save_stage_checkpoint(staging, mine[i], num_stages, *stages_[i], *optimizer_,
+                                     runtime::CheckpointMeta{step, model_hash_, {}});
+    }
+  }
+  transport_.barrier();
+  std::filesystem::path done;
+  if (transport_.rank() == 0) done = runtime::commit_checkpoint(save_dir, step, num_stages);
+  transport_.barrier();
+  return done.empty() ? save_dir / ("step-" + std::to_string(step)) : done;
+}
+
+std::int64_t Pipeline::load(const std::filesystem::path& step_dir) {
+  std::vector<Stage*> stages;
+  for (auto& s : stages_) stages.push_back(s.get());
+  const runtime::LoadedCheckpoint loaded =
+      runtime::load_checkpoint_into_stage(step_dir, stages, *optimizer_, model_hash_);
+  loaded_step_ = loaded.meta.step - executor_->steps_done();
+  transport_.barrier();
+  return loaded.meta.step;
+}
+
+// ---- launch --------------------------------------------------------------------------------
+
+void launch(int world_size, const std::string& transport,
+            const std::function<void(Transport&)>& body, const TransportOptions& options) {
+  constexpr const char* kFn = "launch";
+  PIPETRAIN_CHECK_ARG(world_size >= 1, kFn, "world_size=", world_size, " must be >= 1");
+  if (transport == "mpi") {
+    MpiSession session;
+    PIPETRAIN_CHECK_ARG(session.world_size() == world_size, kFn, "world_size=", world_size,
+                        " but the MPI job has ", session.world_size(),
+                        " processes: start it with mpirun -n ", world_size);
+    auto t = make_transport("mpi", options);
+    try {
+      body(*t);
+    } catch (const std::exception& e) {
+      t->abort(e.what());
+      throw;
+    }
+    return;
+  }
+  PIPETRAIN_CHECK_ARG(transport == "inprocess", kFn, "transport '", transport,
+                      "' is not one of inprocess, mpi");
+  auto transports = make_inprocess_world(world_size, options);
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(world_size));
+  std::vector<char> aborted(static_cast<std::size_t>(world_size), 0);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world_size; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        body(*transports[r]);
+      } catch (const AbortedError& e) {
+        errors[r] = std::current_exception();
+        aborted[r] = 1;
+      } catch (const std::exception& e) {
+        errors[r] = std::current_exception();
+        transports[r]->abort(e.what());
+      } catch (...) {
+        errors[r] = std::current_exception();
+        transports[r]->abort("unknown exception");
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  // The root cause: the first rank that failed on its own, else the first failure.
+  for (int r = 0; r < world_size; ++r) {
+    if (errors[r] && !aborted[r]) std::rethrow_exception(errors[r]);
+  }
+  for (int r = 0; r < world_size; ++r) {
+    if (errors[r]) std::rethrow_exception(errors[r]);
+  }
+}
+
+}  // namespace pipetrain

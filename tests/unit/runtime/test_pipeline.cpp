@@ -1,0 +1,256 @@
+// Pipeline and ModelSpec: a model of generic layers, its width changing at every cut, trains
+// through every schedule to the losses of one device; two tensors (and an integer one) cross a
+// cut; eval_step gives the single-device forward; bad batches are refused on every rank before
+// any compute and the Pipeline stays usable.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pipetrain/comm/inprocess.h"
+#include "pipetrain/nn/layers.h"
+#include "pipetrain/pipeline.h"
+#include "pipetrain/runtime/progress.h"
+#include "pipetrain/schedule/generators.h"
+#include "pipetrain/schedule/passes.h"
+
+namespace pipetrain {
+namespace {
+
+constexpr int kRows = 16;  // global batch
+constexpr int kSteps = 3;
+
+// 12 -> 20 -> 10 -> 6 -> 3, with activations and a LayerNorm: 8 layers, every cut a new width.
+ModelSpec mlp() {
+  ModelSpec m;
+  m.add<nn::Linear>(12, 20, true, DType::kFloat32, 1).add<nn::GELU>();
+  m.add<nn::LayerNorm>(20).add<nn::Linear>(20, 10, true, DType::kFloat32, 2);
+  m.add<nn::ReLU>().add<nn::Linear>(10, 6, true, DType::kFloat32, 3).add<nn::GELU>();
+  m.add<nn::Linear>(6, 3, true, DType::kFloat32, 4);
+  return m;
+}
+
+struct Data {
+  Tensor x, y;
+};
+
+Data data(int step) {
+  std::mt19937 rng(100 + step);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(kRows * 12);
+  std::vector<std::int32_t> y(kRows);
+  for (auto& v : x) v = normal(rng);
+  for (int i = 0; i < kRows; ++i) y[i] = static_cast<std::int32_t>(rng() % 3);
+  return {Tensor::from_vector(x, {kRows, 12}), Tensor::from_vector(y, {kRows})};
+}
+
+struct Run {
+  std::vector<double> losses;
+  std::map<std::string, std::vector<float>> params;  // by name, from every rank
+};
+
+Run train(const PipelineOptions& options) {
+  set_logging(false);
+  Run run;
+  std::mutex mu;
+  std::vector<std::vector<double>> losses(options.pipeline * options.data_parallel);
+  launch(options.pipeline * options.data_parallel, "inprocess", [&](Transport& t) {
+    Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+    for (int step = 0; step < kSteps; ++step) {
+      const Data d = data(step);
+      losses[t.rank()].push_back(pipe.train_step({d.x}, {d.y}).loss);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    for (nn::Parameter* p : pipe.parameters()) run.params[p->name] = p->value.to_vector<float>();
+  }, TransportOptions{std::chrono::seconds(30)});
+  for (const auto& l : losses) EXPECT_EQ(l, losses[0]);  // every rank reports the same
+  run.losses = losses[0];
+  return run;
+}
+
+void expect_same_training(const Run& got, const Run& want, double tol) {
+  ASSERT_EQ(got.losses.size(), want.losses.size());
+  for (std::size_t i = 0; i < want.losses.size(); ++i) {
+    EXPECT_NEAR(got.losses[i], want.losses[i], tol * std::abs(want.losses[i])) << "step " << i;
+  }
+  ASSERT_EQ(got.params.size(), want.params.size());
+  for (const auto& [name, values] : want.params) {
+    const std::vector<float>& g = got.params.at(name);
+    for (std::size_t k = 0; k < values.size(); ++k) {
+      EXPECT_NEAR(g[k], values[k], 1e-5 * std::max(1.0f, std::abs(values[k]))) << name << k;
+    }
+  }
+}
+
+struct Case {
+  std::string schedule;
+  int p, d, m, v;
+};
+
+void PrintTo(const Case& c, std::ostream* out) {
+  *out << c.schedule << " P=" << c.p << " D=" << c.d << " M=" << c.m << " v=" << c.v;
+}
+
+class PipelineMatchesOneDevice : public ::testing::TestWithParam<Case> {};
+
+TEST_P(PipelineMatchesOneDevice, LossesAndParameters) {
+  const Case c = GetParam();
+  PipelineOptions one;
+  one.schedule = "gpipe";
+  one.microbatches = c.m * c.d;
+  one.optimizer.lr = 1e-2;
+  const Run want = train(one);
+  PipelineOptions options = one;
+  options.schedule = c.schedule;
+  options.pipeline = c.p;
+  options.data_parallel = c.d;
+  options.microbatches = c.m;
+  options.stages_per_rank = c.v;
+  expect_same_training(train(options), want, 1e-6);
+  EXPECT_LT(want.losses.back(), want.losses.front());  // it trains: the check is not vacuous
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Schedules, PipelineMatchesOneDevice,
+    ::testing::Values(Case{"gpipe", 2, 1, 4, 1}, Case{"1f1b", 4, 1, 4, 1},
+                      Case{"1f1b", 2, 2, 2, 1}, Case{"interleaved-1f1b", 2, 1, 4, 2},
+                      Case{"zb-h1", 2, 1, 4, 1}, Case{"zb-h1", 4, 1, 8, 1},
+                      Case{"zb-h1", 2, 2, 4, 1}, Case{"zb-h2", 2, 1, 4, 1},
+                      Case{"zb-v", 2, 1, 4, 1}, Case{"zb-v", 4, 1, 4, 1},
+                      Case{"v-half", 2, 2, 4, 1}, Case{"dualpipe-v", 2, 1, 4, 1},
+                      Case{"looped-bfs", 2, 1, 4, 2}),
+    [](const auto& info) {
+      std::string n = info.param.schedule + "_P" + std::to_string(info.param.p) + "_D" +
+                      std::to_string(info.param.d);
+      for (char& ch : n)
+        if (ch == '-') ch = '_';
+      return n;
+    });
+
+TEST(Pipeline, EvalStepGivesTheSingleDeviceForward) {
+  set_logging(false);
+  const Data d = data(0);
+  // One device: the whole model as one Sequential.
+  auto whole = mlp().build(0, 8);
+  const Tensor want = whole->infer({d.x})[0];
+  nn::CrossEntropyLoss ce;
+  const double want_loss = ce.evaluate({want}, {d.y});
+  PipelineOptions options;
+  options.schedule = "zb-v";
+  options.pipeline = 2;
+  options.microbatches = 2;
+  launch(2, "inprocess", [&](Transport& t) {
+    Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+    const EvalResult r = pipe.eval_step({d.x}, {d.y});
+    // Microbatches of 8 rows: the mean of two per-microbatch means equals the whole mean here
+    // (equal sizes), to rounding.
+    EXPECT_NEAR(r.loss, want_loss, 1e-6);
+    if (t.rank() == 0) {  // ZB-V puts the last stage on rank 0
+      ASSERT_EQ(r.outputs.size(), 1u);
+      EXPECT_EQ(r.outputs[0].shape(), want.shape());
+      EXPECT_EQ(r.outputs[0].to_vector<float>(), want.to_vector<float>());
+    } else {
+      EXPECT_TRUE(r.outputs.empty());
+    }
+    EXPECT_TRUE(std::isnan(pipe.eval_step({d.x}).loss));
+  });
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+TEST(Pipeline, BadBatchesAreRefusedBeforeAnyComputeAndThePipelineStaysUsable) {
+  set_logging(false);
+  PipelineOptions options;
+  options.schedule = "1f1b";
+  options.pipeline = 2;
+  options.microbatches = 2;
+  std::vector<std::vector<std::string>> errors(2);
+  launch(2, "inprocess", [&](Transport& t) {
+    Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+    const Data d = data(0);
+    auto& e = errors[t.rank()];
+    // Ragged: 15 rows do not split into 2 microbatches.
+    e.push_back(error_of([&] { pipe.train_step({d.x.slice(0, 15)}, {d.y.slice(0, 15)}); }));
+    // Wrong dtype: the first Linear refuses fp64 features (on rank 0; rank 1 is told).
+    e.push_back(error_of([&] { pipe.train_step({d.x.to(DType::kFloat64)}, {d.y}); }));
+    // Targets whose rows do not match the inputs'.
+    e.push_back(error_of([&] { pipe.train_step({d.x}, {d.y.slice(0, 8)}); }));
+    // Float targets for a cross-entropy loss.
+    e.push_back(error_of([&] { pipe.train_step({d.x}, {d.y.to(DType::kFloat32)}); }));
+    // Still usable; and a smaller batch (8 rows) is agreed anew.
+    EXPECT_TRUE(std::isfinite(pipe.train_step({d.x}, {d.y}).loss));
+    EXPECT_TRUE(std::isfinite(pipe.train_step({d.x.slice(0, 8)}, {d.y.slice(0, 8)}).loss));
+    EXPECT_EQ(pipe.steps_done(), 2);
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(errors[r].size(), 4u);
+    EXPECT_EQ(errors[r][0],
+              "[Pipeline::train_step] the batch has 15 rows, not a positive multiple of "
+              "data_parallel x microbatches = 1 x 2");
+    EXPECT_EQ(errors[r][2], "[Pipeline::train_step] target 0 has 8 rows, the inputs have 16");
+  }
+  EXPECT_EQ(errors[0][1],
+            "[Executor::step] stage 0 (rank 0) cannot take its inputs ([8, 12] fp64): "
+            "[Linear::output_spec] input has dtype fp64, expected fp32");
+  EXPECT_EQ(errors[1][1],
+            "[Executor::step] stage 0 (rank 0) cannot take its inputs (rank 0's error says why)");
+  EXPECT_EQ(errors[1][3].rfind("[Executor::step] the loss (rank 1) cannot take the outputs "
+                               "([8, 3] fp32) with the targets ([8] fp32): [CrossEntropyLoss",
+                               0),
+            0u)
+      << errors[1][3];
+}
+
+TEST(Pipeline, RejectsBadOptions) {
+  auto world = make_inprocess_world(1);
+  PipelineOptions options;
+  options.pipeline = 2;
+  EXPECT_EQ(error_of([&] {
+              Pipeline(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, *world[0]);
+            }),
+            "[Pipeline] pipeline=2 x data_parallel=1 = 2 ranks, the transport has 1");
+  ModelSpec tiny;
+  tiny.add<nn::Linear>(4, 4).add<nn::ReLU>();
+  EXPECT_EQ(error_of([] {
+              ModelSpec small;
+              small.add<nn::Linear>(4, 4).add<nn::ReLU>();
+              partition_model(small, 4);
+            }),
+            "[partition_model] the model has 2 layers, fewer than num_stages=4: each stage "
+            "needs at least one layer");
+  EXPECT_EQ(error_of([&] { tiny.build(1, 5); }),
+            "[ModelSpec::build] layers [1, 5) are outside the model's 2 layers");
+}
+
+TEST(ModelSpec, PartitionsByParametersUniformlyByCostOrCounts) {
+  const ModelSpec m = mlp();
+  // Parameters: 260, 0, 40, 210, 0, 66, 0, 21 (parameterless layers count 1).
+  EXPECT_EQ(m.parameter_counts(), (std::vector<double>{260, 0, 40, 210, 0, 66, 0, 21}));
+  EXPECT_EQ(partition_model(m, 2).bounds, (std::vector<int>{0, 3, 8}));
+  PartitionOptions uniform;
+  uniform.method = PartitionOptions::Method::kUniform;
+  EXPECT_EQ(partition_model(m, 4, uniform).bounds, (std::vector<int>{0, 2, 4, 6, 8}));
+  PartitionOptions counts;
+  counts.method = PartitionOptions::Method::kCounts;
+  counts.layers_per_stage = {1, 7};
+  EXPECT_EQ(partition_model(m, 2, counts).bounds, (std::vector<int>{0, 1, 8}));
+  // Unnamed layers are named by their index in the model, whatever stage builds them.
+  auto stage = m.build(3, 6);
+  EXPECT_EQ(stage->parameters()[0]->name, "3.weight");
+  EXPECT_EQ(stage->parameters()[3]->name, "5.bias");
+}
+
+}  // namespace
+}  // namespace pipetrain
