@@ -16,6 +16,7 @@
 // nn.Sequential ("2.weight"); named layers keep their names.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -64,6 +65,9 @@ class Sequential : public Stage {
   struct InFlight {
     Phase phase = Phase::kForward;
     Tensor input;  // checkpointing only, until the recompute
+    // After backward_input: the first layer that ran it (layers before it got an undefined
+    // gradient and were released), so backward_weight runs layers [first_backward, end).
+    std::size_t first_backward = 0;
   };
 
   std::vector<std::unique_ptr<Layer>> layers_;
