@@ -64,14 +64,14 @@ static int run(int argc, char** argv) {
     const pipetrain::Tensor x = random_tensor(shape, rng);
     const pipetrain::Tensor dy = random_tensor(shape, rng);
     auto t0 = Clock::now();
-    stage->forward(2 * rep, x);
+    stage->forward(2 * rep, {x});
     const double tf = seconds(t0);
     t0 = Clock::now();
-    stage->backward(2 * rep, dy);
+    stage->backward(2 * rep, {dy});
     const double tb = seconds(t0);
-    stage->forward(2 * rep + 1, x);
+    stage->forward(2 * rep + 1, {x});
     t0 = Clock::now();
-    stage->backward_input(2 * rep + 1, dy);
+    stage->backward_input(2 * rep + 1, {dy});
     const double ti = seconds(t0);
     t0 = Clock::now();
     stage->backward_weight(2 * rep + 1);

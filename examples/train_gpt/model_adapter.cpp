@@ -1,6 +1,7 @@
 #include "model_adapter.h"
 
 #include "pipetrain/nn/gpt.h"
+#include "pipetrain/nn/loss.h"
 #include "pipetrain/tensor.h"
 
 namespace train_gpt {
@@ -22,25 +23,22 @@ class Gpt final : public LanguageModel {
 
   double forward_backward(const pipetrain::data::Batch& batch, double loss_scale) override {
     // One microbatch in flight at a time, so a fixed id will do.
-    const Tensor inputs = tokens(batch.inputs, batch.batch_size, batch.seq_len);
-    model_->set_targets(0, tokens(batch.targets, batch.batch_size, batch.seq_len));
-    const Tensor loss = model_->forward(0, inputs);
-    model_->backward(0, Tensor::from_vector(std::vector<float>{static_cast<float>(loss_scale)}));
-    return loss.to_vector<double>()[0];
+    const pipetrain::Microbatch mb = pipetrain::data::to_microbatch(batch);
+    const pipetrain::TensorList logits = model_->forward(0, mb.inputs);
+    const double loss = loss_.forward(0, logits, mb.targets);
+    model_->backward(0, loss_.backward(0, loss_scale));
+    return loss;
   }
 
   double evaluate(const pipetrain::data::Batch& batch) override {
-    return model_
-        ->infer(tokens(batch.inputs, batch.batch_size, batch.seq_len),
-                tokens(batch.targets, batch.batch_size, batch.seq_len))
-        .to_vector<double>()[0];
+    const pipetrain::Microbatch mb = pipetrain::data::to_microbatch(batch);
+    return loss_.evaluate(model_->infer(mb.inputs), mb.targets);
   }
 
   std::vector<float> next_token_logits(std::span<const pipetrain::data::Token> context) override {
     const auto n = static_cast<int>(context.size());
-    const Tensor logits =
-        model_->infer(tokens(std::vector<pipetrain::data::Token>(context.begin(), context.end()),
-                             1, n));
+    const Tensor logits = model_->infer({Tensor::from_vector(
+        std::vector<pipetrain::data::Token>(context.begin(), context.end()), {1, n})})[0];
     const std::vector<float> all = logits.to_vector<float>();
     const auto v = static_cast<std::size_t>(config_.vocab_size);
     return std::vector<float>(all.end() - static_cast<std::ptrdiff_t>(v), all.end());
@@ -60,12 +58,9 @@ class Gpt final : public LanguageModel {
   }
 
  private:
-  static Tensor tokens(const std::vector<pipetrain::data::Token>& values, int b, int t) {
-    return Tensor::from_vector(values, {b, t});
-  }
-
   pipetrain::nn::GptConfig config_;
   std::unique_ptr<pipetrain::nn::GptStage> model_;
+  pipetrain::nn::CrossEntropyLoss loss_;
 };
 
 }  // namespace

@@ -43,6 +43,7 @@
 #include "pipetrain/optim/lr_schedule.h"
 #include "pipetrain/optim/optimizer.h"
 #include "pipetrain/runtime/checkpoint.h"
+#include "pipetrain/nn/loss.h"
 #include "pipetrain/runtime/executor.h"
 #include "pipetrain/runtime/gpt_pipeline.h"
 #include "pipetrain/runtime/progress.h"
@@ -226,8 +227,8 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
   const optim::WarmupCosineSchedule lr_schedule(opt.lr, opt.warmup, opt.steps, 0.1);
   rt::ExecutorOptions exec_options;
   exec_options.max_grad_norm = opt.grad_clip;
-  rt::Executor executor(plan.schedule, topo, transport, stage_ptrs, &optimizer,
-                        {plan.micro_rows, opt.seq, opt.channels}, pipetrain::DType::kFloat32,
+  pipetrain::nn::CrossEntropyLoss loss;
+  rt::Executor executor(plan.schedule, topo, transport, stage_ptrs, &loss, &optimizer,
                         exec_options);
   if (rank == 0) {
     rt::log_info(rank, "topology " + topo.to_string() + ", schedule '" + opt.schedule +
@@ -271,7 +272,8 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
     }
     const data::Batch global = sampler.next();
     const data::Batch local = rt::shard_batch(global, opt.data_parallel, topo.dp_index(rank));
-    stats = executor.step(rt::split_batch(local, opt.microbatches), lr_schedule(step));
+    stats = executor.step(data::to_microbatches(rt::split_batch(local, opt.microbatches)),
+                          lr_schedule(step));
     skipped += stats.skipped ? 1 : 0;
     skip_streak = stats.skipped ? skip_streak + 1 : 0;
     const std::string line = meter.update(step, stats.loss, stats.seconds, stats.skipped);

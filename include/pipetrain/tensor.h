@@ -187,6 +187,13 @@ class Tensor {
   ///   "[Tensor::slice] range [1, 5) is outside dimension 0 of size 4"
   Tensor slice(std::int64_t begin, std::int64_t end) const;
 
+  /// The first shape_numel(shape) * dtype_size(dtype) bytes of this tensor's elements seen as
+  /// a `dtype` tensor of `shape` (no conversion: the bytes are reinterpreted). Used to pack
+  /// tensors of several dtypes into one buffer. Throws InvalidArgument when the bytes do not fit
+  /// or the start is not aligned to dtype_size(dtype):
+  ///   "[Tensor::view_as] [4] fp64 needs 32 bytes, the tensor has 16"
+  Tensor view_as(DType dtype, Shape shape) const;
+
   // ---- copies and fills -------------------------------------------------------------------
   /// Deep copy with the same shape and dtype.
   Tensor clone() const;

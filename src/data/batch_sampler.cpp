@@ -150,4 +150,17 @@ void BatchSampler::restore(const SamplerState& state) {
 
 void BatchSampler::reset() { restore(SamplerState{seed_, 0, 0}); }
 
+Microbatch to_microbatch(const Batch& batch) {
+  const Shape shape{batch.batch_size, batch.seq_len};
+  return Microbatch{{Tensor::from_vector(batch.inputs, shape)},
+                    {Tensor::from_vector(batch.targets, shape)}};
+}
+
+std::vector<Microbatch> to_microbatches(const std::vector<Batch>& batches) {
+  std::vector<Microbatch> out;
+  out.reserve(batches.size());
+  for (const Batch& b : batches) out.push_back(to_microbatch(b));
+  return out;
+}
+
 }  // namespace pipetrain::data

@@ -76,4 +76,15 @@ std::size_t GptEmbedding::bytes_kept() const {
   return n;
 }
 
+TensorSpec GptEmbedding::output_spec(const TensorSpec& input) const {
+  constexpr const char* kFn = "GptEmbedding::output_spec";
+  PIPETRAIN_CHECK_ARG(input.dtype == DType::kInt32, kFn, "input has dtype ",
+                      to_string(input.dtype), ", expected int32");
+  PIPETRAIN_CHECK_ARG(input.shape.size() == 2 && input.shape[0] > 0 && input.shape[1] > 0, kFn,
+                      "input has shape ", shape_to_string(input.shape), ", expected [B, T]");
+  PIPETRAIN_CHECK_ARG(input.shape[1] <= config_.context_length, kFn, "input has T=",
+                      input.shape[1], ", more than context_length=", config_.context_length);
+  return {{input.shape[0], input.shape[1], config_.channels}, config_.dtype};
+}
+
 }  // namespace pipetrain::nn

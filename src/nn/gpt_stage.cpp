@@ -29,45 +29,36 @@ GptStage::GptStage(const GptConfig& config, std::int64_t first_layer, std::int64
   }
 }
 
-void GptStage::set_targets(MicrobatchId mb, const Tensor& targets) {
-  PIPETRAIN_CHECK_ARG(head_ != nullptr, "GptStage::set_targets", "stage holds layers [",
-                      first_layer_, ", ", last_layer_, "], not the head (layer ",
-                      config_.num_model_layers() - 1, ")");
-  head_->set_targets(mb, targets);
+namespace {
+const Tensor& only(const TensorList& list, const char* fn, const char* what) {
+  PIPETRAIN_CHECK_ARG(list.size() == 1, fn, "got ", list.size(), " ", what,
+                      " tensors, expected 1");
+  return list[0];
 }
+}  // namespace
 
-Tensor GptStage::forward(MicrobatchId mb, const Tensor& input) {
+TensorList GptStage::forward(MicrobatchId mb, const TensorList& inputs) {
   constexpr const char* kFn = "GptStage::forward";
+  const Tensor& input = only(inputs, kFn, "input");
   PIPETRAIN_CHECK_ARG(!in_flight_.contains(mb), kFn, "microbatch ", mb, " is already in flight");
-  if (head_ != nullptr) {
-    PIPETRAIN_CHECK_ARG(head_->has_targets(mb), kFn, "microbatch ", mb,
-                        " has no targets (call set_targets first)");
-  }
   InFlight state;
   Tensor x = input;
   try {
     for (auto& layer : layers_) {
-      if (!options_.activation_checkpointing) {
-        x = layer->forward(mb, x);
-      } else if (layer.get() == head_) {
-        x = head_->infer_loss(x, head_->targets(mb));
-      } else {
-        x = layer->infer(x);
-      }
+      x = options_.activation_checkpointing ? layer->infer(x) : layer->forward(mb, x);
     }
   } catch (...) {
-    for (auto& layer : layers_) {
-      if (layer.get() != head_) layer->release(mb);
-    }
+    for (auto& layer : layers_) layer->release(mb);
     throw;
   }
   if (options_.activation_checkpointing) state.input = input;
   in_flight_[mb] = std::move(state);
-  return x;
+  return {x};
 }
 
-Tensor GptStage::backward_input(MicrobatchId mb, const Tensor& grad_output) {
+TensorList GptStage::backward_input(MicrobatchId mb, const TensorList& grad_outputs) {
   constexpr const char* kFn = "GptStage::backward_input";
+  const Tensor& grad_output = only(grad_outputs, kFn, "grad_output");
   auto it = in_flight_.find(mb);
   PIPETRAIN_CHECK_ARG(it != in_flight_.end(), kFn, "microbatch ", mb, " has no saved forward");
   PIPETRAIN_CHECK_ARG(it->second.phase == Phase::kForward, kFn, "microbatch ", mb,
@@ -84,7 +75,7 @@ Tensor GptStage::backward_input(MicrobatchId mb, const Tensor& grad_output) {
     g = (*layer)->backward_input(mb, g);
   }
   it->second.phase = Phase::kInput;
-  return g;
+  return {g};
 }
 
 void GptStage::backward_weight(MicrobatchId mb) {
@@ -98,15 +89,23 @@ void GptStage::backward_weight(MicrobatchId mb) {
   in_flight_.erase(it);
 }
 
-Tensor GptStage::infer(const Tensor& input, const Tensor& targets) {
-  PIPETRAIN_CHECK_ARG(!targets.defined() || head_ != nullptr, "GptStage::infer",
-                      "targets are taken by the last stage only");
-  Tensor x = input;
-  for (auto& layer : layers_) {
-    x = (layer.get() == head_ && targets.defined()) ? head_->infer_loss(x, targets)
-                                                    : layer->infer(x);
-  }
-  return x;
+TensorList GptStage::infer(const TensorList& inputs) {
+  Tensor x = only(inputs, "GptStage::infer", "input");
+  for (auto& layer : layers_) x = layer->infer(x);
+  return {x};
+}
+
+std::vector<TensorSpec> GptStage::output_specs(const std::vector<TensorSpec>& inputs) const {
+  PIPETRAIN_CHECK_ARG(inputs.size() == 1, "GptStage::output_specs", "got ", inputs.size(),
+                      " input tensors, expected 1");
+  TensorSpec spec = inputs[0];
+  for (const auto& layer : layers_) spec = layer->output_spec(spec);
+  return {spec};
+}
+
+void GptStage::release(MicrobatchId mb) {
+  for (auto& layer : layers_) layer->release(mb);
+  in_flight_.erase(mb);
 }
 
 std::size_t GptStage::bytes_kept() const {
@@ -128,15 +127,6 @@ std::vector<TiedParameter> GptStage::tied_parameters() {
   if (!config_.tied_embeddings || (embedding_ != nullptr) == (head_ != nullptr)) return {};
   if (embedding_ != nullptr) return {TiedParameter{"wte", &embedding_->wte()}};
   return {TiedParameter{"wte", &head_->lm_weight()}};
-}
-
-Shape GptStage::output_shape(const Shape& input_shape) const {
-  constexpr const char* kFn = "GptStage::output_shape";
-  const std::size_t want = is_first() ? 2 : 3;
-  PIPETRAIN_CHECK_ARG(input_shape.size() == want, kFn, "input shape ",
-                      shape_to_string(input_shape), " must have ", want, " dimensions");
-  if (is_last()) return {};
-  return {input_shape[0], input_shape[1], config_.channels};
 }
 
 std::unique_ptr<GptStage> make_stage(const GptConfig& config, std::int64_t first_layer,

@@ -6,16 +6,13 @@ namespace pipetrain::nn {
 
 namespace cpu = kernels::cpu;
 
-// probs holds the softmax after the forward and is overwritten by dlogits in backward_input.
 struct LmHead::Saved {
   bool input_done = false;
-  Tensor x, lnf, mean, rstd, probs, targets, dlnf;
+  Tensor x, lnf, mean, rstd, dlogits, dlnf;
 
   std::size_t bytes() const {
     std::size_t n = 0;
-    for (const Tensor* t : {&x, &lnf, &mean, &rstd, &probs, &targets, &dlnf}) {
-      n += detail::bytes_of(*t);
-    }
+    for (const Tensor* t : {&x, &lnf, &mean, &rstd, &dlogits, &dlnf}) n += detail::bytes_of(*t);
     return n;
   }
 };
@@ -48,23 +45,8 @@ void LmHead::tie_to(Parameter& wte) {
   own_lm_w_ = Parameter{own_lm_w_.name, Tensor(), Tensor(), true};
 }
 
-void LmHead::set_targets(MicrobatchId mb, const Tensor& targets) {
-  constexpr const char* kFn = "LmHead::set_targets";
-  PIPETRAIN_CHECK_ARG(!saved_.contains(mb), kFn, "microbatch ", mb, " is already in flight");
-  detail::check_tokens(targets, config_.context_length, kFn, "targets");
-  detail::check_ids(targets, config_.vocab_size, kFn, "target");
-  targets_[mb] = targets;
-}
-
-const Tensor& LmHead::targets(MicrobatchId mb) const {
-  auto it = targets_.find(mb);
-  PIPETRAIN_CHECK_ARG(it != targets_.end(), "LmHead::targets", "microbatch ", mb,
-                      " has no targets (call set_targets first)");
-  return it->second;
-}
-
 template <typename T>
-Tensor LmHead::run_forward(const Tensor& input, const Tensor* targets, Saved* saved) {
+Tensor LmHead::run_forward(const Tensor& input, Saved* saved) {
   const std::int64_t b = input.size(0), t = input.size(1), c = config_.channels;
   const std::int64_t n = b * t, v = config_.vocab_size;
   const DType dt = config_.dtype;
@@ -75,45 +57,23 @@ Tensor LmHead::run_forward(const Tensor& input, const Tensor* targets, Saved* sa
   Tensor logits = Tensor::empty({b, t, v}, dt);
   cpu::linear_forward<T>(logits.data<T>(), lnf.data<T>(), lm_w_->value.data<T>(), nullptr, n, c,
                          v);
-  if (targets == nullptr) return logits;
-  Tensor losses = Tensor::empty({n}, dt);
-  const double loss = cpu::cross_entropy_forward<T>(logits.data<T>(), losses.data<T>(),
-                                                    logits.data<T>(),
-                                                    targets->data<std::int32_t>(), n, v);
   if (saved != nullptr) {
     saved->x = input;
     saved->lnf = lnf;
     saved->mean = mean;
     saved->rstd = rstd;
-    saved->probs = logits;
-    saved->targets = *targets;
   }
-  Tensor out = Tensor::empty({}, dt);
-  out.fill(loss);
-  return out;
+  return logits;
 }
-
-namespace {
-void check_targets_match(const Tensor& input, const Tensor& targets, const char* fn) {
-  PIPETRAIN_CHECK_ARG(targets.size(0) == input.size(0) && targets.size(1) == input.size(1), fn,
-                      "targets have shape ", shape_to_string(targets.shape()), ", expected [",
-                      input.size(0), ", ", input.size(1), "]");
-}
-}  // namespace
 
 Tensor LmHead::forward(MicrobatchId mb, const Tensor& input) {
   constexpr const char* kFn = "LmHead::forward";
   PIPETRAIN_CHECK_ARG(!saved_.contains(mb), kFn, "microbatch ", mb, " is already in flight");
-  auto target_it = targets_.find(mb);
-  PIPETRAIN_CHECK_ARG(target_it != targets_.end(), kFn, "microbatch ", mb,
-                      " has no targets (call set_targets first)");
   detail::check_activation(input, config_.channels, config_.dtype, kFn, "input");
-  check_targets_match(input, target_it->second, kFn);
   auto saved = std::make_shared<Saved>();
   Tensor out = detail::dispatch_float(config_.dtype, kFn, [&](auto zero) {
-    return run_forward<decltype(zero)>(input, &target_it->second, saved.get());
+    return run_forward<decltype(zero)>(input, saved.get());
   });
-  targets_.erase(target_it);
   saved_[mb] = std::move(saved);
   return out;
 }
@@ -122,19 +82,18 @@ Tensor LmHead::infer(const Tensor& input) {
   constexpr const char* kFn = "LmHead::infer";
   detail::check_activation(input, config_.channels, config_.dtype, kFn, "input");
   return detail::dispatch_float(config_.dtype, kFn, [&](auto zero) {
-    return run_forward<decltype(zero)>(input, nullptr, nullptr);
+    return run_forward<decltype(zero)>(input, nullptr);
   });
 }
 
-Tensor LmHead::infer_loss(const Tensor& input, const Tensor& targets) {
-  constexpr const char* kFn = "LmHead::infer_loss";
-  detail::check_activation(input, config_.channels, config_.dtype, kFn, "input");
-  detail::check_tokens(targets, config_.context_length, kFn, "targets");
-  detail::check_ids(targets, config_.vocab_size, kFn, "target");
-  check_targets_match(input, targets, kFn);
-  return detail::dispatch_float(config_.dtype, kFn, [&](auto zero) {
-    return run_forward<decltype(zero)>(input, &targets, nullptr);
-  });
+TensorSpec LmHead::output_spec(const TensorSpec& input) const {
+  constexpr const char* kFn = "LmHead::output_spec";
+  PIPETRAIN_CHECK_ARG(input.shape.size() == 3 && input.shape[2] == config_.channels, kFn,
+                      "input has shape ", shape_to_string(input.shape), ", expected [B, T, ",
+                      config_.channels, "]");
+  PIPETRAIN_CHECK_ARG(input.dtype == config_.dtype, kFn, "input has dtype ",
+                      to_string(input.dtype), ", expected ", to_string(config_.dtype));
+  return {{input.shape[0], input.shape[1], config_.vocab_size}, config_.dtype};
 }
 
 Tensor LmHead::backward_input(MicrobatchId mb, const Tensor& grad_output) {
@@ -143,27 +102,26 @@ Tensor LmHead::backward_input(MicrobatchId mb, const Tensor& grad_output) {
   PIPETRAIN_CHECK_ARG(it != saved_.end(), kFn, "microbatch ", mb, " has no saved forward");
   Saved& s = *it->second;
   PIPETRAIN_CHECK_ARG(!s.input_done, kFn, "microbatch ", mb, " already ran backward_input");
-  double scale = 1.0;
-  if (grad_output.defined()) {
-    PIPETRAIN_CHECK_ARG(grad_output.numel() == 1, kFn, "grad_output has shape ",
-                        shape_to_string(grad_output.shape()), ", expected one value");
-    scale = grad_output.to_vector<double>()[0];
-  }
   const std::int64_t b = s.x.size(0), t = s.x.size(1), c = config_.channels;
   const std::int64_t n = b * t, v = config_.vocab_size;
+  PIPETRAIN_CHECK_ARG(grad_output.defined() && grad_output.shape() == Shape({b, t, v}) &&
+                          grad_output.dtype() == config_.dtype,
+                      kFn, "grad_output is ",
+                      grad_output.defined() ? to_string(TensorSpec{grad_output.shape(),
+                                                                   grad_output.dtype()})
+                                            : std::string("undefined"),
+                      ", expected ", to_string(TensorSpec{{b, t, v}, config_.dtype}));
   Tensor dlnf = Tensor::empty({b, t, c}, config_.dtype);
   Tensor dx = Tensor::empty({b, t, c}, config_.dtype);
   detail::dispatch_float(config_.dtype, kFn, [&](auto zero) {
     using T = decltype(zero);
-    cpu::cross_entropy_backward<T>(s.probs.data<T>(), s.probs.data<T>(),
-                                   s.targets.data<std::int32_t>(), scale, n, v);
-    cpu::linear_backward_input<T>(dlnf.data<T>(), s.probs.data<T>(), lm_w_->value.data<T>(), n,
-                                  c, v);
+    cpu::linear_backward_input<T>(dlnf.data<T>(), grad_output.data<T>(), lm_w_->value.data<T>(),
+                                  n, c, v);
     cpu::layernorm_backward_input<T>(dx.data<T>(), dlnf.data<T>(), s.x.data<T>(),
                                      lnf_w_.value.data<T>(), s.mean.data<T>(), s.rstd.data<T>(),
                                      n, c);
   });
-  s.targets = Tensor();
+  s.dlogits = grad_output;
   s.dlnf = dlnf;
   s.input_done = true;
   return dx;
@@ -178,7 +136,7 @@ void LmHead::backward_weight(MicrobatchId mb) {
   const std::int64_t c = config_.channels, n = s.x.size(0) * s.x.size(1);
   detail::dispatch_float(config_.dtype, kFn, [&](auto zero) {
     using T = decltype(zero);
-    cpu::linear_backward_weight<T>(lm_w_->grad.data<T>(), nullptr, s.probs.data<T>(),
+    cpu::linear_backward_weight<T>(lm_w_->grad.data<T>(), nullptr, s.dlogits.data<T>(),
                                    s.lnf.data<T>(), n, c, config_.vocab_size);
     cpu::layernorm_backward_weight<T>(lnf_w_.grad.data<T>(), lnf_b_.grad.data<T>(),
                                       s.dlnf.data<T>(), s.x.data<T>(), s.mean.data<T>(),
@@ -187,15 +145,9 @@ void LmHead::backward_weight(MicrobatchId mb) {
   saved_.erase(it);
 }
 
-void LmHead::release(MicrobatchId mb) {
-  saved_.erase(mb);
-  targets_.erase(mb);
-}
-
 std::size_t LmHead::bytes_kept() const {
   std::size_t n = 0;
   for (const auto& [mb, s] : saved_) n += s->bytes();
-  for (const auto& [mb, t] : targets_) n += detail::bytes_of(t);
   return n;
 }
 

@@ -222,4 +222,15 @@ std::size_t TransformerBlock::bytes_kept() const {
   return n;
 }
 
+TensorSpec TransformerBlock::output_spec(const TensorSpec& input) const {
+  constexpr const char* kFn = "TransformerBlock::output_spec";
+  PIPETRAIN_CHECK_ARG(input.shape.size() == 3 && input.shape[2] == config_.channels &&
+                          input.shape[0] > 0 && input.shape[1] > 0,
+                      kFn, "input has shape ", shape_to_string(input.shape), ", expected [B, T, ",
+                      config_.channels, "]");
+  PIPETRAIN_CHECK_ARG(input.dtype == config_.dtype, kFn, "input has dtype ",
+                      to_string(input.dtype), ", expected ", to_string(config_.dtype));
+  return input;
+}
+
 }  // namespace pipetrain::nn

@@ -11,6 +11,7 @@
 
 #include "pipetrain/error.h"
 #include "pipetrain/runtime/progress.h"
+#include "pipetrain/schedule/passes.h"
 #include "pipetrain/schedule/validate.h"
 
 namespace pipetrain::runtime {
@@ -20,18 +21,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Key = std::pair<int, int>;  // (stage, microbatch)
 
-constexpr int kMaxDims = 6;
 constexpr int kMaxTied = 2;
-// Handshake row: present, is_first, is_last, in_dtype, in_ndims, in[kMaxDims], out_dtype,
-// out_ndims, out[kMaxDims], tied hashes[kMaxTied].
-constexpr int kRow = 5 + kMaxDims + 2 + kMaxDims + kMaxTied;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-std::string describe(const Shape& shape, DType dtype) {
-  return shape_to_string(shape) + " " + std::string(to_string(dtype));
 }
 
 // 31-bit non-zero hash of a tied key, so that it sums exactly in int32 (one holder per stage).
@@ -66,15 +59,178 @@ MessageHeader comm_header(std::int64_t step, const Action& action, const Shape& 
   return MessageHeader::make(step, action, dtype, shape);
 }
 
+// ---- boundary transfers ------------------------------------------------------------------
+
+namespace {
+
+// Agreement table layout (fp64, exact for every count): per tensor dtype, ndims, dims.
+constexpr int kMaxTensors = 8;
+constexpr int kSpecDims = 8;
+constexpr int kSpecLen = 2 + kSpecDims;
+constexpr int kListLen = 1 + kMaxTensors * kSpecLen;  // count, then the specs
+
+void encode(const std::vector<TensorSpec>& specs, double* out) {
+  out[0] = static_cast<double>(specs.size());
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    double* e = out + 1 + i * kSpecLen;
+    e[0] = static_cast<double>(specs[i].dtype);
+    e[1] = static_cast<double>(specs[i].shape.size());
+    for (std::size_t d = 0; d < specs[i].shape.size(); ++d) {
+      e[2 + d] = static_cast<double>(specs[i].shape[d]);
+    }
+  }
+}
+
+std::vector<TensorSpec> decode(const double* in) {
+  std::vector<TensorSpec> specs(static_cast<std::size_t>(in[0]));
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const double* e = in + 1 + i * kSpecLen;
+    specs[i].dtype = static_cast<DType>(static_cast<int>(e[0]));
+    for (int d = 0; d < static_cast<int>(e[1]); ++d) {
+      specs[i].shape.push_back(static_cast<std::int64_t>(e[2 + d]));
+    }
+  }
+  return specs;
+}
+
+void check_encodable(const std::vector<TensorSpec>& specs, const char* fn, const std::string& what) {
+  PIPETRAIN_CHECK_ARG(specs.size() <= kMaxTensors, fn, what, " has ", specs.size(),
+                      " tensors, at most ", kMaxTensors, " may cross a boundary");
+  for (const TensorSpec& spec : specs) {
+    PIPETRAIN_CHECK_ARG(spec.shape.size() <= kSpecDims, fn, what, " has a tensor of shape ",
+                        shape_to_string(spec.shape), ": at most ", kSpecDims,
+                        " dimensions are supported");
+  }
+}
+
+std::uint64_t hash_specs(std::uint64_t h, const std::vector<TensorSpec>& specs) {
+  auto mix = [&](std::uint64_t v) {
+    for (int b = 0; b < 8; ++b) {
+      h ^= (v >> (8 * b)) & 0xffu;
+      h *= 1099511628211ull;
+    }
+  };
+  mix(specs.size());
+  for (const TensorSpec& spec : specs) {
+    mix(static_cast<std::uint64_t>(spec.dtype));
+    mix(spec.shape.size());
+    for (std::int64_t d : spec.shape) mix(static_cast<std::uint64_t>(d));
+  }
+  return h;
+}
+
+// The tensors of `specs` whose gradients travel backward.
+std::vector<TensorSpec> differentiable(const std::vector<TensorSpec>& specs) {
+  std::vector<TensorSpec> out;
+  for (const TensorSpec& spec : specs) {
+    if (is_differentiable(spec.dtype)) out.push_back(spec);
+  }
+  return out;
+}
+
+std::int64_t padded_words(const TensorSpec& spec) {
+  const auto bytes = static_cast<std::int64_t>(shape_numel(spec.shape)) *
+                     static_cast<std::int64_t>(dtype_size(spec.dtype));
+  return (bytes + 7) / 8;
+}
+
+// One message carries a boundary: the tensor itself when there is one, else the tensors packed
+// into one fp64 buffer, each padded to 8 bytes (so every view stays aligned).
+TensorSpec wire_spec(const std::vector<TensorSpec>& specs) {
+  if (specs.size() == 1) return specs[0];
+  std::int64_t words = 0;
+  for (const TensorSpec& spec : specs) words += padded_words(spec);
+  return {{words}, DType::kFloat64};
+}
+
+Tensor pack(const TensorList& tensors, const std::vector<TensorSpec>& specs) {
+  if (specs.size() == 1) return tensors[0];
+  const TensorSpec wire = wire_spec(specs);
+  Tensor buffer = Tensor::zeros(wire.shape, wire.dtype, tensors.empty() ? Device::kCpu
+                                                                         : tensors[0].device());
+  std::int64_t at = 0;
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const std::int64_t w = padded_words(specs[i]);
+    buffer.slice(at, at + w).view_as(specs[i].dtype, specs[i].shape).copy_from(tensors[i]);
+    at += w;
+  }
+  return buffer;
+}
+
+TensorList unpack(const Tensor& buffer, const std::vector<TensorSpec>& specs) {
+  if (specs.size() == 1) return {buffer};
+  TensorList out;
+  std::int64_t at = 0;
+  for (const TensorSpec& spec : specs) {
+    const std::int64_t w = padded_words(spec);
+    out.push_back(buffer.slice(at, at + w).view_as(spec.dtype, spec.shape));
+    at += w;
+  }
+  return out;
+}
+
+// Checks that `tensors` match `specs` exactly (what the neighbour expects).
+void check_against(const TensorList& tensors, const std::vector<TensorSpec>& specs,
+                   const std::string& what) {
+  bool ok = tensors.size() == specs.size();
+  for (std::size_t i = 0; ok && i < specs.size(); ++i) {
+    ok = tensors[i].defined() && tensors[i].shape() == specs[i].shape &&
+         tensors[i].dtype() == specs[i].dtype;
+  }
+  if (ok) return;
+  std::string got = "(";
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (i) got += ", ";
+    got += tensors[i].defined() ? to_string(TensorSpec{tensors[i].shape(), tensors[i].dtype()})
+                                : std::string("undefined");
+  }
+  got += ")";
+  throw InvalidArgument(detail::message("Executor", what, " are ", got, ", the agreed specs are ",
+                                        to_string(specs)));
+}
+
+// The differentiable members of `grads` (checked against specs), in order.
+TensorList select_differentiable(const TensorList& grads, const std::vector<TensorSpec>& specs,
+                                 const std::string& what) {
+  PIPETRAIN_CHECK_ARG(grads.size() == specs.size(), "Executor", what, ": got ", grads.size(),
+                      " gradients for ", specs.size(), " tensors ", to_string(specs));
+  TensorList out;
+  std::vector<TensorSpec> want;
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    if (!is_differentiable(specs[i].dtype)) continue;
+    PIPETRAIN_CHECK_ARG(grads[i].defined(), "Executor", what, ": the gradient of tensor ", i, " (",
+                        to_string(specs[i]),
+                        ") is undefined; return zeros for an input that does not affect the loss");
+    out.push_back(grads[i]);
+    want.push_back(specs[i]);
+  }
+  check_against(out, want, what);
+  return out;
+}
+
+// Spreads the differentiable gradients back to one entry per tensor (undefined for integers).
+TensorList expand_gradients(TensorList grads, const std::vector<TensorSpec>& specs) {
+  TensorList out(specs.size());
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    if (is_differentiable(specs[i].dtype)) out[i] = std::move(grads[k++]);
+  }
+  return out;
+}
+
+}  // namespace
+
 // ---- per-step state ------------------------------------------------------------------------
 
 struct Executor::StepState {
   StepStats stats;
+  EvalStats eval;
+  Mode mode = Mode::kTrain;
   Clock::time_point t0;
-  int slot = -1;                      // slot being run, for error reports
-  int peer = -1;                      // peer involved in the slot being run, -1 when none
-  std::map<Key, Tensor> outputs;      // forward outputs waiting for SEND_F or a local stage
-  std::map<Key, Tensor> input_grads;  // input gradients waiting for SEND_B or a local stage
+  int slot = -1;                          // slot being run, for error reports
+  int peer = -1;                          // peer involved in the slot being run, -1 when none
+  std::map<Key, TensorList> outputs;      // forward outputs waiting for SEND_F or a local stage
+  std::map<Key, TensorList> input_grads;  // input gradients waiting for SEND_B or a local stage
   struct PendingRecv {
     Request request;
     Tensor buffer;
@@ -84,20 +240,44 @@ struct Executor::StepState {
   std::vector<Request> sends;
   std::size_t next_recv = 0;  // index into recv_slots
   std::vector<int> recv_slots;
-  double loss_sum = 0;
-  int losses = 0;
+  std::vector<double> losses;  // this replica's, by microbatch (NaN until computed)
 };
 
+Executor::Plan::Plan(Schedule s) : schedule(std::move(s)) {}
+
+namespace {
+// Communication groups: maximal runs of consecutive communication slots (empty slots do not
+// break a run, as in validate()).
+void group_slots(const std::vector<Schedule::Slot>& slots, std::vector<int>& group_of_slot,
+                 std::vector<int>& groups_started) {
+  group_of_slot.assign(slots.size(), -1);
+  groups_started.assign(slots.size(), 0);
+  int groups = 0;
+  bool in_group = false;
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    if (slots[i] && is_comm(slots[i]->kind)) {
+      if (!in_group) ++groups;
+      in_group = true;
+      group_of_slot[i] = groups - 1;
+    } else if (slots[i]) {
+      in_group = false;
+    }
+    groups_started[i] = groups;
+  }
+}
+}  // namespace
+
 Executor::Executor(Schedule schedule, Topology topology, Transport& transport,
-                   std::vector<Stage*> stages, optim::Optimizer* optimizer, Shape activation_shape,
-                   DType activation_dtype, ExecutorOptions options)
+                   std::vector<Stage*> stages, nn::Loss* loss, optim::Optimizer* optimizer,
+                   ExecutorOptions options)
     : schedule_(std::move(schedule)),
+      train_(schedule_),
+      eval_(forward_only(schedule_)),
       topology_(topology),
       transport_(transport),
       stages_(std::move(stages)),
+      loss_(loss),
       optimizer_(optimizer),
-      activation_shape_(std::move(activation_shape)),
-      activation_dtype_(activation_dtype),
       options_(options),
       rank_(transport.rank()) {
   constexpr const char* kFn = "Executor";
@@ -121,43 +301,24 @@ Executor::Executor(Schedule schedule, Topology topology, Transport& transport,
   PIPETRAIN_CHECK_ARG(stages_.size() == stage_ids_.size(), kFn, "rank ", rank_, " holds stages [",
                       ids.str(), "] (", stage_ids_.size(), " stages), got ", stages_.size(),
                       " Stage objects");
-  const int last = schedule_.num_stages() - 1;
   for (std::size_t i = 0; i < stages_.size(); ++i) {
-    const int s = stage_ids_[i];
-    PIPETRAIN_CHECK_ARG(stages_[i] != nullptr, kFn, "Stage object for stage ", s, " is null");
-    PIPETRAIN_CHECK_ARG(stages_[i]->is_first() == (s == 0), kFn, "stage ", s, " is ",
-                        s == 0 ? "" : "not ", "the first stage but its Stage says is_first()=",
-                        stages_[i]->is_first() ? "true" : "false");
-    PIPETRAIN_CHECK_ARG(
-        stages_[i]->is_last() == (s == last), kFn, "stage ", s, " is ", s == last ? "" : "not ",
-        "the last stage but its Stage says is_last()=", stages_[i]->is_last() ? "true" : "false");
+    PIPETRAIN_CHECK_ARG(stages_[i] != nullptr, kFn, "Stage object for stage ", stage_ids_[i],
+                        " is null");
   }
+  const int last = schedule_.num_stages() - 1;
+  PIPETRAIN_CHECK_ARG(local_stage(last) == nullptr || loss_ != nullptr, kFn, "rank ", rank_,
+                      " holds the last stage (", last, ") but has no Loss");
 
   // Parameters, each once; a tied copy counts toward the norm only on its lowest stage here
-  // (the handshake later drops copies whose key has a lower stage on another rank).
+  // (agree_stages() later drops copies whose key has a lower stage on another rank).
   std::set<nn::Parameter*> seen;
   for (Stage* stage : stages_) {
     for (nn::Parameter* p : stage->parameters()) {
       if (seen.insert(p).second) params_.push_back(p);
     }
   }
-
-  // Communication groups: maximal runs of consecutive communication slots (empty slots do not
-  // break a run, as in validate()).
-  const auto& slots = schedule_.rank_slots(pp_index_);
-  group_of_slot_.assign(slots.size(), -1);
-  groups_started_.assign(slots.size(), 0);
-  int groups = 0;
-  bool in_group = false;
-  for (std::size_t i = 0; i < slots.size(); ++i) {
-    if (slots[i] && is_comm(slots[i]->kind)) {
-      if (!in_group) ++groups;
-      in_group = true;
-      group_of_slot_[i] = groups - 1;
-    } else if (slots[i]) {
-      in_group = false;
-    }
-    groups_started_[i] = groups;
+  for (Plan* plan : {&train_, &eval_}) {
+    group_slots(plan->schedule.rank_slots(pp_index_), plan->group_of_slot, plan->groups_started);
   }
 }
 
@@ -168,78 +329,34 @@ Stage* Executor::local_stage(int stage) const {
   return nullptr;
 }
 
-// ---- shape handshake -----------------------------------------------------------------------
+// ---- agreement -----------------------------------------------------------------------------
 
-void Executor::check_shapes(const Shape& token_shape) {
+void Executor::agree_stages() {
   constexpr const char* kFn = "Executor";
   const int num_stages = schedule_.num_stages();
-  PIPETRAIN_CHECK_ARG(static_cast<int>(activation_shape_.size()) <= kMaxDims, kFn,
-                      "activation_shape ", shape_to_string(activation_shape_), " has more than ",
-                      kMaxDims, " dimensions");
-  PIPETRAIN_CHECK_ARG(static_cast<int>(token_shape.size()) <= kMaxDims, kFn, "token shape ",
-                      shape_to_string(token_shape), " has more than ", kMaxDims, " dimensions");
-  Tensor table = Tensor::zeros({num_stages, kRow}, DType::kInt32);
+  // Row: present, tied hashes[kMaxTied].
+  constexpr int kRowLen = 1 + kMaxTied;
+  Tensor table = Tensor::zeros({num_stages, kRowLen}, DType::kInt32);
   std::int32_t* t = table.data<std::int32_t>();
   std::map<int, std::vector<TiedParameter>> tied_by_stage;
   for (std::size_t i = 0; i < stages_.size(); ++i) {
     const int s = stage_ids_[i];
-    Stage* stage = stages_[i];
-    std::int32_t* row = t + static_cast<std::ptrdiff_t>(s) * kRow;
-    const Shape in_shape = s == 0 ? token_shape : activation_shape_;
-    const DType in_dtype = s == 0 ? DType::kInt32 : activation_dtype_;
-    Shape out_shape = stage->output_shape(in_shape);
+    std::int32_t* row = t + static_cast<std::ptrdiff_t>(s) * kRowLen;
     row[0] = 1;
-    row[1] = stage->is_first();
-    row[2] = stage->is_last();
-    row[3] = static_cast<std::int32_t>(in_dtype);
-    row[4] = static_cast<std::int32_t>(in_shape.size());
-    for (std::size_t d = 0; d < in_shape.size(); ++d)
-      row[5 + d] = static_cast<std::int32_t>(in_shape[d]);
-    int o = 5 + kMaxDims;
-    PIPETRAIN_CHECK_ARG(static_cast<int>(out_shape.size()) <= kMaxDims, kFn, "stage ", s,
-                        " output shape ", shape_to_string(out_shape), " has more than ", kMaxDims,
-                        " dimensions");
-    row[o] = static_cast<std::int32_t>(stage->output_dtype());
-    row[o + 1] = static_cast<std::int32_t>(out_shape.size());
-    for (std::size_t d = 0; d < out_shape.size(); ++d)
-      row[o + 2 + d] = static_cast<std::int32_t>(out_shape[d]);
-    std::vector<TiedParameter> tied = stage->tied_parameters();
+    std::vector<TiedParameter> tied = stages_[i]->tied_parameters();
     PIPETRAIN_CHECK_ARG(static_cast<int>(tied.size()) <= kMaxTied, kFn, "stage ", s, " has ",
                         tied.size(), " tied parameters, at most ", kMaxTied, " are supported");
-    for (std::size_t k = 0; k < tied.size(); ++k) row[o + 2 + kMaxDims + k] = key_hash(tied[k].key);
+    for (std::size_t k = 0; k < tied.size(); ++k) row[1 + k] = key_hash(tied[k].key);
     tied_by_stage[s] = std::move(tied);
   }
   transport_.all_reduce_sum(table, topology_.pipeline_group(dp_index_));
-
-  auto row_of = [&](int s) { return t + static_cast<std::ptrdiff_t>(s) * kRow; };
-  auto shape_at = [&](const std::int32_t* r, int at) {
-    Shape shape;
-    for (int d = 0; d < r[at]; ++d) shape.push_back(r[at + 1 + d]);
-    return shape;
-  };
+  auto row_of = [&](int s) { return t + static_cast<std::ptrdiff_t>(s) * kRowLen; };
   for (int s = 0; s < num_stages; ++s) {
     const int holder = topology_.rank_of(schedule_.rank_of_stage(s), dp_index_);
     PIPETRAIN_CHECK_ARG(row_of(s)[0] == 1, kFn, "stage ", s, " is held by ", row_of(s)[0],
                         " ranks, expected exactly 1 (rank ", holder,
                         "): the ranks run different schedules");
   }
-  for (int s = 1; s < num_stages; ++s) {
-    const std::int32_t* prev = row_of(s - 1);
-    const std::int32_t* cur = row_of(s);
-    const Shape out = shape_at(prev, 5 + kMaxDims + 1);
-    const DType out_dtype = static_cast<DType>(prev[5 + kMaxDims]);
-    const Shape in = shape_at(cur, 4);
-    const DType in_dtype = static_cast<DType>(cur[3]);
-    if (out != in || out_dtype != in_dtype) {
-      throw InvalidArgument(
-          detail::message(kFn, "stage ", s - 1, " (rank ",
-                          topology_.rank_of(schedule_.rank_of_stage(s - 1), dp_index_),
-                          ") outputs ", describe(out, out_dtype), " but stage ", s, " (rank ",
-                          topology_.rank_of(schedule_.rank_of_stage(s), dp_index_), ") expects ",
-                          describe(in, in_dtype)));
-    }
-  }
-
   // Tied groups: every stage holding a key, in this replica.
   tied_.clear();
   std::set<nn::Parameter*> not_counted;
@@ -253,9 +370,8 @@ void Executor::check_shapes(const Shape& token_shape) {
       int lowest = num_stages;
       std::set<int> ranks;
       for (int other = 0; other < num_stages; ++other) {
-        const std::int32_t* r = row_of(other);
         for (int k = 0; k < kMaxTied; ++k) {
-          if (r[5 + kMaxDims + 2 + kMaxDims + k] == h) {
+          if (row_of(other)[1 + k] == h) {
             ranks.insert(topology_.rank_of(schedule_.rank_of_stage(other), dp_index_));
             lowest = std::min(lowest, other);
           }
@@ -270,15 +386,140 @@ void Executor::check_shapes(const Shape& token_shape) {
   for (nn::Parameter* p : params_) {
     if (!not_counted.count(p)) norm_params_.push_back(p);
   }
-  shapes_checked_ = true;
+  stages_checked_ = true;
+}
+
+void Executor::agree(const std::vector<Microbatch>& microbatches, Mode mode, const char* fn) {
+  // Local checks first; their verdict travels with the hash so that every rank throws together.
+  std::string local_error;
+  std::uint64_t signature = 1469598103934665603ull;
+  try {
+    PIPETRAIN_CHECK_ARG(static_cast<int>(microbatches.size()) == schedule_.num_microbatches(), fn,
+                        "got ", microbatches.size(),
+                        " microbatches, the schedule has num_microbatches=",
+                        schedule_.num_microbatches());
+    const std::vector<TensorSpec> in0 = specs_of(microbatches[0].inputs);
+    const std::vector<TensorSpec> tg0 = specs_of(microbatches[0].targets);
+    PIPETRAIN_CHECK_ARG(!in0.empty(), fn, "microbatch 0 has no input tensors");
+    PIPETRAIN_CHECK_ARG(mode == Mode::kEval || !tg0.empty(), fn,
+                        "microbatch 0 has no targets: training needs them");
+    check_encodable(in0, fn, "the inputs");
+    check_encodable(tg0, fn, "the targets");
+    for (std::size_t m = 1; m < microbatches.size(); ++m) {
+      const std::vector<TensorSpec> in = specs_of(microbatches[m].inputs);
+      const std::vector<TensorSpec> tg = specs_of(microbatches[m].targets);
+      PIPETRAIN_CHECK_ARG(in == in0, fn, "microbatch ", m, " has inputs ", to_string(in),
+                          " but microbatch 0 has ", to_string(in0),
+                          ": every microbatch of a step must have the same shapes");
+      PIPETRAIN_CHECK_ARG(tg == tg0, fn, "microbatch ", m, " has targets ", to_string(tg),
+                          " but microbatch 0 has ", to_string(tg0),
+                          ": every microbatch of a step must have the same shapes");
+    }
+    signature = hash_specs(hash_specs(signature, in0), tg0);
+  } catch (const std::exception& e) {
+    local_error = e.what();
+  }
+
+  // One all-reduce over the world: each rank's signature (three 22-bit pieces) and error flag.
+  const int n = transport_.world_size();
+  Tensor table = Tensor::zeros({n, 4}, DType::kFloat64);
+  double* t = table.data<double>();
+  for (int k = 0; k < 3; ++k) {
+    t[rank_ * 4 + k] = static_cast<double>((signature >> (22 * k)) & 0x3fffffu);
+  }
+  t[rank_ * 4 + 3] = local_error.empty() ? 0.0 : 1.0;
+  transport_.all_reduce_sum(table);
+  if (!local_error.empty()) throw InvalidArgument(local_error);
+  auto sig_of = [&](int r) {
+    std::uint64_t v = 0;
+    for (int k = 0; k < 3; ++k) {
+      v |= static_cast<std::uint64_t>(t[r * 4 + k]) << (22 * k);
+    }
+    return v;
+  };
+  for (int r = 0; r < n; ++r) {
+    if (t[r * 4 + 3] != 0.0) {
+      throw InvalidArgument(detail::message(fn, "rank ", r,
+                                            " refused its microbatches (its error says why)"));
+    }
+  }
+  for (int r = 1; r < n; ++r) {
+    if (sig_of(r) != sig_of(0)) {
+      throw InvalidArgument(detail::message(
+          fn, "rank ", r, " passes microbatches of other shapes than rank 0",
+          ": every rank must pass microbatches with the same specs"));
+    }
+  }
+  if (!stages_checked_) agree_stages();
+  const std::uint64_t agreed = signature ^ (mode == Mode::kTrain ? 0 : 0x5bd1e995u);
+  if (agreed == agreed_signature_ && !boundaries_.empty()) return;
+  propagate_specs(microbatches, mode, fn);
+  agreed_signature_ = agreed;
+}
+
+void Executor::propagate_specs(const std::vector<Microbatch>& microbatches, Mode mode,
+                               const char* fn) {
+  // Stage by stage over the world: the holder of stage s (in each replica) adds its output
+  // specs, or an error flag, to row s of its replica. Row layout: error flag, spec list.
+  const int num_stages = schedule_.num_stages();
+  const int d = topology_.data_parallel_size();
+  constexpr int kRowLen = 1 + kListLen;
+  std::vector<std::vector<TensorSpec>> boundaries(static_cast<std::size_t>(num_stages) + 1);
+  boundaries[0] = specs_of(microbatches[0].inputs);
+  const std::vector<TensorSpec> targets = specs_of(microbatches[0].targets);
+  for (int s = 0; s <= num_stages; ++s) {
+    // Round num_stages: the last stage's holder checks the outputs against the targets.
+    const bool loss_round = s == num_stages;
+    const int holder_stage = loss_round ? num_stages - 1 : s;
+    Stage* stage = local_stage(holder_stage);
+    Tensor table = Tensor::zeros({d, kRowLen}, DType::kFloat64);
+    double* row = table.data<double>() + static_cast<std::ptrdiff_t>(dp_index_) * kRowLen;
+    std::string local_error;
+    if (stage != nullptr) {
+      try {
+        if (loss_round) {
+          if (mode == Mode::kTrain || !targets.empty()) loss_->check(boundaries[s], targets);
+        } else {
+          std::vector<TensorSpec> out = stage->output_specs(boundaries[s]);
+          check_encodable(out, fn, "stage " + std::to_string(s) + "'s output");
+          encode(out, row + 1);
+        }
+      } catch (const std::exception& e) {
+        local_error = e.what();
+        row[0] = 1.0;
+      }
+    }
+    transport_.all_reduce_sum(table);
+    if (!local_error.empty()) {
+      throw InvalidArgument(detail::message(
+          fn, loss_round ? "the loss" : "stage " + std::to_string(s), " (rank ", rank_,
+          ") cannot take ",
+          loss_round ? "the outputs " + to_string(boundaries[s]) + " with the targets " +
+                           to_string(targets)
+                     : "its inputs " + to_string(boundaries[s]),
+          ": ", local_error));
+    }
+    const double* all = table.data<double>();
+    for (int r = 0; r < d; ++r) {
+      if (all[r * kRowLen] != 0.0) {
+        const int holder = topology_.rank_of(schedule_.rank_of_stage(holder_stage), r);
+        throw InvalidArgument(detail::message(
+            fn, loss_round ? "the loss" : "stage " + std::to_string(s), " (rank ", holder,
+            ") cannot take ", loss_round ? "the outputs with these targets" : "its inputs",
+            " (rank ", holder, "'s error says why)"));
+      }
+    }
+    if (!loss_round) boundaries[s + 1] = decode(all + static_cast<std::ptrdiff_t>(dp_index_) * kRowLen + 1);
+  }
+  boundaries_ = std::move(boundaries);
 }
 
 // ---- the step ------------------------------------------------------------------------------
 
-std::string Executor::grid_row(int slot) const {
+std::string Executor::grid_row(const Plan& plan, int slot) const {
   std::ostringstream out;
   out << "rank " << rank_ << ":";
-  const auto& slots = schedule_.rank_slots(pp_index_);
+  const auto& slots = plan.schedule.rank_slots(pp_index_);
   for (int i = 0; i < static_cast<int>(slots.size()); ++i) {
     const std::string cell = slots[i] ? to_string(*slots[i]) : std::string(".");
     out << ' ' << (i == slot ? "[" + cell + "]!" : cell);
@@ -286,69 +527,105 @@ std::string Executor::grid_row(int slot) const {
   return out.str();
 }
 
-StepStats Executor::step(const std::vector<data::Batch>& microbatches, double lr) {
-  PIPETRAIN_CHECK_ARG(
-      static_cast<int>(microbatches.size()) == schedule_.num_microbatches(), "Executor::step",
-      "got ", microbatches.size(),
-      " microbatches, the schedule has num_microbatches=", schedule_.num_microbatches());
-  for (std::size_t m = 0; m < microbatches.size(); ++m) {
-    const data::Batch& b = microbatches[m];
-    const auto n = static_cast<std::size_t>(b.batch_size) * b.seq_len;
-    PIPETRAIN_CHECK_ARG(
-        b.inputs.size() == n && b.targets.size() == n &&
-            b.batch_size == microbatches[0].batch_size && b.seq_len == microbatches[0].seq_len,
-        "Executor::step", "microbatch ", m, " is ", b.batch_size, " x ", b.seq_len, " with ",
-        b.inputs.size(), " inputs and ", b.targets.size(), " targets, expected ",
-        microbatches[0].batch_size, " x ", microbatches[0].seq_len, " like microbatch 0");
+void Executor::fail(StepState& state, const Plan& plan, const std::exception& e, const char* fn) {
+  std::ostringstream msg;
+  msg << "rank " << rank_ << " failed";
+  const auto& slots = plan.schedule.rank_slots(pp_index_);
+  if (state.slot >= 0 && state.slot < static_cast<int>(slots.size()) && slots[state.slot]) {
+    const Action& a = *slots[state.slot];
+    msg << " at " << a << " (microbatch " << a.microbatch;
+    if (state.peer >= 0) msg << ", peer rank " << state.peer;
+    msg << ", slot " << state.slot << ")";
+  } else {
+    msg << (state.t0 == Clock::time_point{} ? " before the first action"
+                                            : " after the last action");
   }
+  msg << " in " << (state.mode == Mode::kTrain ? "step " : "evaluation after step ") << step_
+      << ":\n"
+      << e.what() << "\n"
+      << grid_row(plan, state.slot);
+  transport_.abort(msg.str());
+  rethrow_as(e, detail::message(fn, msg.str()));
+}
+
+StepStats Executor::step(const std::vector<Microbatch>& microbatches, double lr) {
+  constexpr const char* kFn = "Executor::step";
   StepState state;
+  state.mode = Mode::kTrain;
   state.stats.step = step_;
-  bool agreed_failure = false;
   try {
-    if (!shapes_checked_) {
-      try {
-        check_shapes({microbatches[0].batch_size, microbatches[0].seq_len});
-      } catch (const InvalidArgument&) {
-        // Every rank saw the same table and throws the same error: aborting would only race
-        // the others' exit from the all-reduce and replace their message.
-        agreed_failure = true;
-        throw;
-      }
-    }
+    agree(microbatches, Mode::kTrain, kFn);
+  } catch (const InvalidArgument&) {
+    throw;  // every rank throws alike: nothing to abort, the Executor stays usable
+  } catch (const std::exception& e) {
+    fail(state, train_, e, kFn);  // a peer is missing or aborted
+  }
+  try {
+    for (Stage* stage : stages_) stage->begin_step(step_);
     for (nn::Parameter* p : params_) p->grad.zero();
     if (options_.barrier_at_step_start) transport_.barrier();
     state.t0 = Clock::now();
-    run_slots(state, microbatches);
+    run_slots(state, train_, microbatches);
     state.slot = -1;
     state.peer = -1;
     finish_step(state, lr);
   } catch (const std::exception& e) {
-    std::ostringstream msg;
-    msg << "rank " << rank_ << " failed";
-    const auto& slots = schedule_.rank_slots(pp_index_);
-    if (state.slot >= 0 && state.slot < static_cast<int>(slots.size()) && slots[state.slot]) {
-      const Action& a = *slots[state.slot];
-      msg << " at " << a << " (microbatch " << a.microbatch;
-      if (state.peer >= 0) msg << ", peer rank " << state.peer;
-      msg << ", slot " << state.slot << ")";
-    } else {
-      msg << (state.t0 == Clock::time_point{} ? " before the first action"
-                                              : " after the last action");
-    }
-    msg << " in step " << step_ << ":\n" << e.what() << "\n" << grid_row(state.slot);
-    if (!agreed_failure) transport_.abort(msg.str());
-    rethrow_as(e, detail::message("Executor::step", msg.str()));
+    fail(state, train_, e, kFn);
   }
   ++step_;
   return std::move(state.stats);
 }
 
-void Executor::run_slots(StepState& state, const std::vector<data::Batch>& microbatches) {
-  const auto& slots = schedule_.rank_slots(pp_index_);
+EvalStats Executor::evaluate(const std::vector<Microbatch>& microbatches) {
+  constexpr const char* kFn = "Executor::evaluate";
+  StepState state;
+  state.mode = Mode::kEval;
+  try {
+    agree(microbatches, Mode::kEval, kFn);
+  } catch (const InvalidArgument&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(state, eval_, e, kFn);
+  }
+  const bool has_targets = !microbatches[0].targets.empty();
+  try {
+    state.t0 = Clock::now();
+    run_slots(state, eval_, microbatches);
+    state.slot = -1;
+    state.peer = -1;
+    if (has_targets) {
+      const int m = schedule_.num_microbatches();
+      const int d = topology_.data_parallel_size();
+      Tensor losses = Tensor::zeros({static_cast<std::int64_t>(d) * m}, DType::kFloat64);
+      if (local_stage(schedule_.num_stages() - 1) != nullptr) {
+        for (int k = 0; k < m; ++k) losses.data<double>()[dp_index_ * m + k] = state.losses[k];
+      }
+      transport_.all_reduce_sum(losses);
+      state.eval.microbatch_losses = losses.to_vector<double>();
+      double sum = 0;
+      for (double l : state.eval.microbatch_losses) sum += l;
+      state.eval.loss = sum / static_cast<double>(state.eval.microbatch_losses.size());
+    } else {
+      state.eval.loss = std::numeric_limits<double>::quiet_NaN();
+    }
+  } catch (const std::exception& e) {
+    fail(state, eval_, e, kFn);
+  }
+  state.eval.seconds = seconds_since(state.t0);
+  return std::move(state.eval);
+}
+
+void Executor::run_slots(StepState& state, const Plan& plan,
+                         const std::vector<Microbatch>& microbatches) {
+  const auto& slots = plan.schedule.rank_slots(pp_index_);
   const int num_stages = schedule_.num_stages();
   const int num_micro = schedule_.num_microbatches();
   const std::int64_t step = step_;
-  const Shape token_shape{microbatches[0].batch_size, microbatches[0].seq_len};
+  const bool train = state.mode == Mode::kTrain;
+  const bool last_here = local_stage(num_stages - 1) != nullptr;
+  const bool with_targets = !microbatches[0].targets.empty();
+  state.losses.assign(num_micro, std::numeric_limits<double>::quiet_NaN());
+  if (!train && last_here) state.eval.outputs.resize(num_micro);
 
   for (std::size_t i = 0; i < slots.size(); ++i) {
     if (slots[i] && slots[i]->kind == ActionKind::kRecvForward) state.recv_slots.push_back(i);
@@ -357,21 +634,32 @@ void Executor::run_slots(StepState& state, const std::vector<data::Batch>& micro
   auto peer_rank = [&](int stage) {
     return topology_.rank_of(schedule_.rank_of_stage(stage), dp_index_);
   };
+  // What travels for an action: forward, boundary s (RECV_F of s, SEND_F of s-1); backward,
+  // the differentiable part of boundary s (SEND_B of s, RECV_B of s-1).
+  auto transfer_specs = [&](const Action& a) {
+    switch (a.kind) {
+      case ActionKind::kRecvForward: return boundaries_[a.stage];
+      case ActionKind::kSendForward: return boundaries_[a.stage + 1];
+      case ActionKind::kSendBackward: return differentiable(boundaries_[a.stage]);
+      default: return differentiable(boundaries_[a.stage + 1]);  // kRecvBackward
+    }
+  };
   // Posts, in schedule order, every receive whose group index is below `limit`.
   auto post_receives = [&](int limit) {
     while (state.next_recv < state.recv_slots.size() &&
-           group_of_slot_[state.recv_slots[state.next_recv]] < limit) {
+           plan.group_of_slot[state.recv_slots[state.next_recv]] < limit) {
       const int slot = state.recv_slots[state.next_recv];
       const Action& a = *slots[slot];
       const int from = a.kind == ActionKind::kRecvForward ? a.stage - 1 : a.stage + 1;
+      const TensorSpec wire = wire_spec(transfer_specs(a));
       StepState::PendingRecv pending;
       pending.peer = peer_rank(from);
-      pending.buffer = Tensor::empty(activation_shape_, activation_dtype_);
+      pending.buffer = Tensor::empty(wire.shape, wire.dtype);
       const int saved_slot = state.slot;
       state.slot = slot;
       state.peer = pending.peer;
-      pending.request = transport_.irecv(
-          pending.peer, comm_header(step, a, activation_shape_, activation_dtype_), pending.buffer);
+      pending.request = transport_.irecv(pending.peer, comm_header(step, a, wire.shape, wire.dtype),
+                                         pending.buffer);
       state.slot = saved_slot;
       state.peer = -1;
       auto& map = a.kind == ActionKind::kRecvForward ? state.recv_f : state.recv_b;
@@ -395,24 +683,25 @@ void Executor::run_slots(StepState& state, const std::vector<data::Batch>& micro
     map.erase(it);
     return buffer;
   };
-  auto take = [&](std::map<Key, Tensor>& map, int stage, int mb, const char* what) -> Tensor {
+  auto take = [&](std::map<Key, TensorList>& map, int stage, int mb,
+                  const char* what) -> TensorList {
     auto it = map.find({stage, mb});
     if (it == map.end()) {
       throw ScheduleError(detail::message("Executor::step", "no ", what, " of stage ", stage,
                                           " microbatch ", mb, " is available"));
     }
-    Tensor t = std::move(it->second);
+    TensorList t = std::move(it->second);
     map.erase(it);
     return t;
   };
 
-  Tensor loss_scale = Tensor::from_vector<double>({1.0 / num_micro}, Shape{});
+  const double loss_scale = 1.0 / num_micro;
   for (std::size_t i = 0; i < slots.size(); ++i) {
     if (!slots[i]) continue;
     const Action a = *slots[i];
     state.slot = static_cast<int>(i);
     state.peer = -1;
-    post_receives(groups_started_[i] + options_.recv_lookahead_groups);
+    post_receives(plan.groups_started[i] + options_.recv_lookahead_groups);
     ActionTiming timing;
     timing.slot = static_cast<int>(i);
     timing.action = a;
@@ -426,56 +715,72 @@ void Executor::run_slots(StepState& state, const std::vector<data::Batch>& micro
       case ActionKind::kSendBackward: {
         const bool fwd = a.kind == ActionKind::kSendForward;
         state.peer = peer_rank(fwd ? a.stage + 1 : a.stage - 1);
-        Tensor t = take(fwd ? state.outputs : state.input_grads, a.stage, a.microbatch,
-                        fwd ? "forward output" : "input gradient");
+        TensorList t = take(fwd ? state.outputs : state.input_grads, a.stage, a.microbatch,
+                            fwd ? "forward output" : "input gradient");
         timing.start = seconds_since(state.t0);
+        const std::vector<TensorSpec> specs = transfer_specs(a);
+        const TensorSpec wire = wire_spec(specs);
         state.sends.push_back(transport_.isend(
-            state.peer, comm_header(step, a, activation_shape_, activation_dtype_), t));
+            state.peer, comm_header(step, a, wire.shape, wire.dtype), pack(t, specs)));
         timing.end = seconds_since(state.t0);
         break;
       }
       case ActionKind::kForward: {
         Stage* stage = local_stage(a.stage);
-        Tensor input;
+        TensorList inputs;
         if (a.stage == 0) {
-          input = Tensor::from_vector(microbatches[a.microbatch].inputs, token_shape);
+          inputs = microbatches[a.microbatch].inputs;
         } else if (local_stage(a.stage - 1) != nullptr) {
-          input = take(state.outputs, a.stage - 1, a.microbatch, "forward output");
+          inputs = take(state.outputs, a.stage - 1, a.microbatch, "forward output");
         } else {
-          input = take_receive(state.recv_f, a.stage, a.microbatch, timing.wait);
-        }
-        if (a.stage == num_stages - 1) {
-          stage->set_targets(a.microbatch,
-                             Tensor::from_vector(microbatches[a.microbatch].targets, token_shape));
+          inputs = unpack(take_receive(state.recv_f, a.stage, a.microbatch, timing.wait),
+                          boundaries_[a.stage]);
         }
         timing.start = seconds_since(state.t0);
-        Tensor out = stage->forward(a.microbatch, input);
-        timing.end = seconds_since(state.t0);
+        TensorList out = train ? stage->forward(a.microbatch, inputs) : stage->infer(inputs);
+        check_against(out, boundaries_[a.stage + 1],
+                      "stage " + std::to_string(a.stage) + "'s outputs");
         if (a.stage == num_stages - 1) {
-          state.loss_sum += out.to_vector<double>()[0];
-          ++state.losses;
+          const TensorList& targets = microbatches[a.microbatch].targets;
+          if (train) {
+            state.losses[a.microbatch] = loss_->forward(a.microbatch, out, targets);
+          } else {
+            if (with_targets) state.losses[a.microbatch] = loss_->evaluate(out, targets);
+            state.eval.outputs[a.microbatch] = std::move(out);
+          }
         } else {
           state.outputs[key] = std::move(out);
         }
+        timing.end = seconds_since(state.t0);
         break;
       }
       case ActionKind::kBackward:
       case ActionKind::kBackwardInput: {
         Stage* stage = local_stage(a.stage);
-        Tensor grad_out;
+        const std::vector<TensorSpec>& out_specs = boundaries_[a.stage + 1];
+        TensorList grad_out;
+        timing.start = seconds_since(state.t0);
         if (a.stage == num_stages - 1) {
-          grad_out = loss_scale;
+          grad_out = loss_->backward(a.microbatch, loss_scale);
         } else if (local_stage(a.stage + 1) != nullptr) {
           grad_out = take(state.input_grads, a.stage + 1, a.microbatch, "input gradient");
         } else {
-          grad_out = take_receive(state.recv_b, a.stage, a.microbatch, timing.wait);
+          grad_out = unpack(take_receive(state.recv_b, a.stage, a.microbatch, timing.wait),
+                            differentiable(out_specs));
+          timing.start = seconds_since(state.t0);
         }
-        timing.start = seconds_since(state.t0);
-        Tensor grad_in = a.kind == ActionKind::kBackward
-                             ? stage->backward(a.microbatch, grad_out)
-                             : stage->backward_input(a.microbatch, grad_out);
+        // Local and received gradients hold the differentiable outputs only; the stage gets
+        // one entry per output.
+        if (a.stage != num_stages - 1) grad_out = expand_gradients(std::move(grad_out), out_specs);
+        TensorList grad_in = a.kind == ActionKind::kBackward
+                                 ? stage->backward(a.microbatch, grad_out)
+                                 : stage->backward_input(a.microbatch, grad_out);
         timing.end = seconds_since(state.t0);
-        if (a.stage > 0) state.input_grads[key] = std::move(grad_in);
+        if (a.stage > 0) {
+          state.input_grads[key] = select_differentiable(
+              grad_in, boundaries_[a.stage],
+              "stage " + std::to_string(a.stage) + "'s input gradients");
+        }
         break;
       }
       case ActionKind::kBackwardWeight: {
@@ -544,16 +849,28 @@ void Executor::finish_step(StepState& state, double lr) {
   }
 
   // Global statistics in one collective over the world: sum of squares (each replica adds its
-  // own, identical after averaging), non-finite flag, loss.
+  // own, identical after averaging), non-finite flag, then every microbatch's loss.
+  const int m = schedule_.num_microbatches();
+  const bool last_here = local_stage(schedule_.num_stages() - 1) != nullptr;
+  double loss_sum = 0;
+  if (last_here) {
+    for (double l : state.losses) loss_sum += l;
+  }
   const double sumsq = optim::local_grad_sum_of_squares(norm_params_);
-  const bool finite = optim::grads_are_finite(params_) && std::isfinite(state.loss_sum);
-  Tensor stats = Tensor::from_vector<double>(
-      {std::isfinite(sumsq) ? sumsq : 0.0, finite && std::isfinite(sumsq) ? 0.0 : 1.0,
-       state.losses > 0 ? state.loss_sum / state.losses : 0.0});
+  const bool finite = optim::grads_are_finite(params_) && std::isfinite(loss_sum);
+  Tensor stats = Tensor::zeros({2 + static_cast<std::int64_t>(d) * m}, DType::kFloat64);
+  double* s = stats.data<double>();
+  s[0] = std::isfinite(sumsq) ? sumsq : 0.0;
+  s[1] = finite && std::isfinite(sumsq) ? 0.0 : 1.0;
+  if (last_here) {
+    for (int k = 0; k < m; ++k) s[2 + dp_index_ * m + k] = state.losses[k];
+  }
   transport_.all_reduce_sum(stats);
-  const std::vector<double> s = stats.to_vector<double>();
   state.stats.grad_norm = std::sqrt(s[0] / d);
-  state.stats.loss = s[2] / d;
+  state.stats.microbatch_losses.assign(s + 2, s + 2 + static_cast<std::ptrdiff_t>(d) * m);
+  double total = 0;
+  for (double l : state.stats.microbatch_losses) total += l;
+  state.stats.loss = total / (static_cast<double>(d) * m);
   state.stats.skipped = s[1] > 0.0;
   if (state.stats.skipped) {
     state.stats.grad_norm = std::numeric_limits<double>::quiet_NaN();

@@ -241,4 +241,23 @@ Schedule merge_backward(const Schedule& schedule) {
   return out;
 }
 
+Schedule forward_only(const Schedule& schedule) {
+  Schedule out(schedule.name() + "-forward", schedule.num_ranks(), schedule.stages_per_rank(),
+               schedule.num_microbatches(), schedule.placement());
+  for (int r = 0; r < schedule.num_ranks(); ++r) {
+    for (const auto& slot : schedule.rank_slots(r)) {
+      const bool keep = slot && (slot->kind == ActionKind::kForward ||
+                                 slot->kind == ActionKind::kSendForward ||
+                                 slot->kind == ActionKind::kRecvForward);
+      if (keep) {
+        out.append(r, *slot);
+      } else {
+        out.append_idle(r);
+      }
+    }
+  }
+  out.normalize();
+  return out;
+}
+
 }  // namespace pipetrain

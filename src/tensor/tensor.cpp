@@ -194,6 +194,22 @@ Tensor Tensor::slice(std::int64_t begin, std::int64_t end) const {
   return t;
 }
 
+Tensor Tensor::view_as(DType dtype, Shape shape) const {
+  constexpr const char* kFn = "Tensor::view_as";
+  PIPETRAIN_CHECK_ARG(defined(), kFn, "the tensor is undefined");
+  const std::int64_t n = shape_numel(shape);
+  const std::size_t bytes = static_cast<std::size_t>(n) * dtype_size(dtype);
+  PIPETRAIN_CHECK_ARG(bytes <= nbytes(), kFn, shape_to_string(shape), " ", to_string(dtype),
+                      " needs ", bytes, " bytes, the tensor has ", nbytes());
+  PIPETRAIN_CHECK_ARG(offset_ % dtype_size(dtype) == 0, kFn, "byte offset ", offset_,
+                      " is not aligned to ", to_string(dtype));
+  Tensor t = *this;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.numel_ = n;
+  return t;
+}
+
 Tensor Tensor::clone() const { return to(dtype_); }
 
 Tensor Tensor::to(Device device) const {

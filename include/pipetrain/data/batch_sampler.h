@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "pipetrain/data/tokens.h"
+#include "pipetrain/stage.h"
 
 namespace pipetrain::data {
 
@@ -38,6 +39,12 @@ struct Batch {
   std::vector<Token> inputs;
   std::vector<Token> targets;
 };
+
+/// The batch as a Microbatch for the runtime: inputs {int32 tokens [b, T]}, targets {int32
+/// [b, T]} (copies).
+Microbatch to_microbatch(const Batch& batch);
+/// to_microbatch() of each batch.
+std::vector<Microbatch> to_microbatches(const std::vector<Batch>& batches);
 
 /// The position of a sampler in its data: everything needed to continue where it stopped.
 struct SamplerState {

@@ -1,8 +1,11 @@
 // pipetrain/nn/gpt.h: a GPT-2 model cut into pipeline stages at any layer boundary.
 //
-// The model is the list of layers 0 = Embedding, 1..L = TransformerBlock h.0..h.(L-1),
+// The model is the list of layers 0 = GptEmbedding, 1..L = TransformerBlock h.0..h.(L-1),
 // L+1 = LmHead. A GptStage holds layers [first_layer, last_layer] (inclusive) and implements
-// the runtime's Stage interface; the whole model is the stage [0, L+1] (make_model()).
+// the runtime's Stage interface; the whole model is the stage [0, L+1] (make_model()). The
+// first stage takes one int32 tensor of token ids [B, T]; the last stage returns the logits
+// [B, T, V], trained with CrossEntropyLoss (pipetrain/nn/loss.h); any other boundary carries
+// one activation [B, T, C] of the config's dtype.
 //
 // Tied embeddings across stages: when the Embedding and the LmHead are in different stages,
 // each holds its own copy of wte (same initial values) and lists it in tied_parameters() with
@@ -11,7 +14,7 @@
 // tied_parameters() is empty.
 //
 // Activation checkpointing (StageOptions::activation_checkpointing): forward keeps only the
-// stage input (and targets); backward_input recomputes the forward first. Results are bitwise
+// stage input; backward_input recomputes the forward first. Results are bitwise
 // those of a plain stage.
 #pragma once
 
@@ -39,24 +42,23 @@ class GptStage final : public Stage {
   GptStage(const GptConfig& config, std::int64_t first_layer, std::int64_t last_layer,
            StageOptions options = {});
 
-  bool is_first() const override { return first_layer_ == 0; }
-  bool is_last() const override { return last_layer_ == config_.num_model_layers() - 1; }
+  bool is_first() const { return first_layer_ == 0; }
+  bool is_last() const { return last_layer_ == config_.num_model_layers() - 1; }
   std::int64_t first_layer() const { return first_layer_; }
   std::int64_t last_layer() const { return last_layer_; }
   const GptConfig& config() const { return config_; }
   const StageOptions& options() const { return options_; }
 
-  void set_targets(MicrobatchId mb, const Tensor& targets) override;
-  Tensor forward(MicrobatchId mb, const Tensor& input) override;
-  Tensor backward_input(MicrobatchId mb, const Tensor& grad_output) override;
+  TensorList forward(MicrobatchId mb, const TensorList& inputs) override;
+  TensorList backward_input(MicrobatchId mb, const TensorList& grad_outputs) override;
   void backward_weight(MicrobatchId mb) override;
-  Tensor infer(const Tensor& input, const Tensor& targets = Tensor()) override;
+  TensorList infer(const TensorList& inputs) override;
+  std::vector<TensorSpec> output_specs(const std::vector<TensorSpec>& inputs) const override;
+  void release(MicrobatchId mb) override;
   std::size_t bytes_kept() const override;
   /// Layer by layer, in layer order (the tied wte listed once).
   std::vector<Parameter*> parameters() override;
   std::vector<TiedParameter> tied_parameters() override;
-  Shape output_shape(const Shape& input_shape) const override;
-  DType output_dtype() const override { return config_.dtype; }
 
   /// The layers, in order (layers()[0] is layer first_layer()).
   const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }

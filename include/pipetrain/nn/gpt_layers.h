@@ -2,7 +2,7 @@
 //
 //   Embedding         int32 tokens [B, T] -> x [B, T, C] = wte[tokens] + wpe[0..T)
 //   TransformerBlock  x -> x + attn(ln_1(x)) = x2 -> x2 + mlp(ln_2(x2))
-//   LmHead            x -> mean cross-entropy of (ln_f(x) wte^T) against targets
+//   LmHead            x -> logits [B, T, V] = ln_f(x) wte^T (the loss is a CrossEntropyLoss)
 //
 // All work on the config's dtype (fp32, or fp64 for reference tests). Parameter names follow
 // GPT-2 (Hugging Face) with weights stored [out, in] as in PyTorch's Linear:
@@ -40,6 +40,8 @@ class GptEmbedding final : public Layer {
   Tensor backward_input(MicrobatchId mb, const Tensor& grad_output) override;
   void backward_weight(MicrobatchId mb) override;
   Tensor infer(const Tensor& input) override;
+  /// int32 [B, T] -> [B, T, C] of the config's dtype.
+  TensorSpec output_spec(const TensorSpec& input) const override;
   void release(MicrobatchId mb) override { saved_.erase(mb); }
   std::size_t bytes_kept() const override;
 
@@ -70,6 +72,8 @@ class TransformerBlock final : public Layer {
   Tensor backward_input(MicrobatchId mb, const Tensor& grad_output) override;
   void backward_weight(MicrobatchId mb) override;
   Tensor infer(const Tensor& input) override;
+  /// [B, T, C] -> [B, T, C].
+  TensorSpec output_spec(const TensorSpec& input) const override;
   void release(MicrobatchId mb) override { saved_.erase(mb); }
   std::size_t bytes_kept() const override;
 
@@ -91,48 +95,39 @@ class TransformerBlock final : public Layer {
 
 class LmHead final : public Layer {
  public:
-  /// Final LayerNorm, LM head and loss. With tied embeddings the head holds its own copy of
-  /// wte (named "wte", initialised like the Embedding's) unless tie_to() shares another one.
+  /// Final LayerNorm and LM head. With tied embeddings the head holds its own copy of wte
+  /// (named "wte", initialised like the embedding's) unless tie_to() shares another one.
   explicit LmHead(const GptConfig& config);
   std::string name() const override { return "head"; }
   /// ln_f.weight, ln_f.bias, then the LM matrix (wte copy or lm_head.weight) when owned.
   std::vector<Parameter*> parameters() override;
-  /// Uses `wte` (the Embedding's, in the same stage) instead of an own copy; tied models only.
+  /// Uses `wte` (the embedding's, in the same stage) instead of an own copy; tied models only.
   void tie_to(Parameter& wte);
   /// The LM matrix in use (own copy, shared wte, or lm_head.weight).
   Parameter& lm_weight() { return *lm_w_; }
   bool owns_lm_weight() const { return lm_w_ == &own_lm_w_; }
 
-  /// int32 targets [B, T] of microbatch mb, needed before forward(mb); kept until its
-  /// backward_input. Ids must be in [0, vocab_size).
-  void set_targets(MicrobatchId mb, const Tensor& targets);
-  /// The targets set for mb and not yet consumed by forward(mb). Throws when there are none.
-  const Tensor& targets(MicrobatchId mb) const;
-  bool has_targets(MicrobatchId mb) const { return targets_.contains(mb); }
-  /// Returns the 0-d mean loss. Throws when set_targets(mb) is missing or shapes differ:
-  ///   "[LmHead::forward] targets have shape [2, 3], expected [2, 4]"
+  /// input [B, T, C] -> logits [B, T, V] (a fresh tensor, not kept).
   Tensor forward(MicrobatchId mb, const Tensor& input) override;
-  /// grad_output: undefined (scale 1) or one value s; gradients are those of s * loss.
+  /// grad_output: the logits' gradient [B, T, V] (e.g. from CrossEntropyLoss::backward).
   Tensor backward_input(MicrobatchId mb, const Tensor& grad_output) override;
   void backward_weight(MicrobatchId mb) override;
   /// Logits [B, T, V].
   Tensor infer(const Tensor& input) override;
-  /// The 0-d mean loss, keeping nothing.
-  Tensor infer_loss(const Tensor& input, const Tensor& targets);
-  /// Drops what is kept for mb, targets included.
-  void release(MicrobatchId mb) override;
+  /// [B, T, C] -> [B, T, V].
+  TensorSpec output_spec(const TensorSpec& input) const override;
+  void release(MicrobatchId mb) override { saved_.erase(mb); }
   std::size_t bytes_kept() const override;
 
  private:
   struct Saved;
   template <typename T>
-  Tensor run_forward(const Tensor& input, const Tensor* targets, Saved* saved);
+  Tensor run_forward(const Tensor& input, Saved* saved);
 
   GptConfig config_;
   Parameter lnf_w_, lnf_b_, own_lm_w_;
   Parameter* lm_w_;
   std::map<MicrobatchId, std::shared_ptr<Saved>> saved_;
-  std::map<MicrobatchId, Tensor> targets_;
 };
 
 }  // namespace pipetrain::nn

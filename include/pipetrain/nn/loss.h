@@ -62,7 +62,7 @@ class CrossEntropyLoss final : public Loss {
 
  private:
   struct Saved {
-    Tensor probs;    // softmax of the logits, [N, V]
+    Tensor probs;    // softmax of the logits, in the logits' shape [..., V]; 0 in ignored rows
     Tensor targets;  // int32 [N]
     std::int64_t counted = 0;
   };
@@ -86,7 +86,7 @@ class MseLoss final : public Loss {
   void release(MicrobatchId mb) override { saved_.erase(mb); }
 
  private:
-  std::map<MicrobatchId, Tensor> saved_;  // outputs - targets, fp64
+  std::map<MicrobatchId, Tensor> saved_;  // outputs - targets, in the outputs' dtype
 };
 
 }  // namespace pipetrain::nn

@@ -40,4 +40,11 @@ Schedule strip_comm(const Schedule& schedule);
 /// only join two communication groups, which posts operations earlier). Never throws.
 Schedule merge_backward(const Schedule& schedule);
 
+/// Keeps only the forward half: F, SEND_F and RECV_F in their order, every backward action
+/// and its communication replaced by an empty slot, then normalize()s. The schedule a runtime
+/// runs for evaluation (forward only, nothing kept); its name is the input's plus "-forward".
+/// Forward dependencies are a subset of the input's, so a valid, deadlock-free input gives a
+/// deadlock-free result. Never throws.
+Schedule forward_only(const Schedule& schedule);
+
 }  // namespace pipetrain

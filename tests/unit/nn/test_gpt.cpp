@@ -12,6 +12,7 @@
 
 #include "pipetrain/error.h"
 #include "pipetrain/nn/gpt.h"
+#include "pipetrain/nn/loss.h"
 
 namespace pipetrain::nn {
 namespace {
@@ -58,6 +59,17 @@ void perturb(GptStage& stage, std::uint64_t seed) {
   }
 }
 
+// The mean cross-entropy of the stage's logits, keeping nothing.
+double eval_loss(GptStage& stage, const Tensor& tokens, const Tensor& targets) {
+  CrossEntropyLoss loss;
+  return loss.evaluate(stage.infer({tokens}), {targets});
+}
+
+Tensor one(const TensorList& list) {
+  EXPECT_EQ(list.size(), 1u);
+  return list.at(0);
+}
+
 std::map<std::string, std::vector<double>> grads_by_name(GptStage& stage) {
   std::map<std::string, std::vector<double>> out;
   for (Parameter* p : stage.parameters()) out[p->name] = p->grad.to_vector<double>();
@@ -71,9 +83,9 @@ void check_model_gradients(const GptConfig& config) {
   const Tensor tokens = random_ids(2, 5, config.vocab_size, 11);
   const Tensor targets = random_ids(2, 5, config.vocab_size, 12);
   const double scale = 0.5;
-  model->set_targets(0, targets);
-  model->forward(0, tokens);
-  model->backward(0, Tensor::from_vector(std::vector<double>{scale}, {}));
+  CrossEntropyLoss loss;
+  loss.forward(0, model->forward(0, {tokens}), {targets});
+  model->backward(0, loss.backward(0, scale));
   const double h = 1e-6;
   for (Parameter* p : model->parameters()) {
     double* v = p->value.data<double>();
@@ -82,9 +94,9 @@ void check_model_gradients(const GptConfig& config) {
     for (std::int64_t i = 0; i < p->value.numel(); ++i) {
       const double saved = v[i];
       v[i] = saved + h;
-      const double up = model->infer(tokens, targets).to_vector<double>()[0];
+      const double up = eval_loss(*model, tokens, targets);
       v[i] = saved - h;
-      const double down = model->infer(tokens, targets).to_vector<double>()[0];
+      const double down = eval_loss(*model, tokens, targets);
       v[i] = saved;
       const double numeric = scale * (up - down) / (2 * h);
       diff = std::max(diff, std::abs(numeric - g[i]));
@@ -110,13 +122,12 @@ TEST(GptModel, Fp32MatchesFp64) {
     EXPECT_EQ(p32[i]->value.to_vector<double>(), p64[i]->value.to_vector<double>());
   }
   const Tensor tokens = random_ids(2, 6, 11, 1), targets = random_ids(2, 6, 11, 2);
-  m32->set_targets(0, targets);
-  m64->set_targets(0, targets);
-  const double l32 = m32->forward(0, tokens).to_vector<double>()[0];
-  const double l64 = m64->forward(0, tokens).to_vector<double>()[0];
+  CrossEntropyLoss loss32, loss64;
+  const double l32 = loss32.forward(0, m32->forward(0, {tokens}), {targets});
+  const double l64 = loss64.forward(0, m64->forward(0, {tokens}), {targets});
   EXPECT_LT(std::abs(l32 - l64) / l64, 1e-5);  // bound: 1e-5 relative
-  m32->backward(0, Tensor());
-  m64->backward(0, Tensor());
+  m32->backward(0, loss32.backward(0, 1.0));
+  m64->backward(0, loss64.backward(0, 1.0));
   for (std::size_t i = 0; i < p32.size(); ++i) {
     const auto a = p32[i]->grad.to_vector<double>(), b = p64[i]->grad.to_vector<double>();
     double diff = 0, norm = 0;
@@ -131,8 +142,7 @@ TEST(GptModel, Fp32MatchesFp64) {
 
 TEST(GptModel, InitialLossIsNearLogVocab) {
   auto model = make_model(tiny(DType::kFloat32));
-  const double loss =
-      model->infer(random_ids(4, 6, 11, 5), random_ids(4, 6, 11, 6)).to_vector<double>()[0];
+  const double loss = eval_loss(*model, random_ids(4, 6, 11, 5), random_ids(4, 6, 11, 6));
   EXPECT_NEAR(loss, std::log(11.0), 0.1);
 }
 
@@ -145,19 +155,19 @@ std::vector<double> run_steps(GptStage& stage, bool split) {
     tokens.push_back(random_ids(2, 5, 11, 100 + mb));
     targets.push_back(random_ids(2, 5, 11, 200 + mb));
   }
-  const Tensor scale = Tensor::from_vector(std::vector<float>{1.0f / 3}, {});
+  CrossEntropyLoss loss;
   if (!split) {
     for (int mb = 0; mb < 3; ++mb) {
-      stage.set_targets(mb, targets[mb]);
-      losses.push_back(stage.forward(mb, tokens[mb]).to_vector<double>()[0]);
-      EXPECT_FALSE(stage.backward(mb, scale).defined());
+      losses.push_back(loss.forward(mb, stage.forward(mb, {tokens[mb]}), {targets[mb]}));
+      EXPECT_FALSE(one(stage.backward(mb, loss.backward(mb, 1.0 / 3))).defined());
     }
   } else {
     for (int mb = 0; mb < 3; ++mb) {
-      stage.set_targets(mb, targets[mb]);
-      losses.push_back(stage.forward(mb, tokens[mb]).to_vector<double>()[0]);
+      losses.push_back(loss.forward(mb, stage.forward(mb, {tokens[mb]}), {targets[mb]}));
     }
-    for (int mb = 2; mb >= 0; --mb) EXPECT_FALSE(stage.backward_input(mb, scale).defined());
+    for (int mb = 2; mb >= 0; --mb) {
+      EXPECT_FALSE(one(stage.backward_input(mb, loss.backward(mb, 1.0 / 3))).defined());
+    }
     EXPECT_GT(stage.bytes_kept(), 0u);
     for (int mb = 0; mb < 3; ++mb) stage.backward_weight(mb);
   }
@@ -184,12 +194,12 @@ TEST(GptStage, CheckpointingKeepsOnlyTheInput) {
   auto plain = make_stage(config, 1, 2);
   auto ckpt = make_stage(config, 1, 2, StageOptions{true});
   const Tensor x = Tensor::zeros({2, 5, 8});
-  Tensor y1 = plain->forward(0, x), y2 = ckpt->forward(0, x);
+  Tensor y1 = one(plain->forward(0, {x})), y2 = one(ckpt->forward(0, {x}));
   EXPECT_EQ(y1.to_vector<float>(), y2.to_vector<float>());
   EXPECT_EQ(ckpt->bytes_kept(), x.nbytes());
   EXPECT_GT(plain->bytes_kept(), 10 * x.nbytes());
   const Tensor g = Tensor::zeros({2, 5, 8});
-  Tensor dx1 = plain->backward_input(0, g), dx2 = ckpt->backward_input(0, g);
+  Tensor dx1 = one(plain->backward_input(0, {g})), dx2 = one(ckpt->backward_input(0, {g}));
   EXPECT_EQ(dx1.to_vector<float>(), dx2.to_vector<float>());
   EXPECT_EQ(plain->bytes_kept(), ckpt->bytes_kept());
   plain->backward_weight(0);
@@ -206,16 +216,18 @@ void check_cut(bool tied) {
   auto s0 = make_stage(config, 0, 1);
   auto s1 = make_stage(config, 2, 3);
   EXPECT_TRUE(s0->is_first() && !s0->is_last() && s1->is_last() && !s1->is_first());
-  const Tensor scale = Tensor::from_vector(std::vector<float>{0.5f}, {});
+  CrossEntropyLoss loss_whole, loss_cut;
   for (int mb = 0; mb < 2; ++mb) {
     const Tensor tokens = random_ids(2, 5, 11, 10 + mb), targets = random_ids(2, 5, 11, 20 + mb);
-    whole->set_targets(mb, targets);
-    s1->set_targets(mb, targets);
-    const Tensor h = s0->forward(mb, tokens);
-    EXPECT_EQ(h.shape(), s0->output_shape(tokens.shape()));
-    EXPECT_EQ(s1->forward(mb, h).to_vector<float>(), whole->forward(mb, tokens).to_vector<float>());
-    s0->backward(mb, s1->backward(mb, scale));
-    whole->backward(mb, scale);
+    const TensorList h = s0->forward(mb, {tokens});
+    EXPECT_EQ(specs_of(h), s0->output_specs(specs_of({tokens})));
+    const TensorList logits = s1->forward(mb, h);
+    EXPECT_EQ(one(logits).to_vector<float>(), one(whole->forward(mb, {tokens})).to_vector<float>());
+    EXPECT_EQ(loss_cut.forward(mb, logits, {targets}),
+              loss_whole.forward(mb, whole->forward(mb + 10, {tokens}), {targets}));
+    whole->release(mb);
+    s0->backward(mb, s1->backward(mb, loss_cut.backward(mb, 0.5)));
+    whole->backward(mb + 10, loss_whole.backward(mb, 0.5));
   }
   auto g = grads_by_name(*whole);
   auto g0 = grads_by_name(*s0), g1 = grads_by_name(*s1);
@@ -309,86 +321,80 @@ TEST(GptErrors, MessagesAreExact) {
   expect_message([&] { make_model(bad); },
                  "[GptConfig::validate] channels=10 must be divisible by num_heads=4");
   auto first = make_stage(config, 0, 1);
-  expect_message([&] { first->set_targets(0, random_ids(1, 2, 11, 0)); },
-                 "[GptStage::set_targets] stage holds layers [0, 1], not the head (layer 3)");
   expect_message(
       [&] {
-        first->forward(0, Tensor::from_vector(std::vector<std::int32_t>{1, 11}, {1, 2}));
+        first->forward(0, {Tensor::from_vector(std::vector<std::int32_t>{1, 11}, {1, 2})});
       },
       "[GptEmbedding::forward] token id 11 at index 1 is outside [0, 11)");
   expect_message(
       [&] {
-        first->forward(0, Tensor::zeros({1, 7}, DType::kInt32));
+        first->forward(0, {Tensor::zeros({1, 7}, DType::kInt32)});
       },
       "[GptEmbedding::forward] input has T=7, more than context_length=6");
   expect_message(
       [&] {
-        first->forward(0, Tensor::zeros({2, 3}));
+        first->forward(0, {Tensor::zeros({2, 3})});
       },
       "[GptEmbedding::forward] input has dtype fp32, expected int32");
   EXPECT_EQ(first->bytes_kept(), 0u);
-  first->forward(0, Tensor::zeros({1, 2}, DType::kInt32));
+  first->forward(0, {Tensor::zeros({1, 2}, DType::kInt32)});
   expect_message(
       [&] {
-        first->forward(0, Tensor::zeros({1, 2}, DType::kInt32));
+        first->forward(0, {Tensor::zeros({1, 2}, DType::kInt32)});
       },
       "[GptStage::forward] microbatch 0 is already in flight");
   expect_message([&] { first->backward_weight(0); },
                  "[GptStage::backward_weight] microbatch 0 has not run backward_input");
   expect_message(
       [&] {
-        first->backward_input(1, Tensor::zeros({1, 2, 8}));
+        first->backward_input(1, {Tensor::zeros({1, 2, 8})});
       },
       "[GptStage::backward_input] microbatch 1 has no saved forward");
   expect_message(
       [&] {
-        first->backward_input(0, Tensor::zeros({1, 3, 8}));
+        first->backward_input(0, {Tensor::zeros({1, 3, 8})});
       },
       "[TransformerBlock::backward_input] grad_output has shape [1, 3, 8], expected [1, 2, 8]");
 
   auto middle = make_stage(config, 1, 2);
   expect_message(
       [&] {
-        middle->forward(0, Tensor::zeros({2, 4}));
+        middle->forward(0, {Tensor::zeros({2, 4})});
       },
       "[TransformerBlock::forward] input has shape [2, 4], expected [B, T, 8]");
   expect_message(
       [&] {
-        middle->forward(0, Tensor::zeros({2, 4, 8}, DType::kFloat64));
+        middle->forward(0, {Tensor::zeros({2, 4, 8}, DType::kFloat64)});
       },
       "[TransformerBlock::forward] input has dtype fp64, expected fp32");
   EXPECT_EQ(middle->bytes_kept(), 0u);  // a rejected forward keeps nothing
 
+  expect_message([&] { middle->forward(0, {Tensor::zeros({2, 4, 8}), Tensor::zeros({2, 4, 8})}); },
+                 "[GptStage::forward] got 2 input tensors, expected 1");
+  expect_message([&] { middle->output_specs({{{2, 4, 9}, DType::kFloat32}}); },
+                 "[TransformerBlock::output_spec] input has shape [2, 4, 9], expected [B, T, 8]");
+
   auto last = make_stage(config, 3, 3);
   expect_message(
       [&] {
-        last->forward(0, Tensor::zeros({2, 4, 8}));
+        last->backward_input(0, {Tensor::zeros({2, 4, 11})});
       },
-      "[GptStage::forward] microbatch 0 has no targets (call set_targets first)");
-  last->set_targets(0, random_ids(2, 3, 11, 0));
+      "[GptStage::backward_input] microbatch 0 has no saved forward");
+  last->forward(0, {Tensor::zeros({2, 4, 8})});
   expect_message(
       [&] {
-        last->forward(0, Tensor::zeros({2, 4, 8}));
+        last->backward_input(0, {Tensor::zeros({2, 4, 8})});
       },
-      "[LmHead::forward] targets have shape [2, 3], expected [2, 4]");
-  expect_message(
-      [&] {
-        last->set_targets(1, Tensor::zeros({2, 3}, DType::kInt32).view({6}));
-      },
-      "[LmHead::set_targets] targets has shape [6], expected [B, T]");
-  expect_message(
-      [&] {
-        middle->infer(Tensor::zeros({1, 2, 8}), random_ids(1, 2, 11, 0));
-      },
-      "[GptStage::infer] targets are taken by the last stage only");
+      "[LmHead::backward_input] grad_output is [2, 4, 8] fp32, expected [2, 4, 11] fp32");
 }
 
 TEST(GptStage, InferKeepsNothingAndGivesLogits) {
   auto model = make_model(tiny(DType::kFloat32));
-  const Tensor logits = model->infer(random_ids(1, 4, 11, 3));
+  const Tensor logits = one(model->infer({random_ids(1, 4, 11, 3)}));
   EXPECT_EQ(logits.shape(), (Shape{1, 4, 11}));
   EXPECT_EQ(model->bytes_kept(), 0u);
-  EXPECT_EQ(model->output_shape({1, 4}), Shape{});
+  EXPECT_EQ(model->output_specs({{{1, 4}, DType::kInt32}}),
+            (std::vector<TensorSpec>{{{1, 4, 11}, DType::kFloat32}}));
 }
 
 }  // namespace

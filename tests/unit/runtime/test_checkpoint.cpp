@@ -16,6 +16,7 @@
 #include "pipetrain/data/batch_sampler.h"
 #include "pipetrain/optim/optimizer.h"
 #include "pipetrain/runtime/checkpoint.h"
+#include "pipetrain/nn/loss.h"
 #include "pipetrain/runtime/executor.h"
 #include "pipetrain/runtime/gpt_pipeline.h"
 #include "pipetrain/runtime/progress.h"
@@ -76,10 +77,11 @@ std::vector<double> train(int steps, const fs::path& load_dir, const fs::path& s
               load_stage_checkpoint(load_dir, rank, 2, *stages[0], opt, kHash);
           sampler.restore(meta.sampler);
         }
-        Executor ex(schedule, Topology(2, 2, 1), *transports[rank], {stages[0].get()}, &opt,
-                    Shape{kBatch / kMicro, kSeq, 16});
+        nn::CrossEntropyLoss loss;
+        Executor ex(schedule, Topology(2, 2, 1), *transports[rank], {stages[0].get()}, &loss,
+                    &opt);
         for (int s = 0; s < steps; ++s) {
-          losses[rank].push_back(ex.step(split_batch(sampler.next(), kMicro), 1e-2).loss);
+          losses[rank].push_back(ex.step(data::to_microbatches(split_batch(sampler.next(), kMicro)), 1e-2).loss);
         }
         if (!save_dir.empty()) {
           save_stage_checkpoint(save_dir, rank, 2, *stages[0], opt,
@@ -212,10 +214,10 @@ Outcome train_cut(const TrainRun& run) {
           out.optimizer_steps[rank] = opt.step_count();
           out.saved_stages[rank] = loaded.num_stages;
         }
-        Executor ex(schedule, Topology(run.p, run.p, 1), *transports[rank], stages, &opt,
-                    Shape{rows, kSeq, 16});
+        nn::CrossEntropyLoss loss;
+        Executor ex(schedule, Topology(run.p, run.p, 1), *transports[rank], stages, &loss, &opt);
         for (int s = 0; s < run.steps; ++s) {
-          losses[rank].push_back(ex.step(split_batch(sampler.next(), run.m), 1e-2).loss);
+          losses[rank].push_back(ex.step(data::to_microbatches(split_batch(sampler.next(), run.m)), 1e-2).loss);
         }
         const std::vector<int> mine = schedule.stages_of_rank(rank);
         const fs::path staging =

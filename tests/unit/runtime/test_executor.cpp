@@ -23,6 +23,7 @@
 namespace pipetrain::runtime {
 namespace {
 
+using testing::FakeLoss;
 using testing::FakeStage;
 
 constexpr int kSeqLen = 3;
@@ -58,18 +59,18 @@ Outcome reference(int num_stages, int micro_total, int steps, bool tied) {
     for (nn::Parameter* p : stages.back()->parameters()) params.push_back(p);
   }
   optim::Sgd opt(params, kSgd);
+  FakeLoss loss_fn;
   Outcome out;
   for (int step = 0; step < steps; ++step) {
     opt.zero_grad();
-    const auto mbs = split_batch(make_batch(micro_total * kMicroRows, step), micro_total);
+    const auto mbs =
+        data::to_microbatches(split_batch(make_batch(micro_total * kMicroRows, step), micro_total));
     double loss = 0;
     for (int m = 0; m < micro_total; ++m) {
-      const Shape shape{kMicroRows, kSeqLen};
-      Tensor x = Tensor::from_vector(mbs[m].inputs, shape);
-      stages.back()->set_targets(m, Tensor::from_vector(mbs[m].targets, shape));
+      TensorList x = mbs[m].inputs;
       for (auto& st : stages) x = st->forward(m, x);
-      loss += x.to_vector<double>()[0];
-      Tensor g = Tensor::from_vector<double>({1.0 / micro_total}, Shape{});
+      loss += loss_fn.forward(m, x, mbs[m].targets);
+      TensorList g = loss_fn.backward(m, 1.0 / micro_total);
       for (int s = num_stages - 1; s >= 0; --s) g = stages[s]->backward(m, g);
     }
     if (tied && num_stages > 1) {
@@ -129,14 +130,14 @@ Outcome run_pipeline(const RunSpec& spec) {
         }
         if (spec.setup) spec.setup(rank, fakes);
         optim::Sgd opt(params, kSgd);
-        Executor ex(schedule, topo, *transports[rank], stages, &opt, Shape{kMicroRows, kSeqLen},
-                    DType::kFloat32, spec.options);
+        FakeLoss loss;
+        Executor ex(schedule, topo, *transports[rank], stages, &loss, &opt, spec.options);
         const int rows = spec.microbatches * spec.data_parallel * kMicroRows;
         for (int step = 0; step < spec.steps; ++step) {
           if (rank == spec.absent_rank && step == 1) return;
           const data::Batch local =
               shard_batch(make_batch(rows, step), spec.data_parallel, topo.dp_index(rank));
-          StepStats st = ex.step(split_batch(local, spec.microbatches), kLr);
+          StepStats st = ex.step(data::to_microbatches(split_batch(local, spec.microbatches)), kLr);
           losses[rank].push_back(st.loss);
           out.last_stats[rank] = st;
         }
@@ -345,20 +346,42 @@ TEST(Executor, TimeoutNamesRankPeerActionAndMicrobatch) {
   spec.schedule = "1f1b";
   spec.pipeline = 2;
   spec.microbatches = 1;
-  spec.steps = 2;
+  spec.steps = 1;
   spec.timeout = std::chrono::milliseconds(100);
   spec.options.barrier_at_step_start = false;
+  spec.setup = [](int rank, std::vector<FakeStage*>& stages) {
+    if (rank == 1) stages[0]->stall_in_forward(0, std::chrono::milliseconds(400));
+  };
+  const Outcome got = run_pipeline(spec);
+  EXPECT_EQ(got.errors[0],
+            "[Executor::step] rank 0 failed at 0B0 (microbatch 0, peer rank 1, slot 5) in step 0:\n"
+            "[InProcessTransport::wait] rank 0 timed out after 100 ms waiting for RECV_B stage 0 "
+            "microbatch 0 [2, 3] fp32 step 0 from rank 1\n"
+            "rank 0: 0F0 0SEND_F0 . . 0RECV_B0 [0B0]!");
+  EXPECT_NE(got.errors[1].find("aborted"), std::string::npos) << got.errors[1];
+}
+
+TEST(Executor, AbsentRankIsNamedAtTheNextStepsAgreement) {
+  set_logging(false);
+  RunSpec spec;
+  spec.schedule = "1f1b";
+  spec.pipeline = 2;
+  spec.microbatches = 1;
+  spec.steps = 2;
+  spec.timeout = std::chrono::milliseconds(100);
   spec.absent_rank = 1;
   const Outcome got = run_pipeline(spec);
   EXPECT_EQ(got.errors[1], "");
-  EXPECT_EQ(got.errors[0],
-            "[Executor::step] rank 0 failed at 0B0 (microbatch 0, peer rank 1, slot 5) in step 1:\n"
-            "[InProcessTransport::wait] rank 0 timed out after 100 ms waiting for RECV_B stage 0 "
-            "microbatch 0 [2, 3] fp32 step 1 from rank 1\n"
-            "rank 0: 0F0 0SEND_F0 . . 0RECV_B0 [0B0]!");
+  EXPECT_EQ(got.errors[0].rfind(
+                "[Executor::step] rank 0 failed before the first action in step 1:\n"
+                "[InProcessTransport::all_reduce_sum] rank 0 timed out after 100 ms waiting for "
+                "ranks [1]",
+                0),
+            0u)
+      << got.errors[0];
 }
 
-TEST(Executor, ShapeMismatchIsCaughtBeforeAnyTransfer) {
+TEST(Executor, ShapeMismatchIsCaughtBeforeAnyCompute) {
   set_logging(false);
   RunSpec spec;
   spec.pipeline = 3;
@@ -367,20 +390,136 @@ TEST(Executor, ShapeMismatchIsCaughtBeforeAnyTransfer) {
     if (rank == 1) stages[0]->report_wrong_width();
   };
   const Outcome got = run_pipeline(spec);
-  const std::string want =
-      "[Executor::step] rank R failed before the first action in step 0:\n"
-      "[Executor] stage 1 (rank 1) outputs [2, 4] fp32 but stage 2 (rank 2) expects [2, 3] fp32";
-  for (int r = 0; r < 3; ++r) {
-    std::string w = want;
-    w.replace(w.find('R'), 1, std::to_string(r));
-    EXPECT_EQ(got.errors[r].substr(0, w.size()), w) << got.errors[r];
+  // The holder of the refusing stage names the reason; the others point to it.
+  EXPECT_EQ(got.errors[2],
+            "[Executor::step] stage 2 (rank 2) cannot take its inputs ([2, 4] fp32): "
+            "[FakeStage::output_specs] inputs are ([2, 4] fp32), expected ([2, 3] fp32)");
+  for (int r : {0, 1}) {
+    EXPECT_EQ(got.errors[r],
+              "[Executor::step] stage 2 (rank 2) cannot take its inputs (rank 2's error says why)");
   }
+}
+
+// Runs `body(rank, executor)` on a 2-rank 1F1B pipeline of fake stages, returns each rank's
+// error (empty when none).
+std::vector<std::string> on_two_ranks(
+    const std::function<void(int, Executor&, std::vector<FakeStage*>&)>& body) {
+  const Schedule schedule = lower(make_schedule("1f1b", 2, 2));
+  auto transports = make_inprocess_world(2, TransportOptions{std::chrono::milliseconds(5000)});
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      try {
+        FakeStage stage(rank, 2, false);
+        std::vector<FakeStage*> fakes{&stage};
+        FakeLoss loss;
+        optim::Sgd opt(stage.parameters(), kSgd);
+        Executor ex(schedule, Topology(2, 2, 1), *transports[rank], {&stage}, &loss, &opt);
+        body(rank, ex, fakes);
+      } catch (const std::exception& e) {
+        errors[rank] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+TEST(Executor, BadBatchesAreRefusedOnEveryRankAndTheExecutorStaysUsable) {
+  set_logging(false);
+  std::vector<std::vector<std::string>> refusals(2);
+  const auto errors = on_two_ranks([&](int rank, Executor& ex, std::vector<FakeStage*>&) {
+    auto expect_refused = [&](const std::vector<Microbatch>& mbs) {
+      try {
+        ex.step(mbs, kLr);
+        refusals[rank].push_back("<no error>");
+      } catch (const InvalidArgument& e) {
+        refusals[rank].push_back(e.what());
+      }
+    };
+    std::vector<Microbatch> good = data::to_microbatches(split_batch(make_batch(4, 0), 2));
+    // Ragged: microbatch 1 has one row fewer.
+    std::vector<Microbatch> ragged = good;
+    ragged[1] = data::to_microbatch(make_batch(1, 0));
+    expect_refused(ragged);
+    // Rank 1 alone passes targets of the wrong dtype: every rank must refuse.
+    std::vector<Microbatch> wrong = good;
+    if (rank == 1) {
+      for (Microbatch& m : wrong) m.targets[0] = m.targets[0].to(DType::kFloat32);
+    }
+    expect_refused(wrong);
+    // Targets whose rows do not match the outputs: the loss refuses before any compute.
+    std::vector<Microbatch> mismatched = data::to_microbatches(split_batch(make_batch(4, 0), 2));
+    for (Microbatch& m : mismatched) m.targets[0] = m.targets[0].slice(0, 1);
+    expect_refused(mismatched);
+    expect_refused({good[0]});
+    // Still usable, and a smaller batch is agreed anew.
+    const StepStats st = ex.step(good, kLr);
+    EXPECT_TRUE(std::isfinite(st.loss));
+    EXPECT_EQ(st.microbatch_losses.size(), 2u);
+    EXPECT_EQ(ex.boundary_specs()[1], (std::vector<TensorSpec>{{{2, 3}, DType::kFloat32}}));
+    const StepStats small = ex.step(data::to_microbatches(split_batch(make_batch(2, 1), 2)), kLr);
+    EXPECT_TRUE(std::isfinite(small.loss));
+    EXPECT_EQ(ex.boundary_specs()[1], (std::vector<TensorSpec>{{{1, 3}, DType::kFloat32}}));
+  });
+  EXPECT_EQ(errors, (std::vector<std::string>{"", ""}));
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(refusals[r].size(), 4u) << r;
+    EXPECT_EQ(refusals[r][0],
+              "[Executor::step] microbatch 1 has inputs ([1, 3] int32) but microbatch 0 has "
+              "([2, 3] int32): every microbatch of a step must have the same shapes");
+    EXPECT_EQ(refusals[r][3],
+              "[Executor::step] got 1 microbatches, the schedule has num_microbatches=2");
+  }
+  EXPECT_EQ(refusals[0][1], "[Executor::step] rank 1 passes microbatches of other shapes than "
+                            "rank 0: every rank must pass microbatches with the same specs");
+  EXPECT_EQ(refusals[0][1], refusals[1][1]);
+  EXPECT_EQ(refusals[1][2],
+            "[Executor::step] the loss (rank 1) cannot take the outputs ([2, 3] fp32) with the "
+            "targets ([1, 3] int32): [FakeLoss::check] outputs ([2, 3] fp32) and targets "
+            "([1, 3] int32) differ");
+  EXPECT_EQ(refusals[0][2], "[Executor::step] the loss (rank 1) cannot take the outputs with "
+                            "these targets (rank 1's error says why)");
+}
+
+TEST(Executor, EvaluateReturnsTheForwardAndLossWithoutTouchingParameters) {
+  set_logging(false);
+  const auto errors = on_two_ranks([&](int rank, Executor& ex, std::vector<FakeStage*>& fakes) {
+    const std::vector<Microbatch> mbs = data::to_microbatches(split_batch(make_batch(4, 0), 2));
+    const float a = fakes[0]->a().value.data<float>()[0];
+    const EvalStats ev = ex.evaluate(mbs);
+    EXPECT_EQ(fakes[0]->a().value.data<float>()[0], a);
+    EXPECT_EQ(fakes[0]->bytes_kept(), 0u);
+    ASSERT_EQ(ev.microbatch_losses.size(), 2u);
+    // Both stages scale by their a: 0.5 and 0.75.
+    FakeLoss loss;
+    for (int m = 0; m < 2; ++m) {
+      Tensor y = Tensor::empty({2, 3});
+      const std::int32_t* t = mbs[m].inputs[0].data<std::int32_t>();
+      for (int i = 0; i < 6; ++i) y.data<float>()[i] = 0.75f * (0.5f * (0.1f * t[i]));
+      EXPECT_NEAR(ev.microbatch_losses[m], loss.evaluate({y}, mbs[m].targets), 1e-6);
+      if (rank == 1) {
+        ASSERT_EQ(ev.outputs.size(), 2u);
+        const std::vector<float> got = ev.outputs[m][0].to_vector<float>();
+        for (int i = 0; i < 6; ++i) EXPECT_NEAR(got[i], y.data<float>()[i], 1e-6);
+      }
+    }
+    if (rank == 0) EXPECT_TRUE(ev.outputs.empty());
+    // Without targets: outputs only, loss NaN; then training still works.
+    std::vector<Microbatch> no_targets = mbs;
+    for (Microbatch& m : no_targets) m.targets.clear();
+    EXPECT_TRUE(std::isnan(ex.evaluate(no_targets).loss));
+    EXPECT_TRUE(std::isfinite(ex.step(mbs, kLr).loss));
+  });
+  EXPECT_EQ(errors, (std::vector<std::string>{"", ""}));
 }
 
 TEST(Executor, RejectsBadConstruction) {
   auto transports = make_inprocess_world(2);
   Topology topo(2, 2, 1);
   FakeStage s0(0, 2, false), s1(1, 2, false);
+  FakeLoss loss;
   const Schedule lowered = lower(make_schedule("1f1b", 2, 2));
   auto error_of = [](auto&& f) -> std::string {
     try {
@@ -392,24 +531,24 @@ TEST(Executor, RejectsBadConstruction) {
   };
   EXPECT_EQ(
       error_of([&] {
-        Executor(make_schedule("1f1b", 2, 2), topo, *transports[0], {&s0}, nullptr, Shape{2, 3});
+        Executor(make_schedule("1f1b", 2, 2), topo, *transports[0], {&s0}, &loss, nullptr);
       }),
       "[Executor] schedule '1f1b' has 2 ranks but no communication: lower() it first");
   EXPECT_EQ(error_of([&] {
-              Executor(lowered, topo, *transports[0], {&s0, &s1}, nullptr, Shape{2, 3});
+              Executor(lowered, topo, *transports[0], {&s0, &s1}, &loss, nullptr);
             }),
             "[Executor] rank 0 holds stages [0] (1 stages), got 2 Stage objects");
+  EXPECT_EQ(error_of([&] { Executor(lowered, topo, *transports[1], {&s1}, nullptr, nullptr); }),
+            "[Executor] rank 1 holds the last stage (1) but has no Loss");
   EXPECT_EQ(error_of([&] {
-              Executor(lowered, topo, *transports[0], {&s1}, nullptr, Shape{2, 3});
-            }),
-            "[Executor] stage 0 is the first stage but its Stage says is_first()=false");
-  EXPECT_EQ(error_of([&] {
-              Executor(lowered, Topology(4, 2, 2), *transports[0], {&s0}, nullptr, Shape{2, 3});
+              Executor(lowered, Topology(4, 2, 2), *transports[0], {&s0}, &loss, nullptr);
             }),
             "[Executor] transport world_size=2 must equal topology world_size=4");
   EXPECT_EQ(error_of([&] {
-              Executor ex(lowered, topo, *transports[0], {&s0}, nullptr, Shape{2, 3});
-              ex.step({make_batch(2, 0)}, 0.1);
+              auto single = make_inprocess_world(1);
+              Executor ex(make_schedule("gpipe", 1, 2), Topology(1, 1, 1), *single[0], {&s0},
+                          &loss, nullptr);
+              ex.step({data::to_microbatch(make_batch(2, 0))}, 0.1);
             }),
             "[Executor::step] got 1 microbatches, the schedule has num_microbatches=2");
 }

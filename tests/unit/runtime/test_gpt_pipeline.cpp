@@ -13,6 +13,7 @@
 #include "pipetrain/comm/inprocess.h"
 #include "pipetrain/nn/gpt.h"
 #include "pipetrain/optim/optimizer.h"
+#include "pipetrain/nn/loss.h"
 #include "pipetrain/runtime/executor.h"
 #include "pipetrain/runtime/gpt_pipeline.h"
 #include "pipetrain/runtime/progress.h"
@@ -81,11 +82,11 @@ Result single_device(int total_micro, Opt which) {
     opt.zero_grad();
     const auto mbs = split_batch(make_batch(total_micro * kRows), total_micro);
     double loss = 0;
+    nn::CrossEntropyLoss loss_fn;
     for (int m = 0; m < total_micro; ++m) {
-      const Shape shape{kRows, kSeq};
-      model->set_targets(m, Tensor::from_vector(mbs[m].targets, shape));
-      loss += model->forward(m, Tensor::from_vector(mbs[m].inputs, shape)).to_vector<double>()[0];
-      model->backward(m, Tensor::from_vector<double>({1.0 / total_micro}, Shape{}));
+      const Microbatch mb = data::to_microbatch(mbs[m]);
+      loss += loss_fn.forward(m, model->forward(m, mb.inputs), mb.targets);
+      model->backward(m, loss_fn.backward(m, 1.0 / total_micro));
     }
     optim::clip_grad_norm(opt.parameters(), kMaxNorm);
     opt.step(lr_of(which));
@@ -123,12 +124,12 @@ Result pipeline(const std::string& name, int p, int m, int v, int d, Opt which) 
         auto opt = make_optimizer(which, ps);
         ExecutorOptions options;
         options.max_grad_norm = kMaxNorm;
-        Executor ex(schedule, topo, *transports[rank], stages, opt.get(),
-                    Shape{kRows, kSeq, config.channels}, DType::kFloat32, options);
+        nn::CrossEntropyLoss loss;
+        Executor ex(schedule, topo, *transports[rank], stages, &loss, opt.get(), options);
         for (int step = 0; step < kSteps; ++step) {
           const data::Batch local =
               shard_batch(make_batch(m * d * kRows), d, topo.dp_index(rank));
-          losses[rank].push_back(ex.step(split_batch(local, m), lr_of(which)).loss);
+          losses[rank].push_back(ex.step(data::to_microbatches(split_batch(local, m)), lr_of(which)).loss);
         }
         for (nn::Parameter* q : ex.parameters())
           params[rank][q->name] = q->value.to_vector<float>();

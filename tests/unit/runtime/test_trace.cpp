@@ -70,13 +70,14 @@ TEST(Trace, GatherTimelinesFromARealRun) {
       try {
         testing::FakeStage stage(rank, 2, false);
         Topology topo(2, 2, 1);
-        Executor ex(s, topo, *transports[rank], {&stage}, nullptr, Shape{1, 3});
+        testing::FakeLoss loss;
+        Executor ex(s, topo, *transports[rank], {&stage}, &loss, nullptr);
         data::Batch b;
         b.batch_size = 4;
         b.seq_len = 3;
         b.inputs.assign(12, 1);
         b.targets.assign(12, 2);
-        const StepStats st = ex.step(split_batch(b, 4), 0.1);
+        const StepStats st = ex.step(data::to_microbatches(split_batch(b, 4)), 0.1);
         got[rank] = gather_timelines(*transports[rank], topo, s, st.timeline);
       } catch (const std::exception& e) {
         errors[rank] = e.what();
