@@ -17,7 +17,8 @@ std::uint64_t mask_key(std::uint64_t seed, std::int64_t step, MicrobatchId mb) {
 
 // An element is kept when its 53-bit uniform u in [0, 1) is >= p: probability 1 - p.
 bool kept(std::uint64_t key, std::int64_t index, double p) {
-  const std::uint64_t h = detail::splitmix64(key + static_cast<std::uint64_t>(index) * detail::kGolden);
+  const std::uint64_t h =
+      detail::splitmix64(key + static_cast<std::uint64_t>(index) * detail::kGolden);
   return static_cast<double>(h >> 11) * 0x1.0p-53 >= p;
 }
 

@@ -7,8 +7,8 @@
 
 namespace pipetrain::nn {
 
-Embedding::Embedding(std::int64_t num_embeddings, std::int64_t dim, DType dtype,
-                     std::uint64_t seed, std::string name)
+Embedding::Embedding(std::int64_t num_embeddings, std::int64_t dim, DType dtype, std::uint64_t seed,
+                     std::string name)
     : num_(num_embeddings), dim_(dim), dtype_(dtype), name_(std::move(name)) {
   constexpr const char* kFn = "Embedding";
   PIPETRAIN_CHECK_ARG(num_ >= 1, kFn, "num_embeddings=", num_, " must be >= 1");

@@ -12,8 +12,8 @@ namespace {
 
 void check_floating(const Tensor& t, const char* fn) {
   PIPETRAIN_CHECK_ARG(t.defined(), fn, "the tensor is undefined");
-  PIPETRAIN_CHECK_ARG(t.dtype() != DType::kInt32, fn, "tensor has dtype int32, expected fp32, "
-                      "bf16 or fp64");
+  PIPETRAIN_CHECK_ARG(t.dtype() != DType::kInt32, fn,
+                      "tensor has dtype int32, expected fp32, bf16 or fp64");
 }
 
 // Values are computed in double, rounded to fp32, then stored in the tensor's dtype.

@@ -38,8 +38,7 @@ Tensor LayerNorm::run(const Tensor& input, Saved* saved, const char* fn) const {
   detail::dispatch_float(dtype_, fn, [&](auto zero) {
     using T = decltype(zero);
     cpu::layernorm_forward<T>(out.data<T>(), mean.data<T>(), rstd.data<T>(), input.data<T>(),
-                              weight_.value.data<T>(), bias_.value.data<T>(), n, features_,
-                              eps_);
+                              weight_.value.data<T>(), bias_.value.data<T>(), n, features_, eps_);
   });
   if (saved != nullptr) {
     saved->input = input;
@@ -68,9 +67,9 @@ Tensor LayerNorm::backward_input(MicrobatchId mb, const Tensor& grad_output) {
   Tensor grad_input = Tensor::empty(s.input.shape(), dtype_);
   detail::dispatch_float(dtype_, kFn, [&](auto zero) {
     using T = decltype(zero);
-    cpu::layernorm_backward_input<T>(grad_input.data<T>(), grad_output.data<T>(),
-                                     s.input.data<T>(), weight_.value.data<T>(),
-                                     s.mean.data<T>(), s.rstd.data<T>(), n, features_);
+    cpu::layernorm_backward_input<T>(grad_input.data<T>(), grad_output.data<T>(), s.input.data<T>(),
+                                     weight_.value.data<T>(), s.mean.data<T>(), s.rstd.data<T>(), n,
+                                     features_);
   });
   s.grad_output = grad_output;
   s.input_done = true;
@@ -85,8 +84,8 @@ void LayerNorm::backward_weight(MicrobatchId mb) {
   detail::dispatch_float(dtype_, kFn, [&](auto zero) {
     using T = decltype(zero);
     cpu::layernorm_backward_weight<T>(weight_.grad.data<T>(), bias_.grad.data<T>(),
-                                      s.grad_output.data<T>(), s.input.data<T>(),
-                                      s.mean.data<T>(), s.rstd.data<T>(), n, features_);
+                                      s.grad_output.data<T>(), s.input.data<T>(), s.mean.data<T>(),
+                                      s.rstd.data<T>(), n, features_);
   });
   saved_.erase(it);
 }

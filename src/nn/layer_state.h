@@ -31,8 +31,7 @@ template <typename Saved>
 Saved& for_input(std::map<MicrobatchId, Saved>& saved, MicrobatchId mb, const char* fn) {
   auto it = saved.find(mb);
   PIPETRAIN_CHECK_ARG(it != saved.end(), fn, "microbatch ", mb, " has no saved forward");
-  PIPETRAIN_CHECK_ARG(!it->second.input_done, fn, "microbatch ", mb,
-                      " already ran backward_input");
+  PIPETRAIN_CHECK_ARG(!it->second.input_done, fn, "microbatch ", mb, " already ran backward_input");
   return it->second;
 }
 
@@ -58,9 +57,8 @@ std::size_t bytes_kept(const std::map<MicrobatchId, Saved>& saved) {
 ///   "[Linear::forward] input has dtype fp64, expected fp32"
 inline void check_features(const TensorSpec& spec, std::int64_t features, DType dtype,
                            const char* fn, const char* what) {
-  PIPETRAIN_CHECK_ARG(!spec.shape.empty() && spec.shape.back() == features, fn, what,
-                      " has shape ", shape_to_string(spec.shape), ", expected [..., ", features,
-                      "]");
+  PIPETRAIN_CHECK_ARG(!spec.shape.empty() && spec.shape.back() == features, fn, what, " has shape ",
+                      shape_to_string(spec.shape), ", expected [..., ", features, "]");
   PIPETRAIN_CHECK_ARG(spec.dtype == dtype, fn, what, " has dtype ", to_string(spec.dtype),
                       ", expected ", to_string(dtype));
 }
@@ -84,8 +82,7 @@ inline TensorSpec spec_of(const Tensor& t, const char* fn, const char* what) {
 inline void check_grad(const Tensor& grad, const TensorSpec& expected, const char* fn) {
   const TensorSpec spec = spec_of(grad, fn, "grad_output");
   PIPETRAIN_CHECK_ARG(spec.shape == expected.shape, fn, "grad_output has shape ",
-                      shape_to_string(spec.shape), ", expected ",
-                      shape_to_string(expected.shape));
+                      shape_to_string(spec.shape), ", expected ", shape_to_string(expected.shape));
   check_dtype(spec, expected.dtype, fn, "grad_output");
 }
 

@@ -11,11 +11,7 @@ namespace cpu = kernels::cpu;
 
 Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool bias, DType dtype,
                std::uint64_t seed, std::string name)
-    : in_(in_features),
-      out_(out_features),
-      has_bias_(bias),
-      dtype_(dtype),
-      name_(std::move(name)) {
+    : in_(in_features), out_(out_features), has_bias_(bias), dtype_(dtype), name_(std::move(name)) {
   constexpr const char* kFn = "Linear";
   PIPETRAIN_CHECK_ARG(in_ >= 1, kFn, "in_features=", in_, " must be >= 1");
   PIPETRAIN_CHECK_ARG(out_ >= 1, kFn, "out_features=", out_, " must be >= 1");

@@ -38,8 +38,7 @@ Sequential::Sequential(std::vector<std::unique_ptr<Layer>> layers, SequentialOpt
 
 TensorList Sequential::forward(MicrobatchId mb, const TensorList& inputs) {
   constexpr const char* kFn = "Sequential::forward";
-  PIPETRAIN_CHECK_ARG(inputs.size() == 1, kFn, "got ", inputs.size(),
-                      " input tensors, expected 1");
+  PIPETRAIN_CHECK_ARG(inputs.size() == 1, kFn, "got ", inputs.size(), " input tensors, expected 1");
   PIPETRAIN_CHECK_ARG(!in_flight_.contains(mb), kFn, "microbatch ", mb, " is already in flight");
   Tensor x = inputs[0];
   std::size_t done = 0;

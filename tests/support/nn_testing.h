@@ -19,8 +19,8 @@
 namespace pipetrain::testing {
 
 /// A tensor of `shape` and `dtype` with N(0, scale^2) values rounded to fp32.
-inline Tensor random_tensor(const Shape& shape, std::mt19937_64& rng,
-                            DType dtype = DType::kFloat64, double scale = 1.0) {
+inline Tensor random_tensor(const Shape& shape, std::mt19937_64& rng, DType dtype = DType::kFloat64,
+                            double scale = 1.0) {
   std::normal_distribution<double> normal(0.0, scale);
   std::vector<float> v(static_cast<std::size_t>(shape_numel(shape)));
   for (float& x : v) x = static_cast<float>(normal(rng));

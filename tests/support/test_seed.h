@@ -27,8 +27,8 @@ inline unsigned test_seed() {
 /// "seed 1234 (PIPETRAIN_TEST_SEED=unset)".
 inline std::string seed_trace(unsigned seed) {
   const char* fixed = std::getenv("PIPETRAIN_TEST_SEED");
-  return "seed " + std::to_string(seed) + " (PIPETRAIN_TEST_SEED=" +
-         (fixed != nullptr ? fixed : "unset") + ")";
+  return "seed " + std::to_string(seed) +
+         " (PIPETRAIN_TEST_SEED=" + (fixed != nullptr ? fixed : "unset") + ")";
 }
 
 }  // namespace pipetrain::testing

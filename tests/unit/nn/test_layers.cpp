@@ -35,13 +35,14 @@ struct LayerCase {
   std::string cls;    // class name in error messages
   std::function<std::unique_ptr<Layer>(DType)> make;
   Shape input;
-  std::int32_t ids = 0;          // > 0: the input is int32 ids in [0, ids)
-  bool away_from_zero = false;   // inputs with |x| >= 0.05 (finite differences skip ReLU's kink)
-  bool random = false;           // Dropout: infer() is not forward()
+  std::int32_t ids = 0;         // > 0: the input is int32 ids in [0, ids)
+  bool away_from_zero = false;  // inputs with |x| >= 0.05 (finite differences skip ReLU's kink)
+  bool random = false;          // Dropout: infer() is not forward()
 };
 
 std::ostream& operator<<(std::ostream& out, const LayerCase& c) { return out << c.label; }
 
+// clang-format off
 std::vector<LayerCase> layer_cases() {
   return {
       {"Linear", "Linear",
@@ -61,6 +62,7 @@ std::vector<LayerCase> layer_cases() {
        [](DType d) { return std::make_unique<Embedding>(7, 3, d, 13, "emb"); }, {2, 5}, 7},
   };
 }
+// clang-format on
 
 class LayerTest : public ::testing::TestWithParam<LayerCase> {
  protected:
@@ -359,15 +361,23 @@ TEST(Linear, ComputesXWtPlusB) {
 
 TEST(Linear, RejectsBadInputs) {
   Linear fc(4, 3);
-  EXPECT_EQ(error_of<InvalidArgument>([&] { fc.forward(0, Tensor::zeros({2, 3})); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              fc.forward(0, Tensor::zeros({2, 3}));
+            }),
             "[Linear::forward] input has shape [2, 3], expected [..., 4]");
   EXPECT_EQ(error_of<InvalidArgument>([&] { fc.infer(Tensor::zeros({})); }),
             "[Linear::infer] input has shape [], expected [..., 4]");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { fc.forward(0, Tensor::zeros({2, 4}, DType::kFloat64)); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              fc.forward(0, Tensor::zeros({2, 4}, DType::kFloat64));
+            }),
             "[Linear::forward] input has dtype fp64, expected fp32");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { fc.output_spec({{2, 5}, DType::kFloat32}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              fc.output_spec({{2, 5}, DType::kFloat32});
+            }),
             "[Linear::output_spec] input has shape [2, 5], expected [..., 4]");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { fc.output_spec({{2, 4}, DType::kInt32}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              fc.output_spec({{2, 4}, DType::kInt32});
+            }),
             "[Linear::output_spec] input has dtype int32, expected fp32");
   EXPECT_EQ(fc.output_spec({{2, 7, 4}, DType::kFloat32}), (TensorSpec{{2, 7, 3}, DType::kFloat32}));
   EXPECT_EQ(fc.bytes_kept(), 0u);
@@ -389,15 +399,18 @@ TEST(Activations, ValuesAndErrors) {
   EXPECT_EQ(y[3], 3.0);
   EXPECT_TRUE(std::isnan(y[4]));
   // The gradient at 0 is 0.
-  EXPECT_EQ(relu.backward(0, Tensor::from_vector(std::vector<double>{1, 1, 1, 1, 1}))
-                .to_vector<double>(),
-            (std::vector<double>{0, 0, 0, 1, 0}));
+  EXPECT_EQ(
+      relu.backward(0, Tensor::from_vector(std::vector<double>{1, 1, 1, 1, 1})).to_vector<double>(),
+      (std::vector<double>{0, 0, 0, 1, 0}));
   GELU gelu;
   EXPECT_EQ(gelu.infer(Tensor::from_vector(std::vector<float>{0.f, 100.f})).to_vector<float>(),
             (std::vector<float>{0.f, 100.f}));
-  EXPECT_EQ(error_of<InvalidArgument>([&] { gelu.forward(0, Tensor::zeros({2}, DType::kFloat64)); }),
-            "[GELU::forward] input has dtype fp64, expected fp32");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { relu.output_spec({{2}, DType::kInt32}); }),
+  EXPECT_EQ(
+      error_of<InvalidArgument>([&] { gelu.forward(0, Tensor::zeros({2}, DType::kFloat64)); }),
+      "[GELU::forward] input has dtype fp64, expected fp32");
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              relu.output_spec({{2}, DType::kInt32});
+            }),
             "[ReLU::output_spec] input has dtype int32, expected fp64");
   EXPECT_EQ(error_of<InvalidArgument>([] { GELU g(DType::kBFloat16); }),
             "[GELU] dtype bf16 must be fp32 or fp64");
@@ -425,7 +438,9 @@ TEST(LayerNorm, InitNormalisesAndRejects) {
   const auto z = wide.infer(Tensor::from_vector(std::vector<double>{-1, 1})).to_vector<double>();
   EXPECT_NEAR(z[1], 1.0 / std::sqrt(2.0), 1e-15);
 
-  EXPECT_EQ(error_of<InvalidArgument>([&] { ln.forward(0, Tensor::zeros({2, 5}, DType::kFloat64)); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              ln.forward(0, Tensor::zeros({2, 5}, DType::kFloat64));
+            }),
             "[LayerNorm::forward] input has shape [2, 5], expected [..., 4]");
   EXPECT_EQ(error_of<InvalidArgument>([] { LayerNorm(0); }), "[LayerNorm] features=0 must be >= 1");
   EXPECT_EQ(error_of<InvalidArgument>([] { LayerNorm(3, 0.0); }),
@@ -498,14 +513,15 @@ TEST(Dropout, ScalesKeptValuesAndBackwardUsesTheSameMask) {
 
 TEST(Dropout, Rejects) {
   EXPECT_EQ(error_of<InvalidArgument>([] { Dropout(1.0); }), "[Dropout] p=1 must be in [0, 1)");
-  EXPECT_EQ(error_of<InvalidArgument>([] { Dropout(-0.5); }),
-            "[Dropout] p=-0.5 must be in [0, 1)");
+  EXPECT_EQ(error_of<InvalidArgument>([] { Dropout(-0.5); }), "[Dropout] p=-0.5 must be in [0, 1)");
   EXPECT_EQ(error_of<InvalidArgument>([] { Dropout(std::nan("")); }),
             "[Dropout] p=nan must be in [0, 1)");
   Dropout d(0.1);
   EXPECT_EQ(error_of<InvalidArgument>([&] { d.forward(0, Tensor::zeros({3}, DType::kInt32)); }),
             "[Dropout::forward] input has dtype int32, expected fp32 or fp64");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { d.output_spec({{3}, DType::kBFloat16}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              d.output_spec({{3}, DType::kBFloat16});
+            }),
             "[Dropout::output_spec] input has dtype bf16, expected fp32 or fp64");
 }
 
@@ -555,7 +571,9 @@ TEST(Embedding, RejectsBadIds) {
   EXPECT_EQ(error_of<InvalidArgument>(
                 [&] { emb.infer(Tensor::from_vector(std::vector<std::int32_t>{-1})); }),
             "[Embedding::infer] input id -1 at index 0 is outside [0, 11)");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { emb.forward(0, Tensor::zeros({2, 3})); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              emb.forward(0, Tensor::zeros({2, 3}));
+            }),
             "[Embedding::forward] input has dtype fp32, expected int32");
   EXPECT_EQ(emb.output_spec({{2, 3}, DType::kInt32}), (TensorSpec{{2, 3, 4}, DType::kFloat32}));
   EXPECT_EQ(emb.bytes_kept(), 0u);

@@ -40,8 +40,8 @@ Layers mlp(DType dtype = DType::kFloat32, double p = 0.2) {
 }
 
 std::unique_ptr<Sequential> make_mlp(bool checkpointing, double p = 0.2) {
-  auto s = std::make_unique<Sequential>(mlp(DType::kFloat32, p),
-                                        SequentialOptions{0, checkpointing});
+  auto s =
+      std::make_unique<Sequential>(mlp(DType::kFloat32, p), SequentialOptions{0, checkpointing});
   testing::perturb(s->parameters(), 17);
   return s;
 }
@@ -307,8 +307,8 @@ TEST(Sequential, NamesUnnamedLayersByIndex) {
   Sequential s(std::move(layers), {3, false});
   std::vector<std::string> names;
   for (Parameter* p : s.parameters()) names.push_back(p->name);
-  EXPECT_EQ(names, (std::vector<std::string>{"3.weight", "3.bias", "fc.weight", "fc.bias",
-                                             "6.weight"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"3.weight", "3.bias", "fc.weight", "fc.bias", "6.weight"}));
   EXPECT_EQ(s.options().first_index, 3);
   EXPECT_EQ(s.layers().size(), 5u);
 
@@ -324,7 +324,9 @@ TEST(Sequential, OutputSpecsChainTheLayers) {
   auto s = make_mlp(false);
   EXPECT_EQ(s->output_specs({{{4, 3, 6}, DType::kFloat32}}),
             (std::vector<TensorSpec>{{{4, 3, 5}, DType::kFloat32}}));
-  EXPECT_EQ(error_of<InvalidArgument>([&] { s->output_specs({{{4, 7}, DType::kFloat32}}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              s->output_specs({{{4, 7}, DType::kFloat32}});
+            }),
             "[Linear::output_spec] input has shape [4, 7], expected [..., 6]");
   EXPECT_EQ(error_of<InvalidArgument>([&] { s->output_specs({}); }),
             "[Sequential::output_specs] got 0 input specs, expected 1");
@@ -360,14 +362,18 @@ TEST(Sequential, Errors) {
 
   auto s = make_mlp(false);
   const Tensor x = Tensor::zeros({2, 6}), g = Tensor::zeros({2, 5});
-  EXPECT_EQ(error_of<InvalidArgument>([&] { s->forward(0, {x, x}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              s->forward(0, {x, x});
+            }),
             "[Sequential::forward] got 2 input tensors, expected 1");
   EXPECT_EQ(error_of<InvalidArgument>([&] { s->infer({}); }),
             "[Sequential::infer] got 0 input tensors, expected 1");
   EXPECT_EQ(error_of<InvalidArgument>([&] { s->backward_input(0, {g}); }),
             "[Sequential::backward_input] microbatch 0 has no saved forward");
   // A forward rejected by a layer keeps nothing.
-  EXPECT_EQ(error_of<InvalidArgument>([&] { s->forward(0, {Tensor::zeros({2, 7})}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              s->forward(0, {Tensor::zeros({2, 7})});
+            }),
             "[Linear::forward] input has shape [2, 7], expected [..., 6]");
   EXPECT_EQ(s->bytes_kept(), 0u);
   s->forward(0, {x});
@@ -375,9 +381,13 @@ TEST(Sequential, Errors) {
             "[Sequential::forward] microbatch 0 is already in flight");
   EXPECT_EQ(error_of<InvalidArgument>([&] { s->backward_weight(0); }),
             "[Sequential::backward_weight] microbatch 0 has not run backward_input");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { s->backward_input(0, {g, g}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              s->backward_input(0, {g, g});
+            }),
             "[Sequential::backward_input] got 2 gradient tensors, expected 1");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { s->backward_input(0, {Tensor::zeros({2, 4})}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              s->backward_input(0, {Tensor::zeros({2, 4})});
+            }),
             "[Linear::backward_input] grad_output has shape [2, 4], expected [2, 5]");
   s->backward_input(0, {g});
   EXPECT_EQ(error_of<InvalidArgument>([&] { s->backward_input(0, {g}); }),
@@ -406,7 +416,9 @@ TEST(Sequential, CheckpointedBackwardCanBeRetriedAfterAnError) {
   auto s = make_mlp(true);
   const Tensor x = Tensor::zeros({2, 6});
   s->forward(0, {x});
-  EXPECT_EQ(error_of<InvalidArgument>([&] { s->backward_input(0, {Tensor::zeros({3, 5})}); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] {
+              s->backward_input(0, {Tensor::zeros({3, 5})});
+            }),
             "[Linear::backward_input] grad_output has shape [3, 5], expected [2, 5]");
   EXPECT_EQ(s->bytes_kept(), x.nbytes());
   s->backward(0, {Tensor::zeros({2, 5})});
