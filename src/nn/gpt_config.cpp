@@ -1,26 +1,8 @@
 #include "pipetrain/nn/gpt_config.h"
 
-#include <cmath>
-#include <numbers>
-#include <random>
+#include "pipetrain/nn/init.h"
 
 namespace pipetrain::nn {
-namespace {
-
-std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-std::uint64_t fnv1a(const std::string& s) {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
-  return h;
-}
-
-}  // namespace
 
 void GptConfig::validate() const {
   constexpr const char* kFn = "GptConfig::validate";
@@ -54,20 +36,8 @@ GptConfig gpt2_124m() {
   return config;
 }
 
-void init_normal(Parameter& p, double std, std::uint64_t seed) {
-  std::mt19937_64 rng(splitmix64(seed ^ splitmix64(fnv1a(p.name))));
-  // Box-Muller on 53-bit uniforms: the same values on every standard library.
-  auto uniform = [&rng] { return (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53; };
-  const std::int64_t n = p.value.numel();
-  std::vector<float> values(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; i += 2) {
-    const double r = std::sqrt(-2.0 * std::log(uniform()));
-    const double theta = 2.0 * std::numbers::pi * uniform();
-    values[static_cast<std::size_t>(i)] = static_cast<float>(std * r * std::cos(theta));
-    if (i + 1 < n)
-      values[static_cast<std::size_t>(i + 1)] = static_cast<float>(std * r * std::sin(theta));
-  }
-  p.value.copy_from(Tensor::from_vector(values, p.value.shape()));
-}
+// The generic initialiser draws exactly GPT-2's values: N(0, std) from (seed, p.name), rounded
+// to fp32.
+void init_normal(Parameter& p, double std, std::uint64_t seed) { init_normal(p, 0.0, std, seed); }
 
 }  // namespace pipetrain::nn

@@ -20,6 +20,7 @@
 #include "pipetrain/kernels/cuda.h"
 #include "pipetrain/optim/update_rules.h"
 #include "pipetrain/tensor.h"
+#include "test_seed.h"
 
 namespace pipetrain {
 namespace {
@@ -47,17 +48,8 @@ struct Bf16Fp32Grad {
 };
 
 // Fresh inputs every run; PIPETRAIN_TEST_SEED=<n> makes a run repeatable (tools/gpu-check runs
-// two seeds). Each test mixes its own name into the seed, so that tests draw different inputs.
-unsigned test_seed() {
-  const char* fixed = std::getenv("PIPETRAIN_TEST_SEED");
-  if (fixed == nullptr || *fixed == '\0') return std::random_device{}();
-  unsigned seed = static_cast<unsigned>(std::strtoul(fixed, nullptr, 10));
-  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const std::string name =
-      info == nullptr ? std::string() : std::string(info->test_suite_name()) + "." + info->name();
-  for (const char c : name) seed = seed * 31u + static_cast<unsigned char>(c);
-  return seed;
-}
+// two seeds): see tests/support/test_seed.h.
+using testing::test_seed;
 
 class Random {
  public:
@@ -141,10 +133,7 @@ class CudaKernels : public ::testing::Test {
 using Configs = ::testing::Types<Fp32, Bf16, Bf16Fp32Grad>;
 TYPED_TEST_SUITE(CudaKernels, Configs);
 
-#define SEED_TRACE()                                                                \
-  SCOPED_TRACE(                                                                     \
-      "seed " + std::to_string(this->rng_.seed()) + " (PIPETRAIN_TEST_SEED=" +      \
-      (std::getenv("PIPETRAIN_TEST_SEED") ? std::getenv("PIPETRAIN_TEST_SEED") : "unset") + ")")
+#define SEED_TRACE() SCOPED_TRACE(testing::seed_trace(this->rng_.seed()))
 
 TYPED_TEST(CudaKernels, Gelu) {
   using T = typename TypeParam::T;

@@ -47,11 +47,12 @@ template <typename T>
 void embedding_backward_weight(T* dwte, T* dwpe, const T* dout, const std::int32_t* tokens,
                                std::int64_t b, std::int64_t t, std::int64_t c);
 
-// ---- LayerNorm over the last dimension (eps 1e-5) -------------------------------------------
-/// out = (inp - mean) * rstd * weight + bias; mean[N], rstd[N] are kept for the backward.
+// ---- LayerNorm over the last dimension -------------------------------------------------------
+/// out = (inp - mean) * rstd * weight + bias with rstd = 1 / sqrt(var + eps) (GPT-2: eps 1e-5);
+/// mean[N], rstd[N] are kept for the backward, which needs no eps.
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
-                       std::int64_t n, std::int64_t c);
+                       std::int64_t n, std::int64_t c, double eps = 1e-5);
 /// dinp[N,C] = gradient of the input (overwritten).
 template <typename T>
 void layernorm_backward_input(T* dinp, const T* dout, const T* inp, const T* weight,

@@ -5,6 +5,12 @@
 // model built from layers needs no backward code of its own: cut the layer list into pieces,
 // wrap each piece in a Sequential, and every schedule can run it.
 //
+// Undefined gradients: when a layer's backward_input returns an undefined Tensor (its input is
+// integer, e.g. an Embedding's ids), or the output gradient itself is undefined, the backward
+// stops there: the layers before it get no gradient (they are released, and backward_weight
+// skips them) and backward_input returns an undefined gradient. backward_weight runs the other
+// layers in layer order.
+//
 // Activation checkpointing (SequentialOptions::activation_checkpointing): forward keeps only
 // the stage input (each layer's forward runs and its kept tensors are released at once);
 // backward_input recomputes the forward first, keeping what the backward needs this time.
@@ -16,6 +22,7 @@
 // nn.Sequential ("2.weight"); named layers keep their names.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -34,8 +41,11 @@ struct SequentialOptions {
 
 class Sequential : public Stage {
  public:
-  /// Throws InvalidArgument when `layers` is empty or holds a null pointer:
+  /// Throws InvalidArgument when `layers` is empty or holds a null pointer, or when two
+  /// parameters end up with the same name (two layers given the same name):
   ///   "[Sequential] layer 2 of 4 is null"
+  ///   "[Sequential] parameter name "fc.weight" is used by layers 0 and 1 (give the layers
+  ///    distinct names)"
   explicit Sequential(std::vector<std::unique_ptr<Layer>> layers, SequentialOptions options = {});
 
   /// inputs: exactly one tensor; returns one tensor. Throws InvalidArgument otherwise:
@@ -64,6 +74,9 @@ class Sequential : public Stage {
   struct InFlight {
     Phase phase = Phase::kForward;
     Tensor input;  // checkpointing only, until the recompute
+    // After backward_input: the first layer that ran it (layers before it got an undefined
+    // gradient and were released), so backward_weight runs layers [first_backward, end).
+    std::size_t first_backward = 0;
   };
 
   std::vector<std::unique_ptr<Layer>> layers_;

@@ -3,13 +3,10 @@
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
-namespace {
-constexpr double kEps = 1e-5;
-}
 
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
-                       std::int64_t n, std::int64_t c) {
+                       std::int64_t n, std::int64_t c, double eps) {
   for (std::int64_t i = 0; i < n; ++i) {
     const T* x = inp + i * c;
     T m = 0;
@@ -18,7 +15,7 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
     T v = 0;
     for (std::int64_t k = 0; k < c; ++k) v += (x[k] - m) * (x[k] - m);
     v /= static_cast<T>(c);
-    const T s = T(1) / std::sqrt(v + static_cast<T>(kEps));
+    const T s = T(1) / std::sqrt(v + static_cast<T>(eps));
     T* o = out + i * c;
     for (std::int64_t k = 0; k < c; ++k) o[k] = (x[k] - m) * s * weight[k] + bias[k];
     mean[i] = m;
@@ -68,7 +65,7 @@ void layernorm_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp
 
 #define PIPETRAIN_INSTANTIATE(T)                                                             \
   template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, std::int64_t, \
-                                     std::int64_t);                                          \
+                                     std::int64_t, double);                                  \
   template void layernorm_backward_input<T>(T*, const T*, const T*, const T*, const T*,      \
                                             const T*, std::int64_t, std::int64_t);           \
   template void layernorm_backward_weight<T>(T*, T*, const T*, const T*, const T*, const T*, \
