@@ -16,6 +16,9 @@
 // built until a Pipeline on some rank asks for the layers of its stages, so each rank holds
 // only its part of the model. Layers are cut into contiguous stages (by parameter count,
 // uniformly, by a cost per layer, or at explicit layer counts); each stage is an nn::Sequential.
+// Layer i is built inside nn::InitScope(i + 1): its initial values depend on its constructor's
+// seed and its index in the model, not on the cut, and layers that share a seed and a shape
+// still start different.
 //
 // A Pipeline is one rank's share of a pipeline-parallel (P) x data-parallel (D) training run:
 // every rank of the world builds one with the same ModelSpec and options and calls the same
@@ -65,12 +68,15 @@ struct LayerSpec {
   std::string tie_key;
   /// The tied copy inside the built layer (required when tie_key is set).
   std::function<nn::Parameter*(nn::Layer&)> tied_parameter;
+  /// Parameter elements of the layer when known (>= 0), so that partitioning by parameters
+  /// need not build it; -1: counted by building it once.
+  std::int64_t parameters = -1;
 };
 
 class ModelSpec {
  public:
-  /// Appends a layer made by `make`.
-  ModelSpec& add(LayerFactory make);
+  /// Appends a layer made by `make` (with its parameter count when known, see LayerSpec).
+  ModelSpec& add(LayerFactory make, std::int64_t parameters = -1);
   /// Appends a layer constructed as L(args...) (the arguments are copied into the factory).
   template <typename L, typename... Args>
   ModelSpec& add(Args... args) {
@@ -78,14 +84,15 @@ class ModelSpec {
   }
   /// Appends a layer holding a tied copy (see LayerSpec::tie_key).
   ModelSpec& add_tied(std::string key, LayerFactory make,
-                      std::function<nn::Parameter*(nn::Layer&)> tied_parameter);
+                      std::function<nn::Parameter*(nn::Layer&)> tied_parameter,
+                      std::int64_t parameters = -1);
 
   std::size_t size() const { return layers_.size(); }
   const std::vector<LayerSpec>& layers() const { return layers_; }
 
-  /// Parameter elements of each layer (builds each layer once, on the CPU, and drops it;
-  /// computed once and cached).
-  const std::vector<double>& parameter_counts() const;
+  /// Parameter elements of each layer: LayerSpec::parameters where known, else by building the
+  /// layer once on the CPU and dropping it (every call; safe from several threads).
+  std::vector<double> parameter_counts() const;
 
   /// The stage holding layers [first, last) as a Sequential (first_index = first, so unnamed
   /// layers' parameters are "<model index>.weight"), with the tied copies it holds declared.
@@ -96,7 +103,6 @@ class ModelSpec {
 
  private:
   std::vector<LayerSpec> layers_;
-  mutable std::vector<double> counts_;
 };
 
 /// How a ModelSpec is cut into stages.

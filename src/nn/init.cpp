@@ -62,8 +62,16 @@ Fans fans_of(const Shape& shape, const char* fn) {
   return {shape[1] * receptive, shape[0] * receptive};
 }
 
+namespace {
+thread_local std::uint64_t init_salt = 0;
+}  // namespace
+
+InitScope::InitScope(std::uint64_t salt) : previous_(init_salt) { init_salt = salt; }
+InitScope::~InitScope() { init_salt = previous_; }
+
 std::uint64_t parameter_seed(std::uint64_t seed, const std::string& name) {
-  return detail::splitmix64(seed ^ detail::splitmix64(detail::fnv1a64(name)));
+  const std::uint64_t s = detail::splitmix64(seed ^ detail::splitmix64(detail::fnv1a64(name)));
+  return init_salt == 0 ? s : detail::splitmix64(s ^ detail::splitmix64(init_salt));
 }
 
 void init_normal(Tensor& t, double mean, double std, std::uint64_t seed) {

@@ -8,6 +8,7 @@
 #include "pipetrain/comm/inprocess.h"
 #include "pipetrain/comm/mpi.h"
 #include "pipetrain/error.h"
+#include "pipetrain/nn/init.h"
 #include "pipetrain/runtime/checkpoint.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/passes.h"
@@ -16,35 +17,38 @@ namespace pipetrain {
 
 // ---- ModelSpec -----------------------------------------------------------------------------
 
-ModelSpec& ModelSpec::add(LayerFactory make) {
+ModelSpec& ModelSpec::add(LayerFactory make, std::int64_t parameters) {
   PIPETRAIN_CHECK_ARG(static_cast<bool>(make), "ModelSpec::add", "layer ", layers_.size(),
                       " has an empty factory");
-  layers_.push_back(LayerSpec{std::move(make), "", nullptr});
-  counts_.clear();
+  layers_.push_back(LayerSpec{std::move(make), "", nullptr, parameters});
   return *this;
 }
 
 ModelSpec& ModelSpec::add_tied(std::string key, LayerFactory make,
-                               std::function<nn::Parameter*(nn::Layer&)> tied_parameter) {
+                               std::function<nn::Parameter*(nn::Layer&)> tied_parameter,
+                               std::int64_t parameters) {
   constexpr const char* kFn = "ModelSpec::add_tied";
   PIPETRAIN_CHECK_ARG(!key.empty(), kFn, "layer ", layers_.size(), " has an empty tie key");
   PIPETRAIN_CHECK_ARG(static_cast<bool>(make) && static_cast<bool>(tied_parameter), kFn,
                       "layer ", layers_.size(), " ('", key,
                       "') needs a factory and a tied_parameter accessor");
-  layers_.push_back(LayerSpec{std::move(make), std::move(key), std::move(tied_parameter)});
-  counts_.clear();
+  layers_.push_back(
+      LayerSpec{std::move(make), std::move(key), std::move(tied_parameter), parameters});
   return *this;
 }
 
-const std::vector<double>& ModelSpec::parameter_counts() const {
-  if (counts_.size() != layers_.size()) {
-    counts_.clear();
-    for (const LayerSpec& spec : layers_) {
-      std::unique_ptr<nn::Layer> layer = spec.make();
-      counts_.push_back(static_cast<double>(nn::count_parameters(layer->parameters())));
+std::vector<double> ModelSpec::parameter_counts() const {
+  std::vector<double> counts;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (layers_[i].parameters >= 0) {
+      counts.push_back(static_cast<double>(layers_[i].parameters));
+      continue;
     }
+    const nn::InitScope scope(i + 1);
+    std::unique_ptr<nn::Layer> layer = layers_[i].make();
+    counts.push_back(static_cast<double>(nn::count_parameters(layer->parameters())));
   }
-  return counts_;
+  return counts;
 }
 
 std::unique_ptr<nn::Sequential> ModelSpec::build(int first, int last,
@@ -54,6 +58,8 @@ std::unique_ptr<nn::Sequential> ModelSpec::build(int first, int last,
                       ") are outside the model's ", layers_.size(), " layers");
   std::vector<std::unique_ptr<nn::Layer>> layers;
   for (int i = first; i < last; ++i) {
+    // Layer i draws its initial values from its own streams, on whatever stage it is built.
+    const nn::InitScope scope(static_cast<std::uint64_t>(i) + 1);
     layers.push_back(layers_[static_cast<std::size_t>(i)].make());
     PIPETRAIN_CHECK_ARG(layers.back() != nullptr, "ModelSpec::build", "the factory of layer ", i,
                         " returned null");
@@ -73,8 +79,11 @@ std::unique_ptr<nn::Sequential> ModelSpec::build(int first, int last,
   return stage;
 }
 
-runtime::Partition partition_model(const ModelSpec& model, int num_stages,
-                                   const PartitionOptions& options) {
+namespace {
+
+// partition_model() with the parameter counts already known (kParameters) or not needed.
+runtime::Partition partition_counted(const ModelSpec& model, const std::vector<double>* counts,
+                                     int num_stages, const PartitionOptions& options) {
   constexpr const char* kFn = "partition_model";
   const int layers = static_cast<int>(model.size());
   PIPETRAIN_CHECK_ARG(num_stages >= 1, kFn, "num_stages=", num_stages, " must be >= 1");
@@ -85,7 +94,7 @@ runtime::Partition partition_model(const ModelSpec& model, int num_stages,
   std::vector<double> costs;
   switch (options.method) {
     case Method::kParameters:
-      costs = model.parameter_counts();
+      costs = counts != nullptr ? *counts : model.parameter_counts();
       // A parameterless layer (ReLU) still takes time: count it as a little work so that the
       // cut does not pile them all on one stage.
       for (double& c : costs) c = std::max(c, 1.0);
@@ -107,6 +116,13 @@ runtime::Partition partition_model(const ModelSpec& model, int num_stages,
     return runtime::partition_from_counts(costs, options.layers_per_stage);
   }
   return runtime::partition_layers(costs, num_stages);
+}
+
+}  // namespace
+
+runtime::Partition partition_model(const ModelSpec& model, int num_stages,
+                                   const PartitionOptions& options) {
+  return partition_counted(model, nullptr, num_stages, options);
 }
 
 // ---- Pipeline ------------------------------------------------------------------------------
@@ -155,7 +171,8 @@ Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
   PIPETRAIN_CHECK_ARG(compute.num_ranks() == o.pipeline, kFn, "the schedule has ",
                       compute.num_ranks(), " ranks, pipeline=", o.pipeline);
   Schedule schedule = compute.num_ranks() > 1 && !compute.has_comm() ? lower(compute) : compute;
-  partition_ = partition_model(model, schedule.num_stages(), o.partition);
+  const std::vector<double> counts = model.parameter_counts();
+  partition_ = partition_counted(model, &counts, schedule.num_stages(), o.partition);
   const runtime::Topology topology(transport.world_size(), o.pipeline, o.data_parallel);
   runtime::check_same_configuration(transport,
                                     canonical(o, schedule, partition_, loss_->name()));
@@ -171,7 +188,7 @@ Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
   }
   // The model hash ties checkpoints to the model: parameter names and shapes of every layer.
   std::string signature;
-  for (const double c : model.parameter_counts()) signature += std::to_string(c) + ";";
+  for (const double c : counts) signature += std::to_string(c) + ";";
   model_hash_ = runtime::fnv1a64(signature);
   optimizer_ = make_optimizer(o.optimizer, params);
   executor_ = std::make_unique<runtime::Executor>(std::move(schedule), topology, transport,

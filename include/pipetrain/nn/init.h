@@ -10,7 +10,9 @@
 // (seed, parameter name), so every parameter of a model built from one seed gets its own
 // stream and its values do not depend on which other layers exist (any cut of a model into
 // stages holds the values of the whole model). Two parameters with the same name and the same
-// seed therefore start identical: give unnamed layers of one model different seeds or names.
+// seed therefore start identical, except under an InitScope: a ModelSpec (pipetrain/pipeline.h)
+// builds layer i inside InitScope(i + 1), so its layers differ even when they share a seed and
+// a shape, and each keeps the same values on whatever stage it lands.
 //
 // Fans (xavier_*, kaiming_*) follow PyTorch's layout: a weight is [out, in, *receptive], so
 // fan_in = in * receptive and fan_out = out * receptive; tensors of fewer than 2 dimensions are
@@ -37,8 +39,21 @@ struct Fans {
 Fans fans_of(const Shape& shape, const char* fn = "fans_of");
 
 /// The seed of parameter `name`'s stream under model seed `seed` (what the Parameter overloads
-/// pass to the Tensor ones).
+/// pass to the Tensor ones), mixed with the innermost InitScope's salt when there is one.
 std::uint64_t parameter_seed(std::uint64_t seed, const std::string& name);
+
+/// While alive, parameter_seed() on this thread also mixes in `salt` (0: no salt, the values
+/// of a layer built outside any scope). Scopes nest; the innermost wins.
+class InitScope {
+ public:
+  explicit InitScope(std::uint64_t salt);
+  ~InitScope();
+  InitScope(const InitScope&) = delete;
+  InitScope& operator=(const InitScope&) = delete;
+
+ private:
+  std::uint64_t previous_;
+};
 
 // ---- Tensor overloads: any floating dtype (fp32, bf16, fp64), values from `seed` ------------
 /// N(mean, std^2). Throws InvalidArgument for std < 0 or a non-floating tensor.

@@ -113,7 +113,7 @@ std::map<std::string, std::vector<float>> grads(Stage& s) {
 }
 
 TEST(MultiTensorBoundary, PipelineEqualsTheStagesDrivenByHand) {
-  set_logging(false);
+  runtime::set_logging(false);
   constexpr int kM = 4;
   const std::vector<Microbatch> mbs = batch(kM);
   // By hand.

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <random>
 #include <string>
@@ -49,20 +50,20 @@ Data data(int step) {
   return {Tensor::from_vector(x, {kRows, 12}), Tensor::from_vector(y, {kRows})};
 }
 
-struct Run {
+struct TrainRun {
   std::vector<double> losses;
   std::map<std::string, std::vector<float>> params;  // by name, from every rank
 };
 
-Run train(const PipelineOptions& options) {
-  set_logging(false);
-  Run run;
+TrainRun train(const PipelineOptions& options) {
+  runtime::set_logging(false);
+  TrainRun run;
   std::mutex mu;
   std::vector<std::vector<double>> losses(options.pipeline * options.data_parallel);
   launch(options.pipeline * options.data_parallel, "inprocess", [&](Transport& t) {
     Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+    const Data d = data(0);  // the same batch each step: the loss must fall
     for (int step = 0; step < kSteps; ++step) {
-      const Data d = data(step);
       losses[t.rank()].push_back(pipe.train_step({d.x}, {d.y}).loss);
     }
     std::lock_guard<std::mutex> lock(mu);
@@ -73,7 +74,7 @@ Run train(const PipelineOptions& options) {
   return run;
 }
 
-void expect_same_training(const Run& got, const Run& want, double tol) {
+void expect_same_training(const TrainRun& got, const TrainRun& want, double tol) {
   ASSERT_EQ(got.losses.size(), want.losses.size());
   for (std::size_t i = 0; i < want.losses.size(); ++i) {
     EXPECT_NEAR(got.losses[i], want.losses[i], tol * std::abs(want.losses[i])) << "step " << i;
@@ -104,7 +105,7 @@ TEST_P(PipelineMatchesOneDevice, LossesAndParameters) {
   one.schedule = "gpipe";
   one.microbatches = c.m * c.d;
   one.optimizer.lr = 1e-2;
-  const Run want = train(one);
+  const TrainRun want = train(one);
   PipelineOptions options = one;
   options.schedule = c.schedule;
   options.pipeline = c.p;
@@ -133,7 +134,7 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 TEST(Pipeline, EvalStepGivesTheSingleDeviceForward) {
-  set_logging(false);
+  runtime::set_logging(false);
   const Data d = data(0);
   // One device: the whole model as one Sequential.
   auto whole = mlp().build(0, 8);
@@ -171,7 +172,7 @@ std::string error_of(const std::function<void()>& f) {
 }
 
 TEST(Pipeline, BadBatchesAreRefusedBeforeAnyComputeAndThePipelineStaysUsable) {
-  set_logging(false);
+  runtime::set_logging(false);
   PipelineOptions options;
   options.schedule = "1f1b";
   options.pipeline = 2;
