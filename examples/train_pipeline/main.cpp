@@ -45,7 +45,7 @@
 #include "pipetrain/runtime/checkpoint.h"
 #include "pipetrain/nn/loss.h"
 #include "pipetrain/runtime/executor.h"
-#include "pipetrain/runtime/gpt_pipeline.h"
+#include "pipetrain/nn/gpt.h"
 #include "pipetrain/runtime/progress.h"
 #include "pipetrain/runtime/topology.h"
 #include "pipetrain/runtime/trace.h"
@@ -203,7 +203,7 @@ Plan make_plan(const Options& opt) {
                       opt.batch, " is not a multiple of --data-parallel=", opt.data_parallel);
   const int micro_rows = rt::microbatch_size(opt.batch / opt.data_parallel, opt.microbatches);
   rt::Partition partition =
-      rt::partition_gpt(config, compute.num_stages(), micro_rows, opt.seq);
+      pipetrain::nn::partition_gpt(config, compute.num_stages(), micro_rows, opt.seq);
   return Plan{pipetrain::lower(compute), config, std::move(partition), micro_rows};
 }
 
@@ -216,7 +216,7 @@ void run_rank(const Options& opt, const Plan& plan, pipetrain::Transport& transp
   const int pp = topo.pp_index(rank);
   pipetrain::nn::StageOptions stage_options;
   stage_options.activation_checkpointing = opt.checkpointing;
-  auto stages = rt::make_gpt_stages(plan.config, plan.schedule, plan.partition, pp, stage_options);
+  auto stages = pipetrain::nn::make_gpt_stages(plan.config, plan.schedule, plan.partition, pp, stage_options);
   std::vector<pipetrain::Stage*> stage_ptrs;
   std::vector<pipetrain::nn::Parameter*> params;
   for (auto& s : stages) {

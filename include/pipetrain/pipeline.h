@@ -44,8 +44,8 @@
 #include <vector>
 
 #include "pipetrain/comm/transport.h"
-#include "pipetrain/nn/layer.h"
 #include "pipetrain/nn/loss.h"
+#include "pipetrain/model_spec.h"
 #include "pipetrain/nn/sequential.h"
 #include "pipetrain/optim/optimizer.h"
 #include "pipetrain/runtime/executor.h"
@@ -54,56 +54,6 @@
 #include "pipetrain/schedule/schedule.h"
 
 namespace pipetrain {
-
-/// Makes one layer. Called only on the rank that holds the layer (and by ModelSpec for
-/// parameter counts, see parameter_counts()).
-using LayerFactory = std::function<std::unique_ptr<nn::Layer>()>;
-
-/// One entry of a ModelSpec.
-struct LayerSpec {
-  LayerFactory make;
-  /// Non-empty for a layer holding a copy of a parameter tied to other layers (TiedLayerSpec):
-  /// every layer with the same key holds its own copy, initialised identically, whose
-  /// gradients the runtime sums before each update (e.g. "wte" on a GPT's embedding and head).
-  std::string tie_key;
-  /// The tied copy inside the built layer (required when tie_key is set).
-  std::function<nn::Parameter*(nn::Layer&)> tied_parameter;
-  /// Parameter elements of the layer when known (>= 0), so that partitioning by parameters
-  /// need not build it; -1: counted by building it once.
-  std::int64_t parameters = -1;
-};
-
-class ModelSpec {
- public:
-  /// Appends a layer made by `make` (with its parameter count when known, see LayerSpec).
-  ModelSpec& add(LayerFactory make, std::int64_t parameters = -1);
-  /// Appends a layer constructed as L(args...) (the arguments are copied into the factory).
-  template <typename L, typename... Args>
-  ModelSpec& add(Args... args) {
-    return add(LayerFactory([=] { return std::unique_ptr<nn::Layer>(new L(args...)); }));
-  }
-  /// Appends a layer holding a tied copy (see LayerSpec::tie_key).
-  ModelSpec& add_tied(std::string key, LayerFactory make,
-                      std::function<nn::Parameter*(nn::Layer&)> tied_parameter,
-                      std::int64_t parameters = -1);
-
-  std::size_t size() const { return layers_.size(); }
-  const std::vector<LayerSpec>& layers() const { return layers_; }
-
-  /// Parameter elements of each layer: LayerSpec::parameters where known, else by building the
-  /// layer once on the CPU and dropping it (every call; safe from several threads).
-  std::vector<double> parameter_counts() const;
-
-  /// The stage holding layers [first, last) as a Sequential (first_index = first, so unnamed
-  /// layers' parameters are "<model index>.weight"), with the tied copies it holds declared.
-  /// Throws InvalidArgument unless 0 <= first < last <= size():
-  ///   "[ModelSpec::build] layers [3, 9) are outside the model's 5 layers"
-  std::unique_ptr<nn::Sequential> build(int first, int last,
-                                        bool activation_checkpointing = false) const;
-
- private:
-  std::vector<LayerSpec> layers_;
-};
 
 /// How a ModelSpec is cut into stages.
 struct PartitionOptions {

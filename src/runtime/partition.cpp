@@ -105,41 +105,4 @@ Partition partition_from_counts(std::span<const double> layer_costs,
   return finish(layer_costs, std::move(bounds));
 }
 
-std::vector<double> gpt_layer_costs(const GptCostShape& shape, double flops_per_byte) {
-  PIPETRAIN_CHECK_ARG(shape.vocab_size >= 1, "gpt_layer_costs", "vocab_size=", shape.vocab_size,
-                      " must be >= 1");
-  PIPETRAIN_CHECK_ARG(shape.seq_len >= 1, "gpt_layer_costs", "seq_len=", shape.seq_len,
-                      " must be >= 1");
-  PIPETRAIN_CHECK_ARG(shape.channels >= 1, "gpt_layer_costs", "channels=", shape.channels,
-                      " must be >= 1");
-  PIPETRAIN_CHECK_ARG(shape.num_layers >= 1, "gpt_layer_costs", "num_layers=", shape.num_layers,
-                      " must be >= 1");
-  PIPETRAIN_CHECK_ARG(shape.microbatch_size >= 1, "gpt_layer_costs",
-                      "microbatch_size=", shape.microbatch_size, " must be >= 1");
-  PIPETRAIN_CHECK_ARG(std::isfinite(flops_per_byte) && flops_per_byte >= 0.0, "gpt_layer_costs",
-                      "flops_per_byte=", flops_per_byte, " must be finite and >= 0");
-  const double c = static_cast<double>(shape.channels);
-  const double t = static_cast<double>(shape.seq_len);
-  const double v = static_cast<double>(shape.vocab_size);
-  const double tokens = t * static_cast<double>(shape.microbatch_size);
-  constexpr double kTrain = 3.0;  // forward + backward (input and weight gradients)
-  constexpr double kFloat = 4.0;
-
-  // Activation bytes written per token: the embedding writes C values; a block keeps about 16 C
-  // (layer norms, QKV, attention output, MLP hidden 4C x2, residuals); the head writes V logits.
-  const double embed_bytes = kFloat * (tokens * c + v * c + t * c);
-  const double block_flops = 2.0 * tokens * (24.0 * c * c + 4.0 * t * c);
-  const double block_bytes = kFloat * (tokens * 16.0 * c + 12.0 * c * c);
-  const double head_flops = 2.0 * tokens * c * v;
-  const double head_bytes = kFloat * (tokens * (c + v) + v * c);
-
-  std::vector<double> costs;
-  costs.push_back(kTrain * flops_per_byte * embed_bytes);
-  for (std::int64_t i = 0; i < shape.num_layers; ++i) {
-    costs.push_back(kTrain * (block_flops + flops_per_byte * block_bytes));
-  }
-  costs.push_back(kTrain * (head_flops + flops_per_byte * head_bytes));
-  return costs;
-}
-
 }  // namespace pipetrain::runtime

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -14,70 +15,6 @@
 #include "pipetrain/schedule/passes.h"
 
 namespace pipetrain {
-
-// ---- ModelSpec -----------------------------------------------------------------------------
-
-ModelSpec& ModelSpec::add(LayerFactory make, std::int64_t parameters) {
-  PIPETRAIN_CHECK_ARG(static_cast<bool>(make), "ModelSpec::add", "layer ", layers_.size(),
-                      " has an empty factory");
-  layers_.push_back(LayerSpec{std::move(make), "", nullptr, parameters});
-  return *this;
-}
-
-ModelSpec& ModelSpec::add_tied(std::string key, LayerFactory make,
-                               std::function<nn::Parameter*(nn::Layer&)> tied_parameter,
-                               std::int64_t parameters) {
-  constexpr const char* kFn = "ModelSpec::add_tied";
-  PIPETRAIN_CHECK_ARG(!key.empty(), kFn, "layer ", layers_.size(), " has an empty tie key");
-  PIPETRAIN_CHECK_ARG(static_cast<bool>(make) && static_cast<bool>(tied_parameter), kFn,
-                      "layer ", layers_.size(), " ('", key,
-                      "') needs a factory and a tied_parameter accessor");
-  layers_.push_back(
-      LayerSpec{std::move(make), std::move(key), std::move(tied_parameter), parameters});
-  return *this;
-}
-
-std::vector<double> ModelSpec::parameter_counts() const {
-  std::vector<double> counts;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    if (layers_[i].parameters >= 0) {
-      counts.push_back(static_cast<double>(layers_[i].parameters));
-      continue;
-    }
-    const nn::InitScope scope(i + 1);
-    std::unique_ptr<nn::Layer> layer = layers_[i].make();
-    counts.push_back(static_cast<double>(nn::count_parameters(layer->parameters())));
-  }
-  return counts;
-}
-
-std::unique_ptr<nn::Sequential> ModelSpec::build(int first, int last,
-                                                 bool activation_checkpointing) const {
-  PIPETRAIN_CHECK_ARG(0 <= first && first < last && last <= static_cast<int>(layers_.size()),
-                      "ModelSpec::build", "layers [", first, ", ", last,
-                      ") are outside the model's ", layers_.size(), " layers");
-  std::vector<std::unique_ptr<nn::Layer>> layers;
-  for (int i = first; i < last; ++i) {
-    // Layer i draws its initial values from its own streams, on whatever stage it is built.
-    const nn::InitScope scope(static_cast<std::uint64_t>(i) + 1);
-    layers.push_back(layers_[static_cast<std::size_t>(i)].make());
-    PIPETRAIN_CHECK_ARG(layers.back() != nullptr, "ModelSpec::build", "the factory of layer ", i,
-                        " returned null");
-  }
-  nn::SequentialOptions options;
-  options.first_index = first;
-  options.activation_checkpointing = activation_checkpointing;
-  auto stage = std::make_unique<nn::Sequential>(std::move(layers), options);
-  for (int i = first; i < last; ++i) {
-    const LayerSpec& spec = layers_[static_cast<std::size_t>(i)];
-    if (spec.tie_key.empty()) continue;
-    nn::Parameter* p = spec.tied_parameter(*stage->layers()[static_cast<std::size_t>(i - first)]);
-    PIPETRAIN_CHECK_ARG(p != nullptr, "ModelSpec::build", "layer ", i, " ('", spec.tie_key,
-                        "') returned no tied parameter");
-    stage->add_tied_parameter(spec.tie_key, p);
-  }
-  return stage;
-}
 
 namespace {
 

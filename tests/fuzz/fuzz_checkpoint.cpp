@@ -26,7 +26,7 @@
 #include "pipetrain/optim/optimizer.h"
 #include "pipetrain/runtime/checkpoint.h"
 #include "pipetrain/runtime/executor.h"
-#include "pipetrain/runtime/gpt_pipeline.h"
+#include "pipetrain/nn/gpt.h"
 #include "pipetrain/runtime/progress.h"
 #include "pipetrain/schedule/generators.h"
 
@@ -55,7 +55,7 @@ World& world() {
     c.num_heads = 1;
     c.channels = 4;
     const pipetrain::Schedule schedule = pipetrain::make_schedule("gpipe", 1, 1);
-    auto stages = rt::make_gpt_stages(c, schedule, rt::partition_gpt(c, 1, 1, 4), 0);
+    auto stages = pipetrain::nn::make_gpt_stages(c, schedule, pipetrain::nn::partition_gpt(c, 1, 1, 4), 0);
     out.stage = std::move(stages[0]);
     out.optimizer = std::make_unique<pipetrain::optim::AdamW>(out.stage->parameters());
     return out;

@@ -1,32 +1,32 @@
-// pipetrain/nn/gpt.h: a GPT-2 model cut into pipeline stages at any layer boundary.
+// pipetrain/nn/gpt.h: a GPT-2 model as a ModelSpec of three kinds of layers.
 //
 // The model is the list of layers 0 = GptEmbedding, 1..L = TransformerBlock h.0..h.(L-1),
-// L+1 = LmHead. A GptStage holds layers [first_layer, last_layer] (inclusive) and implements
-// the runtime's Stage interface; the whole model is the stage [0, L+1] (make_model()). The
-// first stage takes one int32 tensor of token ids [B, T]; the last stage returns the logits
-// [B, T, V], trained with CrossEntropyLoss (pipetrain/nn/loss.h); any other boundary carries
-// one activation [B, T, C] of the config's dtype.
+// L+1 = LmHead (pipetrain/nn/gpt_layers.h); gpt_spec() lists them, and any contiguous range of
+// them is a stage (an nn::Sequential, like any model built from layers). The first stage takes
+// one int32 tensor of token ids [B, T]; the last stage returns the logits [B, T, V], trained
+// with CrossEntropyLoss (pipetrain/nn/loss.h); any other boundary carries one activation
+// [B, T, C] of the config's dtype.
 //
-// Tied embeddings across stages: when the Embedding and the LmHead are in different stages,
-// each holds its own copy of wte (same initial values) and lists it in tied_parameters() with
-// key "wte"; the runtime must sum the two copies' gradients before the optimizer step (the
-// updates then stay identical). When both are in one stage they share one Parameter and
-// tied_parameters() is empty.
+// Tied embeddings: the embedding's wte and the head's LM matrix are tied under the key "wte".
+// In one stage the head uses the embedding's wte (LmHead::tie_to); in two stages each holds a
+// copy (same initial values) declared as a TiedParameter, and the runtime sums their gradients
+// so that the copies stay identical.
 //
-// Activation checkpointing (StageOptions::activation_checkpointing): forward keeps only the
-// stage input; backward_input recomputes the forward first. Results are bitwise
-// those of a plain stage.
+// Activation checkpointing (StageOptions::activation_checkpointing) is Sequential's: forward
+// keeps only the stage input; backward_input recomputes the forward first, bitwise.
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <utility>
 #include <vector>
 
+#include "pipetrain/model_spec.h"
 #include "pipetrain/nn/gpt_config.h"
 #include "pipetrain/nn/gpt_layers.h"
-#include "pipetrain/stage.h"
+#include "pipetrain/nn/sequential.h"
+#include "pipetrain/runtime/partition.h"
+#include "pipetrain/schedule/schedule.h"
 
 namespace pipetrain::nn {
 
@@ -34,52 +34,17 @@ struct StageOptions {
   bool activation_checkpointing = false;
 };
 
-class GptStage final : public Stage {
- public:
-  /// Throws InvalidArgument for an invalid config or unless
-  /// 0 <= first_layer <= last_layer < config.num_model_layers():
-  ///   "[GptStage] layers [3, 7] are outside the model's layers [0, 5]"
-  GptStage(const GptConfig& config, std::int64_t first_layer, std::int64_t last_layer,
-           StageOptions options = {});
+/// A GPT stage is a Sequential of GPT layers.
+using GptStage = Sequential;
 
-  bool is_first() const { return first_layer_ == 0; }
-  bool is_last() const { return last_layer_ == config_.num_model_layers() - 1; }
-  std::int64_t first_layer() const { return first_layer_; }
-  std::int64_t last_layer() const { return last_layer_; }
-  const GptConfig& config() const { return config_; }
-  const StageOptions& options() const { return options_; }
+/// The model's num_model_layers() layers as a ModelSpec (initialised from config.seed; each
+/// parameter's values depend only on the seed and its name, whatever the cut). Throws
+/// InvalidArgument for an invalid config.
+ModelSpec gpt_spec(const GptConfig& config);
 
-  TensorList forward(MicrobatchId mb, const TensorList& inputs) override;
-  TensorList backward_input(MicrobatchId mb, const TensorList& grad_outputs) override;
-  void backward_weight(MicrobatchId mb) override;
-  TensorList infer(const TensorList& inputs) override;
-  std::vector<TensorSpec> output_specs(const std::vector<TensorSpec>& inputs) const override;
-  void release(MicrobatchId mb) override;
-  std::size_t bytes_kept() const override;
-  /// Layer by layer, in layer order (the tied wte listed once).
-  std::vector<Parameter*> parameters() override;
-  std::vector<TiedParameter> tied_parameters() override;
-
-  /// The layers, in order (layers()[0] is layer first_layer()).
-  const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }
-
- private:
-  enum class Phase { kForward, kInput };
-  struct InFlight {
-    Phase phase = Phase::kForward;
-    Tensor input;  // checkpointing only, until the recompute
-  };
-
-  GptConfig config_;
-  std::int64_t first_layer_, last_layer_;
-  StageOptions options_;
-  std::vector<std::unique_ptr<Layer>> layers_;
-  GptEmbedding* embedding_ = nullptr;
-  LmHead* head_ = nullptr;
-  std::map<MicrobatchId, InFlight> in_flight_;
-};
-
-/// The stage holding layers [first_layer, last_layer] (inclusive).
+/// The stage holding layers [first_layer, last_layer] (inclusive). Throws InvalidArgument for an
+/// invalid config or unless 0 <= first_layer <= last_layer < config.num_model_layers():
+///   "[make_stage] layers [3, 7] are outside the model's layers [0, 5]"
 std::unique_ptr<GptStage> make_stage(const GptConfig& config, std::int64_t first_layer,
                                      std::int64_t last_layer, StageOptions options = {});
 /// The whole model as one stage.
@@ -91,5 +56,40 @@ std::unique_ptr<GptStage> make_model(const GptConfig& config, StageOptions optio
 /// 1 <= num_stages <= num_layers (or num_stages == 1).
 std::vector<std::pair<std::int64_t, std::int64_t>> split_layers(const GptConfig& config,
                                                                 std::int64_t num_stages);
+
+/// Shape of a GPT for cost estimates.
+struct GptCostShape {
+  std::int64_t vocab_size = 256;
+  std::int64_t seq_len = 128;
+  std::int64_t channels = 128;
+  std::int64_t num_layers = 4;  ///< transformer blocks
+  std::int64_t microbatch_size = 1;
+};
+
+/// Per-layer cost estimate of one training step (forward + backward, about 3x forward) of one
+/// microbatch, for the list [embedding, block 0, ..., block n-1, head], in floating-point
+/// operations plus `flops_per_byte` times the bytes each layer reads and writes (activations
+/// and weights): the cost of a memory-bound layer such as the embedding is not zero.
+///   block:     per token 24 C^2 (QKV, projection, MLP) + 4 T C (attention) multiply-adds x 2
+///   head:      per token 2 C V (final norm ignored)
+///   embedding: no matrix product; bytes only
+/// Throws InvalidArgument when a size is < 1 or flops_per_byte < 0.
+std::vector<double> gpt_layer_costs(const GptCostShape& shape, double flops_per_byte = 4.0);
+
+/// Cuts the model's layers into `num_stages` stages minimising the largest estimated cost
+/// (gpt_layer_costs with this microbatch shape). Throws InvalidArgument for an invalid config,
+/// and when there are fewer layers than stages:
+///   "[partition_gpt] the model has 6 layers (embedding, 4 blocks, head), fewer than
+///    num_stages=8"
+runtime::Partition partition_gpt(const GptConfig& config, int num_stages, int microbatch_size,
+                                 int seq_len);
+
+/// The stages `schedule` places on pipeline rank `pp_index`, in increasing stage order, each
+/// holding the layers `partition` gives it. Throws InvalidArgument when the partition does not
+/// have schedule.num_stages() stages.
+std::vector<std::unique_ptr<GptStage>> make_gpt_stages(const GptConfig& config,
+                                                       const Schedule& schedule,
+                                                       const runtime::Partition& partition,
+                                                       int pp_index, StageOptions options = {});
 
 }  // namespace pipetrain::nn

@@ -1,7 +1,7 @@
 // pipetrain/runtime/partition.h: cutting a model's layers into contiguous pipeline stages.
 //
-// A model is a list of L layers in forward order (for a GPT: the embedding, the transformer
-// blocks, the final norm + head), each with a cost. A partition cuts the list into S contiguous,
+// A model is a list of L layers in forward order, each with a cost (for a GPT:
+// nn::gpt_layer_costs in pipetrain/nn/gpt.h). A partition cuts the list into S contiguous,
 // non-empty stages, every layer in exactly one stage. partition_layers() returns a partition
 // whose largest stage cost is the smallest possible (the pipeline runs at the pace of its
 // slowest stage).
@@ -48,23 +48,5 @@ Partition partition_layers(std::span<const double> layer_costs, int num_stages);
 Partition partition_from_counts(std::span<const double> layer_costs,
                                 std::span<const int> layers_per_stage);
 
-/// Shape of a GPT for cost estimates (plain numbers so that this header needs no model header).
-struct GptCostShape {
-  std::int64_t vocab_size = 256;
-  std::int64_t seq_len = 128;
-  std::int64_t channels = 128;
-  std::int64_t num_layers = 4;  ///< transformer blocks
-  std::int64_t microbatch_size = 1;
-};
-
-/// Per-layer cost estimate of one training step (forward + backward, about 3x forward) of one
-/// microbatch, for the list [embedding, block 0, ..., block n-1, head], in floating-point
-/// operations plus `flops_per_byte` times the bytes each layer reads and writes (activations
-/// and weights): the cost of a memory-bound layer such as the embedding is not zero.
-///   block:     per token 24 C^2 (QKV, projection, MLP) + 4 T C (attention) multiply-adds x 2
-///   head:      per token 2 C V (final norm ignored)
-///   embedding: no matrix product; bytes only
-/// Throws InvalidArgument when a size is < 1 or flops_per_byte < 0.
-std::vector<double> gpt_layer_costs(const GptCostShape& shape, double flops_per_byte = 4.0);
 
 }  // namespace pipetrain::runtime

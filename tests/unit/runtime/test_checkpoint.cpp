@@ -18,7 +18,7 @@
 #include "pipetrain/runtime/checkpoint.h"
 #include "pipetrain/nn/loss.h"
 #include "pipetrain/runtime/executor.h"
-#include "pipetrain/runtime/gpt_pipeline.h"
+#include "pipetrain/nn/gpt.h"
 #include "pipetrain/runtime/progress.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/passes.h"
@@ -60,7 +60,7 @@ fs::path temp_dir(const std::string& name) {
 std::vector<double> train(int steps, const fs::path& load_dir, const fs::path& save_dir) {
   set_logging(false);
   const Schedule schedule = lower(make_schedule("1f1b", 2, kMicro));
-  const Partition partition = partition_gpt(config(), 2, kBatch / kMicro, kSeq);
+  const Partition partition = nn::partition_gpt(config(), 2, kBatch / kMicro, kSeq);
   auto transports = make_inprocess_world(2, TransportOptions{std::chrono::seconds(30)});
   std::vector<std::vector<double>> losses(2);
   std::vector<std::string> errors(2);
@@ -68,7 +68,7 @@ std::vector<double> train(int steps, const fs::path& load_dir, const fs::path& s
   for (int rank = 0; rank < 2; ++rank) {
     threads.emplace_back([&, rank] {
       try {
-        auto stages = make_gpt_stages(config(), schedule, partition, rank);
+        auto stages = nn::make_gpt_stages(config(), schedule, partition, rank);
         std::vector<nn::Parameter*> ps = stages[0]->parameters();
         optim::AdamW opt(ps);
         data::BatchSampler sampler(tokens(), kSeq, kBatch, 5);
@@ -116,8 +116,8 @@ TEST(Checkpoint, ResumeGivesTheSameLosses) {
 }
 
 std::string load_error(const fs::path& dir, int stage, std::uint64_t hash = kHash) {
-  auto stages = make_gpt_stages(config(), make_schedule("1f1b", 2, 2),
-                                partition_gpt(config(), 2, 1, kSeq), stage);
+  auto stages = nn::make_gpt_stages(config(), make_schedule("1f1b", 2, 2),
+                                nn::partition_gpt(config(), 2, 1, kSeq), stage);
   optim::AdamW opt(stages[0]->parameters());
   try {
     load_stage_checkpoint(dir, stage, 2, *stages[0], opt, hash);
@@ -186,7 +186,7 @@ Outcome train_cut(const TrainRun& run) {
   set_logging(false);
   const Schedule schedule = lower(make_schedule(run.schedule, run.p, run.m));
   const int rows = kBatch / run.m;
-  const Partition partition = partition_gpt(config(), schedule.num_stages(), rows, kSeq);
+  const Partition partition = nn::partition_gpt(config(), schedule.num_stages(), rows, kSeq);
   auto transports = make_inprocess_world(run.p, TransportOptions{std::chrono::seconds(30)});
   Outcome out;
   out.optimizer_steps.assign(run.p, -1);
@@ -198,7 +198,7 @@ Outcome train_cut(const TrainRun& run) {
   for (int rank = 0; rank < run.p; ++rank) {
     threads.emplace_back([&, rank] {
       try {
-        auto owned = make_gpt_stages(config(), schedule, partition, rank);
+        auto owned = nn::make_gpt_stages(config(), schedule, partition, rank);
         std::vector<Stage*> stages;
         std::vector<nn::Parameter*> ps;
         for (auto& st : owned) {
@@ -340,7 +340,7 @@ TEST(Checkpoint, SameCutThroughTheAnyCutLoaderIsBitwise) {
 // Loads `dir` into the first stage of a `p`-stage cut of `c` with a fresh optimizer.
 std::string any_cut_error(const fs::path& dir, int p, std::uint64_t hash = kHash,
                           nn::GptConfig c = config(), bool sgd = false) {
-  auto stages = make_gpt_stages(c, make_schedule("1f1b", p, 2), partition_gpt(c, p, 1, kSeq), 0);
+  auto stages = nn::make_gpt_stages(c, make_schedule("1f1b", p, 2), nn::partition_gpt(c, p, 1, kSeq), 0);
   std::unique_ptr<optim::Optimizer> opt;
   if (sgd) {
     opt = std::make_unique<optim::Sgd>(stages[0]->parameters(), optim::SgdConfig{0.9, 0, false});
@@ -456,7 +456,7 @@ TEST(Checkpoint, AnyCutRejectsTiedCopiesThatDiffer) {
   auto rewrite_last = [&](auto change) {
     const Schedule schedule = make_schedule("1f1b", 2, kMicro);
     auto stages =
-        make_gpt_stages(config(), schedule, partition_gpt(config(), 2, kBatch / kMicro, kSeq), 1);
+        nn::make_gpt_stages(config(), schedule, nn::partition_gpt(config(), 2, kBatch / kMicro, kSeq), 1);
     optim::AdamW opt(stages[0]->parameters());
     const CheckpointMeta meta = load_stage_checkpoint(dir, 1, 2, *stages[0], opt, kHash);
     change(*stages[0], opt);

@@ -15,7 +15,7 @@
 #include "pipetrain/optim/optimizer.h"
 #include "pipetrain/nn/loss.h"
 #include "pipetrain/runtime/executor.h"
-#include "pipetrain/runtime/gpt_pipeline.h"
+#include "pipetrain/nn/gpt.h"
 #include "pipetrain/runtime/progress.h"
 #include "pipetrain/runtime/topology.h"
 #include "pipetrain/schedule/generators.h"
@@ -218,20 +218,21 @@ INSTANTIATE_TEST_SUITE_P(Schedules, GptPipeline,
 
 TEST(PartitionGpt, CutsEmbeddingBlocksAndHeadIntoStages) {
   const nn::GptConfig c = tiny_config();  // 6 layers: embedding, 4 blocks, head
-  const Partition p = partition_gpt(c, 3, kRows, kSeq);
+  const Partition p = nn::partition_gpt(c, 3, kRows, kSeq);
   ASSERT_EQ(p.num_stages(), 3);
   EXPECT_EQ(p.bounds.front(), 0);
   EXPECT_EQ(p.bounds.back(), 6);
   const Schedule s = make_schedule("zb-v", 2, 4);  // 4 stages, rank 0 holds 0 and 3
-  const Partition p4 = partition_gpt(c, 4, kRows, kSeq);
-  const auto stages = make_gpt_stages(c, s, p4, 0);
+  const Partition p4 = nn::partition_gpt(c, 4, kRows, kSeq);
+  const auto stages = nn::make_gpt_stages(c, s, p4, 0);
   ASSERT_EQ(stages.size(), 2u);
-  EXPECT_TRUE(stages[0]->is_first());
-  EXPECT_TRUE(stages[1]->is_last());
-  EXPECT_EQ(stages[0]->first_layer(), 0);
-  EXPECT_EQ(stages[1]->last_layer(), 5);
+  // Rank 0 of a 4-stage V schedule holds stage 0 (from the embedding) and stage 3 (to the head).
+  EXPECT_EQ(stages[0]->layers().front()->name(), "embedding");
+  EXPECT_EQ(stages[1]->layers().back()->name(), "head");
+  EXPECT_EQ(stages[0]->options().first_index, 0);
+  EXPECT_EQ(stages[1]->options().first_index + static_cast<std::int64_t>(stages[1]->layers().size()), 6);
   try {
-    partition_gpt(c, 7, kRows, kSeq);
+    nn::partition_gpt(c, 7, kRows, kSeq);
     FAIL();
   } catch (const InvalidArgument& e) {
     EXPECT_STREQ(e.what(),

@@ -8,6 +8,7 @@
 
 #include "error_of.h"
 #include "pipetrain/error.h"
+#include "pipetrain/nn/gpt.h"
 #include "pipetrain/runtime/partition.h"
 
 namespace pipetrain::runtime {
@@ -121,12 +122,12 @@ TEST(PartitionFromCounts, CostsAndErrors) {
 }
 
 TEST(GptLayerCosts, ShapeAndOrdering) {
-  GptCostShape shape;
+  nn::GptCostShape shape;
   shape.vocab_size = 50257;
   shape.seq_len = 1024;
   shape.channels = 768;
   shape.num_layers = 12;
-  const std::vector<double> costs = gpt_layer_costs(shape);
+  const std::vector<double> costs = nn::gpt_layer_costs(shape);
   ASSERT_EQ(costs.size(), 14u);
   for (int i = 2; i <= 12; ++i) EXPECT_DOUBLE_EQ(costs[i], costs[1]);
   // GPT-2 small: the head's V x C product is bigger than a block's 24 C^2 + 4 T C per token.
@@ -138,7 +139,7 @@ TEST(GptLayerCosts, ShapeAndOrdering) {
   EXPECT_GT(costs[1], block_flops);
   EXPECT_LT(costs[1], 1.1 * block_flops);
   shape.channels = 0;
-  EXPECT_EQ(error_of<InvalidArgument>([&] { gpt_layer_costs(shape); }),
+  EXPECT_EQ(error_of<InvalidArgument>([&] { nn::gpt_layer_costs(shape); }),
             "[gpt_layer_costs] channels=0 must be >= 1");
 }
 
