@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "pipetrain/error.h"
+#include "layout.h"
 
 namespace pipetrain {
 namespace {
@@ -68,36 +69,6 @@ class EndTimes {
   int num_microbatches_;
   std::vector<int> forward_, backward_, weight_;  // backward_ holds B or I
 };
-
-// Lays per-rank orders on the grid, one step per action, each action as early as its rank and
-// its producers allow. The orders come from the generators, so a stuck order is a bug here.
-Schedule lay_out(Schedule schedule, const Orders& orders) {
-  const int num_ranks = schedule.num_ranks();
-  EndTimes ends(schedule.num_stages(), schedule.num_microbatches());
-  std::vector<std::size_t> next(static_cast<std::size_t>(num_ranks), 0);
-  std::size_t remaining = 0;
-  for (const auto& order : orders) remaining += order.size();
-  for (int step = 0; remaining > 0; ++step) {
-    std::vector<Action> placed;
-    for (int r = 0; r < num_ranks; ++r) {
-      const auto& order = orders[static_cast<std::size_t>(r)];
-      std::size_t& i = next[static_cast<std::size_t>(r)];
-      if (i < order.size() && ends.ready(order[i], step, schedule.num_stages())) {
-        schedule.append(r, order[i]);
-        placed.push_back(order[i]);
-        ++i;
-      } else {
-        schedule.append_idle(r);
-      }
-    }
-    if (placed.empty())
-      throw Error("[lay_out] internal error: schedule '" + schedule.name() + "' is stuck");
-    for (const Action& a : placed) ends.at(a.kind, a.stage, a.microbatch) = step + 1;
-    remaining -= placed.size();
-  }
-  schedule.normalize();
-  return schedule;
-}
 
 Schedule empty(const char* name, int num_ranks, int stages_per_rank, int num_microbatches,
                Placement placement = Placement::kLoop) {
@@ -320,6 +291,42 @@ Schedule v_block_schedule(Schedule schedule, const std::vector<VBlock>& blocks) 
 }
 
 }  // namespace
+
+namespace detail {
+
+// Lays per-rank orders on the grid, one step per action, each action as early as its rank and
+// its producers allow. The orders come from the generators, so a stuck order is a bug here.
+Schedule lay_out(Schedule schedule, const std::vector<std::vector<Action>>& orders) {
+  const int num_ranks = schedule.num_ranks();
+  EndTimes ends(schedule.num_stages(), schedule.num_microbatches());
+  std::vector<std::size_t> next(static_cast<std::size_t>(num_ranks), 0);
+  std::size_t remaining = 0;
+  for (const auto& order : orders) remaining += order.size();
+  for (int step = 0; remaining > 0; ++step) {
+    std::vector<Action> placed;
+    for (int r = 0; r < num_ranks; ++r) {
+      const auto& order = orders[static_cast<std::size_t>(r)];
+      std::size_t& i = next[static_cast<std::size_t>(r)];
+      if (i < order.size() && ends.ready(order[i], step, schedule.num_stages())) {
+        schedule.append(r, order[i]);
+        placed.push_back(order[i]);
+        ++i;
+      } else {
+        schedule.append_idle(r);
+      }
+    }
+    if (placed.empty())
+      throw Error("[lay_out] internal error: schedule '" + schedule.name() + "' is stuck");
+    for (const Action& a : placed) ends.at(a.kind, a.stage, a.microbatch) = step + 1;
+    remaining -= placed.size();
+  }
+  schedule.normalize();
+  return schedule;
+}
+
+}  // namespace detail
+
+using detail::lay_out;
 
 Schedule gpipe(int num_ranks, int num_microbatches) {
   check_common("gpipe", num_ranks, num_microbatches);

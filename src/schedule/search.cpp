@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <exception>
 #include <new>
 #include <numeric>
@@ -20,6 +21,7 @@ namespace {
 
 constexpr std::int64_t kMaxInFlight = std::int64_t{1} << 23;
 constexpr int kMaxStagesPerRankKnob = 64;
+constexpr int kMaxMemoryKnobs = 4;
 
 void check_bytes(const char* function, const char* what, std::int64_t bytes) {
   PIPETRAIN_CHECK_ARG(bytes >= 0 && bytes <= SearchOptions::kMaxBytes, function, what, "=",
@@ -55,23 +57,66 @@ std::vector<double> per_stage(const std::vector<double>& per_rank, const Schedul
   return out;
 }
 
+// A candidate to try: a name, its knob v, and for the cost-aware ones the memory knob.
+struct Candidate {
+  std::string name;
+  int knob = 1;
+  bool cost_aware = false;
+  std::int64_t knob_cap = 0;  // bytes per rank, 0 for none
+};
+
+// The per-stage ZeroBubbleCosts of a cost-aware candidate: stage costs of the shape, and the
+// bytes of one share with the cap scaled by v (a stage keeps 1/v of a share's bytes, so
+// peak_stage_bytes / v <= cap exactly when peak_stage_bytes <= cap * v).
+ZeroBubbleCosts zero_bubble_costs(const Schedule& shape, const CostModel& costs,
+                                  std::int64_t activation_bytes, std::int64_t pending_w_bytes,
+                                  std::int64_t cap) {
+  ZeroBubbleCosts zc;
+  zc.costs = stage_costs(costs, shape);
+  zc.activation_bytes = activation_bytes;
+  zc.pending_w_bytes = pending_w_bytes;
+  const std::int64_t v = shape.stages_per_rank();
+  zc.memory_cap_bytes = cap > std::numeric_limits<std::int64_t>::max() / v ? 0 : cap * v;
+  return zc;
+}
+
+Schedule build(const Candidate& c, int num_ranks, int num_microbatches, const CostModel& costs,
+               std::int64_t activation_bytes, std::int64_t pending_w_bytes, std::int64_t cap) {
+  if (!c.cost_aware) return make_schedule(c.name, num_ranks, num_microbatches, c.knob);
+  const bool v_shape = c.name != "zb-h1" && c.name != "zb-h2";
+  const Schedule shape(c.name, num_ranks, v_shape ? 2 : 1, num_microbatches,
+                       v_shape ? Placement::kV : Placement::kLoop);
+  std::int64_t limit = cap;
+  if (c.knob_cap > 0) limit = cap == 0 ? c.knob_cap : std::min(cap, c.knob_cap);
+  return make_cost_aware_schedule(
+      c.name, num_ranks, num_microbatches,
+      zero_bubble_costs(shape, costs, activation_bytes, pending_w_bytes, limit));
+}
+
 // Ranking classes: feasible, built but over the cap, rejected.
 int rank_class(const SearchResult& r) { return r.feasible ? 0 : (r.built ? 1 : 2); }
 
-SearchResult evaluate(const std::string& name, int knob, int num_ranks, int num_microbatches,
+SearchResult evaluate(const Candidate& c, int num_ranks, int num_microbatches,
                       const CostModel& costs, std::int64_t activation_bytes,
                       std::int64_t pending_w_bytes, std::int64_t cap) {
   const auto base = [&] {
     SearchResult r;
-    r.name = name;
-    r.stages_per_rank = knob;
-    r.stages_per_rank_effective = knob;
-    if (takes_stages_per_rank(name)) r.knobs = "v=" + std::to_string(knob);
+    r.name = c.name;
+    r.stages_per_rank = c.knob;
+    r.stages_per_rank_effective = c.knob;
+    r.cost_aware = c.cost_aware;
+    r.knob_cap_bytes = c.knob_cap;
+    if (takes_stages_per_rank(c.name)) r.knobs = "v=" + std::to_string(c.knob);
+    if (c.cost_aware) r.knobs = "costs";
+    if (c.knob_cap > 0)
+      r.knobs += ", cap " + std::to_string(c.knob_cap / std::max<std::int64_t>(activation_bytes, 1)) +
+                 " shares";
     return r;
   };
   SearchResult r = base();
   try {
-    const Schedule schedule = make_schedule(name, num_ranks, num_microbatches, knob);
+    const Schedule schedule =
+        build(c, num_ranks, num_microbatches, costs, activation_bytes, pending_w_bytes, cap);
     r.stages_per_rank_effective = schedule.stages_per_rank();
     const Schedule lowered = lower(schedule);
     validate_or_throw(lowered);
@@ -177,19 +222,35 @@ std::vector<SearchResult> search_schedules(int num_ranks, int num_microbatches,
           ? *options.pending_w_bytes
           : std::llround(options.pending_w_fraction * static_cast<double>(options.activation_bytes));
 
-  std::vector<SearchResult> results;
+  const std::int64_t cap = options.memory_cap_bytes;
+  std::vector<Candidate> candidates;
   for (const std::string& name : schedule_names()) {
     if (takes_stages_per_rank(name)) {
-      for (int v : knobs)
-        results.push_back(evaluate(name, v, num_ranks, num_microbatches, costs,
-                                   options.activation_bytes, pending_w_bytes,
-                                   options.memory_cap_bytes));
-    } else {
-      results.push_back(evaluate(name, 1, num_ranks, num_microbatches, costs,
-                                 options.activation_bytes, pending_w_bytes,
-                                 options.memory_cap_bytes));
+      for (int v : knobs) candidates.push_back({name, v});
+      continue;
+    }
+    candidates.push_back({name, 1});
+    if (!options.cost_aware || !is_cost_aware(name)) continue;
+    candidates.push_back({name, 1, true});
+    if (!options.memory_knobs || options.activation_bytes == 0) continue;
+    // Caps of k shares' activations between the families' memories, below the user's cap.
+    int low = 0, high = -1;
+    if (name == "zb-h2") low = num_ranks, high = 2 * num_ranks - 2;
+    if (name == "zb-v") low = (num_ranks + 4) / 3, high = num_ranks - 1;
+    // At most kMaxMemoryKnobs values, spread evenly from low to high, so that the search
+    // stays fast at large P.
+    const int count = std::min(high - low + 1, kMaxMemoryKnobs);
+    for (int i = 0; i < count; ++i) {
+      const int k = count == 1 ? low : low + (high - low) * i / (count - 1);
+      const std::int64_t bytes = options.activation_bytes * k;
+      if (cap == 0 || bytes < cap) candidates.push_back({name, 1, true, bytes});
     }
   }
+  std::vector<SearchResult> results;
+  results.reserve(candidates.size());
+  for (const Candidate& c : candidates)
+    results.push_back(evaluate(c, num_ranks, num_microbatches, costs, options.activation_bytes,
+                               pending_w_bytes, cap));
 
   // Makespans within a relative 1e-9 are one tie group: sort by makespan, then number the
   // groups along the sorted order (each group anchored at its first member), so that the final
@@ -224,6 +285,18 @@ std::vector<SearchResult> search_schedules(int num_ranks, int num_microbatches,
   ranked.reserve(results.size());
   for (std::size_t i : order) ranked.push_back(std::move(results[i]));
   return ranked;
+}
+
+Schedule make_candidate(const SearchResult& candidate, int num_ranks, int num_microbatches,
+                        const CostModel& costs, const SearchOptions& options) {
+  const std::int64_t pending_w_bytes =
+      options.pending_w_bytes
+          ? *options.pending_w_bytes
+          : std::llround(options.pending_w_fraction * static_cast<double>(options.activation_bytes));
+  return build({candidate.name, candidate.stages_per_rank, candidate.cost_aware,
+                candidate.knob_cap_bytes},
+               num_ranks, num_microbatches, costs, options.activation_bytes, pending_w_bytes,
+               options.memory_cap_bytes);
 }
 
 }  // namespace pipetrain

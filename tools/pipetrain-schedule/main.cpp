@@ -57,6 +57,7 @@ struct Options {
   std::string w_bytes;
   double w_fraction = 1.0;
   std::string memory_cap = "0";
+  bool named_only = false;
 };
 
 // "512M", "2G", "1.5GiB", "4096", "100B": a number (decimals allowed) and an optional binary
@@ -197,6 +198,7 @@ SearchOptions search_options(const Options& options) {
   if (!options.w_bytes.empty()) search.pending_w_bytes = parse_bytes("--w-bytes", options.w_bytes);
   search.pending_w_fraction = options.w_fraction;
   search.memory_cap_bytes = parse_bytes("--memory-cap", options.memory_cap);
+  search.cost_aware = !options.named_only;
   return search;
 }
 
@@ -254,8 +256,8 @@ int run_search(const Options& options) {
               << " bytes) at P=" << options.ranks << ", M=" << options.microbatches << "\n";
     return 1;
   }
-  Schedule schedule = make_schedule(best.name, options.ranks, options.microbatches,
-                                    best.stages_per_rank);
+  Schedule schedule =
+      make_candidate(best, options.ranks, options.microbatches, costs, search);
   if (options.lower) schedule = lower(schedule);
   const SimulationResult result = simulate(schedule, stage_costs(costs, schedule));
   if (!options.quiet) {
@@ -348,7 +350,8 @@ int main(int argc, char** argv) {
   app.add_option("--trace", options.trace,
                  "Write the simulated timeline as Chrome trace JSON (Perfetto)");
   app.add_flag("--search", options.search,
-               "Try every schedule (interleaved-1f1b and looped-bfs with v = 2, 3, 4) at "
+               "Try every schedule (interleaved-1f1b and looped-bfs with v = 2, 3, 4; the "
+               "zero-bubble ones also cost-aware and under memory knobs) at "
                "--ranks/--microbatches under --costs/--latency, print them ranked (fastest "
                "that fits --memory-cap first) and the winner's grid; --csv/--svg/--trace write "
                "the winner");
@@ -363,6 +366,9 @@ int main(int argc, char** argv) {
   app.add_option("--w-fraction", options.w_fraction,
                  "--search: fraction of --activation-bytes kept from I to W, in [0, 1]")
       ->capture_default_str();
+  app.add_flag("--named-only", options.named_only,
+               "--search: only the named schedules, not their cost-aware versions (planned for "
+               "--costs/--latency/--memory-cap) and memory knobs");
   app.add_option("--memory-cap", options.memory_cap,
                  "--search: per-rank cap on those bytes, e.g. 512M, 2G; 0 = no cap")
       ->capture_default_str();

@@ -10,11 +10,13 @@
 // docs/schedules.md lists every schedule with its bubble and memory formulas and sources.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "pipetrain/schedule/schedule.h"
+#include "pipetrain/schedule/simulate.h"
 
 namespace pipetrain {
 
@@ -81,6 +83,61 @@ Schedule v_half(int num_ranks, int num_microbatches);
 /// 6M + 4P - 5 (+2 when 3 divides P), about two thirds of 1F1B's idle; peak held (F..W)
 /// min(2M, 2 floor((P+4)/3)) stages, i.e. floor((P+4)/3) rank shares (1F1B: P).
 Schedule v_min(int num_ranks, int num_microbatches);
+
+// ---- cost-aware zero-bubble generation ------------------------------------------------------
+//
+// The overloads below of zb_h1(), zb_h2(), zb_v(), v_half() and v_min() plan for a cost model
+// instead of the unit grid. Each runs the zero-bubble list heuristic (Qi et al. 2024, section
+// 3.1) on the simulator's clock: at every time a rank is free it runs its ready action, F and I
+// alternating in the steady state, W to fill the gaps and to free memory; an F waits while it
+// would break the family's memory limit (as the unit-grid version: ZB-H1 1F1B's activations,
+// ZB-H2 2P-1 held, ZB-V P shares, V-Half and V-Min their peaks of the unit-cost schedule) or the
+// byte cap. It tries a few variants of the heuristic (an F in the warm-up that would delay the
+// first I, or not; a W in a gap shorter than W, or not; the other kind of F/I when the one due is
+// not ready, or not), simulates each and the unit-grid schedule of the same name under `costs`,
+// and returns the fastest; ties, and so uniform costs (F = I = W on every stage, free transfers,
+// where the unit grid is the clock), keep the unit-grid schedule. So the result is never slower
+// (simulated) than the unit-grid one when that fits the cap, and always within the cap.
+// docs/schedules.md, "Cost-aware generation", has the rules and the measured gains.
+
+/// What a cost-aware zero-bubble generator plans for.
+struct ZeroBubbleCosts {
+  /// Per-STAGE times (per-stage vectors: 0 or num_stages entries, as simulate() takes them) and
+  /// the transfer time between ranks (costs.transfer_time()).
+  CostModel costs = CostModel::uniform();
+  /// Bytes one stage keeps for one microbatch from its F until its I.
+  std::int64_t activation_bytes = 1;
+  /// Bytes one stage keeps for one microbatch from its I until its W.
+  std::int64_t pending_w_bytes = 1;
+  /// Per-rank cap on (activation_bytes x stage-microbatches between F and I + pending_w_bytes x
+  /// those between I and W), at every point of the rank's order; 0: no cap.
+  std::int64_t memory_cap_bytes = 0;
+
+  /// Throws InvalidArgument naming `function` when costs.check() fails, a per-stage vector has
+  /// neither 0 nor num_stages entries, a byte count is < 0 or > 2^39, or the cap is < 0.
+  void check(const char* function, int num_stages) const;
+};
+
+/// Peak bytes of each rank of `schedule` under `memory`'s activation_bytes and pending_w_bytes
+/// (per stage, not divided by stages_per_rank). Throws as analyze_memory().
+std::vector<std::int64_t> peak_stage_bytes(const Schedule& schedule, const ZeroBubbleCosts& memory);
+
+/// Cost-aware ZB-H1, ZB-H2, ZB-V, V-Half and V-Min (see above). Besides the errors of the unit-grid
+/// versions and of ZeroBubbleCosts::check(), they throw InvalidArgument when no schedule of the
+/// family fits memory_cap_bytes: "[zb_v] memory_cap_bytes=1 is below what any ZB-V variant
+/// needs ...".
+Schedule zb_h1(int num_ranks, int num_microbatches, const ZeroBubbleCosts& costs);
+Schedule zb_h2(int num_ranks, int num_microbatches, const ZeroBubbleCosts& costs);
+Schedule zb_v(int num_ranks, int num_microbatches, const ZeroBubbleCosts& costs);
+Schedule v_half(int num_ranks, int num_microbatches, const ZeroBubbleCosts& costs);
+Schedule v_min(int num_ranks, int num_microbatches, const ZeroBubbleCosts& costs);
+
+/// True for the names that have a cost-aware overload: zb-h1, zb-h2, zb-v, v-half, v-min.
+bool is_cost_aware(std::string_view name);
+
+/// The cost-aware overload of `name` (is_cost_aware(name) must hold, or InvalidArgument).
+Schedule make_cost_aware_schedule(std::string_view name, int num_ranks, int num_microbatches,
+                                  const ZeroBubbleCosts& costs);
 
 /// Names accepted by make_schedule(), in presentation order:
 /// "gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipe-v",

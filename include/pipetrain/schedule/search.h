@@ -70,14 +70,29 @@ struct SearchOptions {
   /// looped-bfs). Each must be in [1, 64]; duplicates are tried once. A v that the generator or
   /// ScheduleLimits rejects for (P, M) gives a rejected candidate with the reason, not an error.
   std::vector<int> stages_per_rank = {2, 3, 4};
+  /// Also try the cost-aware version (generators.h) of each zero-bubble schedule (zb-h1, zb-h2,
+  /// zb-v, v-half, v-min), planned for `costs` and the cap: knobs "costs".
+  bool cost_aware = true;
+  /// With cost_aware and activation_bytes > 0, also try cost-aware ZB-H2 under caps of k shares'
+  /// activations for k = P .. 2P-2 (between ZB-H1's memory and ZB-H2's), and cost-aware ZB-V
+  /// under k shares for k = V-Min's floor((P+4)/3) .. P-1 (between V-Min's and ZB-V's), each
+  /// below memory_cap_bytes (at most 4 values of k per family, spread evenly over the range):
+  /// knobs "costs, cap k shares".
+  bool memory_knobs = true;
 };
 
 struct SearchResult {
   std::string name;         ///< a name of schedule_names()
   int stages_per_rank = 1;  ///< the knob passed to make_schedule() (1 for the V schedules)
   int stages_per_rank_effective = 1;  ///< v of the built schedule (2 for the V schedules)
-  /// "v=3" for the schedules that take stages_per_rank, empty otherwise.
+  /// "v=3" for the schedules that take stages_per_rank, "costs" for a cost-aware candidate,
+  /// "costs, cap 5 shares" for one under a memory knob; empty otherwise.
   std::string knobs;
+  /// True for a cost-aware candidate (SearchOptions::cost_aware).
+  bool cost_aware = false;
+  /// The memory knob of the candidate in bytes per rank (what one rank's shares may keep), 0 for
+  /// none; the candidate was generated under min(this, memory_cap_bytes).
+  std::int64_t knob_cap_bytes = 0;
   /// True when the candidate was built, lowered, validated and simulated; false when any of
   /// these failed (then `reason` says why and the figures below are 0 / empty).
   bool built = false;
@@ -114,7 +129,9 @@ std::vector<std::int64_t> peak_memory_bytes(const Schedule& schedule,
                                             std::int64_t pending_w_bytes);
 
 /// Tries every schedule of schedule_names() at (num_ranks, num_microbatches): the ones that
-/// take stages_per_rank once per value of options.stages_per_rank, the others once. Each
+/// take stages_per_rank once per value of options.stages_per_rank, the others once, each
+/// zero-bubble one also cost-aware and under the memory knobs (options.cost_aware,
+/// options.memory_knobs; right after the named one in presentation order). Each
 /// candidate is built with make_schedule(), lowered, validated (validate_or_throw(): deadlock
 /// included), simulated under stage_costs(costs, schedule), and measured with
 /// peak_memory_bytes(). Any exception of one candidate (a generator's rejection of (P, M), a
@@ -135,5 +152,11 @@ std::vector<std::int64_t> peak_memory_bytes(const Schedule& schedule,
 std::vector<SearchResult> search_schedules(int num_ranks, int num_microbatches,
                                            const CostModel& costs,
                                            const SearchOptions& options = {});
+
+/// The compute-only schedule of a candidate that search_schedules(num_ranks, num_microbatches,
+/// costs, options) returned (built), rebuilt from its name and knobs: what the search lowered,
+/// validated and simulated. Throws as the generator does.
+Schedule make_candidate(const SearchResult& candidate, int num_ranks, int num_microbatches,
+                        const CostModel& costs, const SearchOptions& options = {});
 
 }  // namespace pipetrain

@@ -57,10 +57,11 @@ std::vector<Reference> simulate_each(int ranks, int microbatches, double f, doub
   return out;
 }
 
+// The named candidate (not a cost-aware one) of `name` and v.
 const SearchResult& find(const std::vector<SearchResult>& results, const std::string& name,
                          int v = 1) {
   for (const SearchResult& r : results)
-    if (r.name == name && r.stages_per_rank == v) return r;
+    if (r.name == name && r.stages_per_rank == v && !r.cost_aware) return r;
   ADD_FAILURE() << "no candidate " << name << " v=" << v;
   return results.front();
 }
@@ -89,8 +90,10 @@ TEST(Search, UniformNoCapWinnerIsTheFastestSimulatedIndividually) {
       double best = std::numeric_limits<double>::infinity();
       for (const Reference& r : reference) best = std::min(best, r.makespan);
 
+      SearchOptions named;
+      named.cost_aware = false;
       const std::vector<SearchResult> results =
-          search_schedules(ranks, microbatches, CostModel::uniform());
+          search_schedules(ranks, microbatches, CostModel::uniform(), named);
       ASSERT_FALSE(results.empty());
       EXPECT_TRUE(results.front().feasible);
       EXPECT_DOUBLE_EQ(results.front().makespan, best) << "P=" << ranks << " M=" << microbatches;
@@ -116,6 +119,7 @@ TEST(Search, UniformP4M8WinnerIsZbvByMemoryTieBreak) {
   // docs/schedules.md: zb-v and dualpipe-v both take 25.5; zb-v holds 4 shares, dualpipe-v 4.5.
   SearchOptions options;
   options.activation_bytes = 1000;
+  options.cost_aware = false;
   const std::vector<SearchResult> results = search_schedules(4, 8, CostModel::uniform(), options);
   EXPECT_EQ(results[0].name, "zb-v");
   EXPECT_EQ(results[1].name, "dualpipe-v");
@@ -169,12 +173,68 @@ TEST(Search, CapBetweenVMinAndOneFOneB) {
   options.memory_cap_bytes = 4 * gib;
   const std::vector<SearchResult> tight = search_schedules(8, 32, CostModel::uniform(), options);
   EXPECT_EQ(tight.front().name, "v-min");
-  EXPECT_FALSE(tight[1].feasible);
+  for (const SearchResult& r : tight)  // of the named schedules only V-Min fits
+    if (!r.cost_aware) EXPECT_EQ(r.feasible, r.name == "v-min") << r.name;
   // Below every schedule's peak: nothing feasible, all still ranked by makespan.
   options.memory_cap_bytes = 1;
   const std::vector<SearchResult> none = search_schedules(8, 32, CostModel::uniform(), options);
   for (const SearchResult& r : none) EXPECT_FALSE(r.feasible);
   expect_ranked(none);
+}
+
+TEST(Search, CostAwareCandidatesAreNeverWorseAndRebuildExactly) {
+  // 1:2:1 at P = 8, M = 32 (docs/schedules.md): under a cap of 5 shares, the cost-aware V-Half
+  // (149) wins over the named V-Half (162) and 1F1B (156, over the cap anyway).
+  CostModel skewed;
+  skewed.forward = 1;
+  skewed.backward = 3;
+  skewed.backward_input = 2;
+  skewed.backward_weight = 1;
+  const std::int64_t gib = std::int64_t{1} << 30;
+  SearchOptions options;
+  options.activation_bytes = gib;
+  options.memory_cap_bytes = 5 * gib;
+  const std::vector<SearchResult> results = search_schedules(8, 32, skewed, options);
+  expect_ranked(results);
+  EXPECT_EQ(results.front().name, "v-half");
+  EXPECT_EQ(results.front().knobs, "costs");
+  EXPECT_TRUE(results.front().cost_aware);
+  EXPECT_DOUBLE_EQ(results.front().makespan, 149.0);
+  EXPECT_DOUBLE_EQ(find(results, "v-half").makespan, 162.0);
+  for (const SearchResult& r : results) {
+    if (!r.cost_aware) continue;
+    ASSERT_TRUE(r.built) << r.name << " " << r.knobs << ": " << r.reason;
+    const SearchResult& named = find(results, r.name);
+    if (named.feasible && r.knob_cap_bytes == 0)  // no slower than the named one when it fits
+      EXPECT_LE(r.makespan, named.makespan * (1 + 1e-12)) << r.name << " " << r.knobs;
+    EXPECT_TRUE(r.feasible) << r.name << " " << r.knobs;  // planned under the cap
+    // make_candidate() gives the schedule the search measured.
+    const Schedule s = make_candidate(r, 8, 32, skewed, options);
+    EXPECT_DOUBLE_EQ(simulate(s, stage_costs(skewed, s)).makespan, r.makespan) << r.knobs;
+    EXPECT_EQ(peak_memory_bytes(s, gib, gib), r.peak_bytes_per_rank);
+  }
+  // Without a cap, the memory knobs lie between V-Min's and ZB-V's (4..7 shares) and between
+  // ZB-H1's and ZB-H2's (8..14), at most four each, and each fits its own cap.
+  options.memory_cap_bytes = 0;
+  std::vector<std::string> knobs;
+  for (const SearchResult& r : search_schedules(8, 32, skewed, options)) {
+    if (r.knob_cap_bytes == 0) continue;
+    knobs.push_back(r.name + " " + r.knobs);
+    EXPECT_LE(r.peak_bytes, r.knob_cap_bytes) << r.knobs;
+  }
+  std::sort(knobs.begin(), knobs.end());
+  EXPECT_EQ(knobs, (std::vector<std::string>{
+                       "zb-h2 costs, cap 10 shares", "zb-h2 costs, cap 12 shares",
+                       "zb-h2 costs, cap 14 shares", "zb-h2 costs, cap 8 shares",
+                       "zb-v costs, cap 4 shares", "zb-v costs, cap 5 shares",
+                       "zb-v costs, cap 6 shares", "zb-v costs, cap 7 shares"}));
+  // The search's winner is never slower than the best named schedule.
+  for (const CostModel& costs : {CostModel::uniform(), skewed}) {
+    SearchOptions named = options;
+    named.cost_aware = false;
+    EXPECT_LE(search_schedules(8, 32, costs, options).front().makespan,
+              search_schedules(8, 32, costs, named).front().makespan);
+  }
 }
 
 TEST(Search, PendingWBytesChangeThePeaks) {
@@ -186,7 +246,7 @@ TEST(Search, PendingWBytesChangeThePeaks) {
   std::vector<SearchResult> results = search_schedules(4, 8, CostModel::uniform(), options);
   for (const SearchResult& r : results) {
     if (!r.built) continue;
-    const Schedule schedule = make_schedule(r.name, 4, 8, r.stages_per_rank);
+    const Schedule schedule = make_candidate(r, 4, 8, CostModel::uniform(), options);
     const MemoryProfile memory = analyze_memory(schedule);
     for (int rank = 0; rank < 4; ++rank) {
       const std::int64_t expected =
@@ -234,6 +294,7 @@ TEST(Search, SplitBackwardCostsChangeTheRankingAsTheSimulatorSays) {
   // 12 bytes per share: the peaks divide exactly by v = 1..4, as the reference's held / v.
   SearchOptions options;
   options.activation_bytes = 12;
+  options.cost_aware = false;  // the named schedules' ranking
   const std::vector<SearchResult> uniform =
       search_schedules(4, 16, CostModel::uniform(), options);
   const std::vector<SearchResult> split = search_schedules(4, 16, skewed, options);
@@ -297,6 +358,7 @@ TEST(Search, RejectionsAreReasonsNotErrors) {
   // A v beyond ScheduleLimits (P * v > 4096 stages) is that candidate's reason too.
   SearchOptions options;
   options.stages_per_rank = {2, 8, 2};
+  options.cost_aware = false;
   const std::vector<SearchResult> big = search_schedules(520, 8, CostModel::uniform(), options);
   EXPECT_EQ(big.size(), schedule_names().size() + 2);  // duplicates tried once
   const SearchResult& looped8 = find(big, "looped-bfs", 8);

@@ -1,0 +1,178 @@
+// Cost-aware zero-bubble generation (generators.h): uniform costs give today's schedules; other
+// costs give valid schedules no slower than the unit-grid ones and within the memory cap.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "error_of.h"
+#include "pipetrain/error.h"
+#include "pipetrain/schedule/generators.h"
+#include "pipetrain/schedule/passes.h"
+#include "pipetrain/schedule/simulate.h"
+#include "pipetrain/schedule/validate.h"
+
+namespace pipetrain {
+namespace {
+
+using pipetrain::testing::error_of;
+
+const std::vector<std::string> kNames = {"zb-h1", "zb-h2", "zb-v", "v-half", "v-min"};
+
+ZeroBubbleCosts costs_of(double f, double i, double w, double latency = 0.0) {
+  ZeroBubbleCosts zc;
+  zc.costs.forward = f;
+  zc.costs.backward_input = i;
+  zc.costs.backward_weight = w;
+  zc.costs.backward = i + w;
+  zc.costs.latency = latency;
+  return zc;
+}
+
+std::int64_t peak(const Schedule& s, const ZeroBubbleCosts& zc) {
+  const std::vector<std::int64_t> peaks = peak_stage_bytes(s, zc);
+  return *std::max_element(peaks.begin(), peaks.end());
+}
+
+TEST(CostAware, UniformCostsGiveTodaysSchedules) {
+  for (const std::string& name : kNames)
+    for (int p = 1; p <= 6; ++p)
+      for (int m = 1; m <= 3 * p + 1; ++m)
+        for (double unit : {1.0, 0.5}) {
+          const ZeroBubbleCosts zc = costs_of(unit, unit, unit);
+          EXPECT_EQ(make_cost_aware_schedule(name, p, m, zc), make_schedule(name, p, m))
+              << name << " P=" << p << " M=" << m << " unit=" << unit;
+        }
+}
+
+TEST(CostAware, UniformCostsWithTheUnitGridPeakAsCapGiveTodaysSchedules) {
+  for (const std::string& name : kNames) {
+    ZeroBubbleCosts zc = costs_of(1, 1, 1);
+    zc.activation_bytes = 1000;
+    zc.pending_w_bytes = 1000;
+    const Schedule grid = make_schedule(name, 4, 8);
+    zc.memory_cap_bytes = peak(grid, zc);
+    EXPECT_EQ(make_cost_aware_schedule(name, 4, 8, zc), grid) << name;
+  }
+}
+
+struct Ratio {
+  double f, i, w, latency;
+};
+
+// Over a grid of P, M and cost ratios (the zero-bubble paper's 1:2:1, the H100 per-layer
+// 1.6:2.72:1.26, the CPU's 1:1.35:0.5, with and without transfer time): every result is valid
+// and deadlock-free once lowered, no slower than the unit-grid schedule, and within the cap.
+TEST(CostAware, NoSlowerThanTheUnitGridAndWithinTheCap) {
+  const std::vector<Ratio> ratios = {{1, 2, 1, 0},      {1.6, 2.72, 1.26, 0}, {1, 1.35, 0.5, 0},
+                                     {1, 2, 1, 0.5},    {1, 1, 1, 0.25},      {1.6, 2.72, 1.26, 1.0},
+                                     {1, 0.5, 2, 0.1}};
+  int improved = 0, cases = 0;
+  for (const std::string& name : kNames) {
+    for (int p : {2, 3, 4, 5, 8}) {
+      for (int m : {1, 2, p, 2 * p, 3 * p + 1}) {
+        for (const Ratio& ratio : ratios) {
+          ZeroBubbleCosts zc = costs_of(ratio.f, ratio.i, ratio.w, ratio.latency);
+          zc.activation_bytes = 3;
+          zc.pending_w_bytes = 2;
+          const Schedule grid = make_schedule(name, p, m);
+          const std::int64_t grid_peak = peak(grid, zc);
+          const double grid_time = simulate(grid, zc.costs).makespan;
+          // No cap, the unit-grid schedule's own peak, and a cap the unit grid does not fit.
+          for (std::int64_t cap : {std::int64_t{0}, grid_peak, grid_peak - 3}) {
+            if (cap < 0 || (cap > 0 && cap < 6)) continue;
+            zc.memory_cap_bytes = cap;
+            const std::string where = name + " P=" + std::to_string(p) + " M=" +
+                                      std::to_string(m) + " costs " + std::to_string(ratio.f) +
+                                      ":" + std::to_string(ratio.i) + ":" +
+                                      std::to_string(ratio.w) + " latency " +
+                                      std::to_string(ratio.latency) + " cap " +
+                                      std::to_string(cap);
+            Schedule s("x", 1, 1, 1);
+            try {
+              s = make_cost_aware_schedule(name, p, m, zc);
+            } catch (const InvalidArgument& e) {
+              // Only a cap below the unit grid's peak may be refused, and with the reason.
+              EXPECT_LT(cap, grid_peak) << where;
+              EXPECT_NE(std::string(e.what()).find("is below what any"), std::string::npos)
+                  << e.what();
+              continue;
+            }
+            ++cases;
+            const Schedule lowered = lower(s);
+            ASSERT_TRUE(validate(lowered).ok()) << where << "\n" << validate(lowered).format(lowered);
+            EXPECT_EQ(s.num_actions(), grid.num_actions()) << where;
+            EXPECT_EQ(s.name(), grid.name());
+            EXPECT_EQ(s.placement(), grid.placement());
+            const double time = simulate(s, zc.costs).makespan;
+            if (cap == 0 || cap >= grid_peak) {
+              EXPECT_LE(time, grid_time * (1 + 1e-12)) << where;
+              if (time < grid_time * (1 - 1e-9)) ++improved;
+            }
+            if (cap > 0) EXPECT_LE(peak(s, zc), cap) << where;
+            // The lowered schedule simulates to the same makespan (communication takes no time).
+            EXPECT_DOUBLE_EQ(simulate(lowered, zc.costs).makespan, time) << where;
+          }
+        }
+      }
+    }
+  }
+  // The heuristic does find faster schedules (1:2:1 V-Half and V-Min, transfers, ...).
+  EXPECT_GT(improved, cases / 10) << improved << " of " << cases;
+}
+
+TEST(CostAware, KnownGainsUnderOneTwoOne) {
+  // docs/schedules.md, "Cost-aware generation": F:I:W = 1:2:1 per stage, P = 8, M = 32.
+  const ZeroBubbleCosts zc = costs_of(1, 2, 1);
+  const auto time = [&](const Schedule& s) { return simulate(s, zc.costs).makespan; };
+  EXPECT_DOUBLE_EQ(time(make_schedule("v-half", 8, 32)), 324.0);
+  EXPECT_DOUBLE_EQ(time(v_half(8, 32, zc)), 298.0);
+  EXPECT_DOUBLE_EQ(time(make_schedule("v-min", 8, 32)), 421.0);
+  EXPECT_DOUBLE_EQ(time(v_min(8, 32, zc)), 396.0);
+  EXPECT_DOUBLE_EQ(time(zb_v(8, 32, zc)), 270.0);  // the unit-grid ZB-V is already best
+  EXPECT_EQ(zb_h2(8, 32, zc), zb_h2(8, 32));
+}
+
+TEST(CostAware, PerStageCostsAndCapsAreHonoured) {
+  // A slow last rank: the heuristic must still give a valid schedule within the cap.
+  ZeroBubbleCosts zc = costs_of(1, 2, 1, 0.2);
+  zc.costs.forward_per_stage = {1, 1, 1, 2};
+  zc.costs.backward_input_per_stage = {2, 2, 2, 4};
+  zc.costs.backward_weight_per_stage = {1, 1, 1, 2};
+  zc.memory_cap_bytes = 3;
+  const Schedule s = zb_h2(4, 12, zc);
+  EXPECT_TRUE(validate(lower(s)).ok());
+  EXPECT_LE(peak(s, zc), 3);
+  zc.memory_cap_bytes = 0;
+  EXPECT_LE(simulate(zb_h2(4, 12, zc), zc.costs).makespan,
+            simulate(zb_h2(4, 12), zc.costs).makespan);
+}
+
+TEST(CostAware, Errors) {
+  ZeroBubbleCosts zc = costs_of(1, 2, 1);
+  zc.memory_cap_bytes = 1;
+  EXPECT_EQ(error_of([&] { zb_v(4, 8, zc); }),
+            "[zb_v] memory_cap_bytes=1 is below what any zb-v variant needs at P=4, M=8 "
+            "(activation_bytes=1, pending_w_bytes=1; the unit-grid zb-v peaks at 8 bytes)");
+  zc.memory_cap_bytes = -1;
+  EXPECT_EQ(error_of([&] { zb_h1(4, 8, zc); }),
+            "[zb_h1] memory_cap_bytes=-1 must be >= 0 (0: no cap)");
+  zc = costs_of(1, 2, 1);
+  zc.costs.forward_per_stage = {1, 2};
+  EXPECT_EQ(error_of([&] { v_min(4, 8, zc); }),
+            "[v_min] a per-stage vector of costs has 2 entries; expected 0 or num_stages=8");
+  zc = costs_of(1, 2, 1);
+  zc.costs.backward_input = -2;
+  EXPECT_EQ(error_of([&] { zb_h2(4, 8, zc); }),
+            "[zb_h2] costs.backward_input=-2 must be finite and >= 0");
+  EXPECT_EQ(error_of([&] { make_cost_aware_schedule("1f1b", 4, 8, ZeroBubbleCosts{}); }),
+            "[make_cost_aware_schedule] schedule '1f1b' has no cost-aware version; expected one "
+            "of zb-h1, zb-h2, zb-v, v-half, v-min");
+  EXPECT_TRUE(is_cost_aware("v-half"));
+  EXPECT_FALSE(is_cost_aware("dualpipe-v"));
+}
+
+}  // namespace
+}  // namespace pipetrain
