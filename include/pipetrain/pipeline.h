@@ -167,8 +167,9 @@ class Pipeline {
 
 /// Runs `body(transport)` once per rank and returns when every rank has finished:
 ///   "inprocess": world_size threads of this process, each with its own in-process transport;
-///   "mpi":       this process's rank of an mpirun job (world_size must equal the job's size;
-///                an MpiSession is created here when none exists).
+///   "mpi":       this process's rank of an mpirun job (world_size must equal the job's size);
+///                launch() starts MPI and ends it when `body` returns (an MpiSession, see
+///                comm/mpi.h), so it runs once per process.
 /// When a rank throws, the others are aborted (their waits end at once), and after every rank
 /// has ended the root cause (the first rank that failed on its own) is rethrown. Throws
 /// InvalidArgument for an unknown transport or a world_size that does not match.

@@ -1,4 +1,5 @@
 #include "layer_state.h"
+#include "pipetrain/nn/init.h"
 #include "pipetrain/nn/layers.h"
 #include "random_util.h"
 
@@ -30,7 +31,9 @@ void check_floating(const TensorSpec& spec, const char* fn) {
 }  // namespace
 
 Dropout::Dropout(double p, std::uint64_t seed, std::string name)
-    : p_(p), seed_(seed), name_(std::move(name)) {
+    // Salted like a parameter's stream, so that Dropout layers of one ModelSpec that share a
+    // seed still drop different elements (see nn::InitScope).
+    : p_(p), seed_(parameter_seed(seed, "dropout")), name_(std::move(name)) {
   PIPETRAIN_CHECK_ARG(p_ >= 0.0 && p_ < 1.0, "Dropout", "p=", p_, " must be in [0, 1)");
 }
 

@@ -170,8 +170,8 @@ void Sequential::add_tied_parameter(std::string key, Parameter* parameter) {
                       "parameter \"", parameter->name, "\" (key \"", key,
                       "\") is not a parameter of this stage's layers");
   for (const TiedParameter& t : tied_) {
-    PIPETRAIN_CHECK_ARG(t.key != key && t.parameter != parameter, kFn, "parameter \"",
-                        parameter->name, "\" or key \"", key, "\" is already tied");
+    PIPETRAIN_CHECK_ARG(t.parameter != parameter, kFn, "parameter \"", parameter->name,
+                        "\" is already tied (key \"", t.key, "\")");
   }
   tied_.push_back({std::move(key), parameter});
 }

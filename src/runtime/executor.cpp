@@ -357,10 +357,14 @@ void Executor::agree_stages() {
                         " ranks, expected exactly 1 (rank ", holder,
                         "): the ranks run different schedules");
   }
-  // Tied groups: every stage holding a key, in this replica.
+  // Tied groups: every stage holding a key, in this replica. The first copy on the lowest
+  // stage holding the key is the reference: it alone counts toward the gradient norm, and its
+  // value is given to every other copy now (copies built from different initialisers would
+  // otherwise never meet).
   tied_.clear();
   std::set<nn::Parameter*> not_counted;
   std::map<std::string, TiedGroup> groups;
+  std::map<std::string, nn::Parameter*> reference;  // this rank's copy that is the reference
   for (const auto& [s, tied] : tied_by_stage) {
     for (const TiedParameter& tp : tied) {
       const std::int32_t h = key_hash(tp.key);
@@ -378,10 +382,27 @@ void Executor::agree_stages() {
         }
       }
       g.ranks.assign(ranks.begin(), ranks.end());
-      if (s != lowest) not_counted.insert(tp.parameter);
+      if (s == lowest && !reference.count(tp.key)) {
+        reference[tp.key] = tp.parameter;
+      } else {
+        not_counted.insert(tp.parameter);
+      }
     }
   }
-  for (auto& [key, g] : groups) tied_.push_back(std::move(g));
+  for (auto& [key, g] : groups) {
+    const auto it = reference.find(key);
+    Tensor value = it != reference.end() ? g.copies[0]->value.clone() : Tensor();
+    if (it != reference.end()) {
+      value.copy_from(it->second->value);
+    } else {
+      value = Tensor::zeros(g.copies[0]->value.shape(), g.copies[0]->value.dtype());
+    }
+    if (g.ranks.size() > 1) transport_.all_reduce_sum(value, g.ranks);
+    for (nn::Parameter* p : g.copies) {
+      if (p != (it != reference.end() ? it->second : nullptr)) p->value.copy_from(value);
+    }
+    tied_.push_back(std::move(g));
+  }
   norm_params_.clear();
   for (nn::Parameter* p : params_) {
     if (!not_counted.count(p)) norm_params_.push_back(p);
@@ -545,11 +566,20 @@ void Executor::fail(StepState& state, const Plan& plan, const std::exception& e,
       << e.what() << "\n"
       << grid_row(plan, state.slot);
   transport_.abort(msg.str());
+  failure_ = e.what();
   rethrow_as(e, detail::message(fn, msg.str()));
+}
+
+void Executor::check_usable(const char* fn) const {
+  if (failure_.empty()) return;
+  throw AbortedError(detail::message(
+      fn, "rank ", rank_, ": this Executor failed earlier and aborted its transport; build a "
+      "new one (and a new transport). The failure was: ", failure_));
 }
 
 StepStats Executor::step(const std::vector<Microbatch>& microbatches, double lr) {
   constexpr const char* kFn = "Executor::step";
+  check_usable(kFn);
   StepState state;
   state.mode = Mode::kTrain;
   state.stats.step = step_;
@@ -578,6 +608,7 @@ StepStats Executor::step(const std::vector<Microbatch>& microbatches, double lr)
 
 EvalStats Executor::evaluate(const std::vector<Microbatch>& microbatches) {
   constexpr const char* kFn = "Executor::evaluate";
+  check_usable(kFn);
   StepState state;
   state.mode = Mode::kEval;
   try {
@@ -696,6 +727,12 @@ void Executor::run_slots(StepState& state, const Plan& plan,
   };
 
   const double loss_scale = 1.0 / num_micro;
+  // Stages and the loss see the microbatch's index in the global batch (replica d's m-th is
+  // d * M + m), so that randomness derived from it (Dropout) is that of one device running all
+  // D * M microbatches.
+  auto id_of = [&](const Action& a) {
+    return static_cast<MicrobatchId>(dp_index_) * num_micro + a.microbatch;
+  };
   for (std::size_t i = 0; i < slots.size(); ++i) {
     if (!slots[i]) continue;
     const Action a = *slots[i];
@@ -737,13 +774,13 @@ void Executor::run_slots(StepState& state, const Plan& plan,
                           boundaries_[a.stage]);
         }
         timing.start = seconds_since(state.t0);
-        TensorList out = train ? stage->forward(a.microbatch, inputs) : stage->infer(inputs);
+        TensorList out = train ? stage->forward(id_of(a), inputs) : stage->infer(inputs);
         check_against(out, boundaries_[a.stage + 1],
                       "stage " + std::to_string(a.stage) + "'s outputs");
         if (a.stage == num_stages - 1) {
           const TensorList& targets = microbatches[a.microbatch].targets;
           if (train) {
-            state.losses[a.microbatch] = loss_->forward(a.microbatch, out, targets);
+            state.losses[a.microbatch] = loss_->forward(id_of(a), out, targets);
           } else {
             if (with_targets) state.losses[a.microbatch] = loss_->evaluate(out, targets);
             state.eval.outputs[a.microbatch] = std::move(out);
@@ -761,7 +798,7 @@ void Executor::run_slots(StepState& state, const Plan& plan,
         TensorList grad_out;
         timing.start = seconds_since(state.t0);
         if (a.stage == num_stages - 1) {
-          grad_out = loss_->backward(a.microbatch, loss_scale);
+          grad_out = loss_->backward(id_of(a), loss_scale);
         } else if (local_stage(a.stage + 1) != nullptr) {
           grad_out = take(state.input_grads, a.stage + 1, a.microbatch, "input gradient");
         } else {
@@ -773,8 +810,8 @@ void Executor::run_slots(StepState& state, const Plan& plan,
         // one entry per output.
         if (a.stage != num_stages - 1) grad_out = expand_gradients(std::move(grad_out), out_specs);
         TensorList grad_in = a.kind == ActionKind::kBackward
-                                 ? stage->backward(a.microbatch, grad_out)
-                                 : stage->backward_input(a.microbatch, grad_out);
+                                 ? stage->backward(id_of(a), grad_out)
+                                 : stage->backward_input(id_of(a), grad_out);
         timing.end = seconds_since(state.t0);
         if (a.stage > 0) {
           state.input_grads[key] = select_differentiable(
@@ -785,7 +822,7 @@ void Executor::run_slots(StepState& state, const Plan& plan,
       }
       case ActionKind::kBackwardWeight: {
         timing.start = seconds_since(state.t0);
-        local_stage(a.stage)->backward_weight(a.microbatch);
+        local_stage(a.stage)->backward_weight(id_of(a));
         timing.end = seconds_since(state.t0);
         break;
       }

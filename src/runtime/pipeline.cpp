@@ -123,7 +123,8 @@ Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
     stage_ptrs.push_back(stages_.back().get());
     for (nn::Parameter* p : stages_.back()->parameters()) params.push_back(p);
   }
-  // The model hash ties checkpoints to the model: parameter names and shapes of every layer.
+  // The model hash ties checkpoints to the model: the parameter count of every layer (the
+  // loader checks each parameter's name and shape besides).
   std::string signature;
   for (const double c : counts) signature += std::to_string(c) + ";";
   model_hash_ = runtime::fnv1a64(signature);
@@ -246,10 +247,18 @@ std::filesystem::path Pipeline::save(const std::filesystem::path& save_dir) {
     }
   }
   transport_.barrier();
-  std::filesystem::path done;
-  if (transport_.rank() == 0) done = runtime::commit_checkpoint(save_dir, step, num_stages);
-  transport_.barrier();
-  return done.empty() ? save_dir / ("step-" + std::to_string(step)) : done;
+  // Rank 0 commits; the folder it chose (step-<n>, or step-<n>-stages-<S> when step-<n> holds
+  // another cut) reaches every rank through the all-reduce, which also ends the save.
+  Tensor suffixed = Tensor::zeros({1}, DType::kInt32);
+  const std::string plain = "step-" + std::to_string(step);
+  if (transport_.rank() == 0) {
+    const std::filesystem::path done = runtime::commit_checkpoint(save_dir, step, num_stages);
+    suffixed.data<std::int32_t>()[0] = done.filename() == plain ? 0 : 1;
+  }
+  transport_.all_reduce_sum(suffixed);
+  return save_dir / (suffixed.data<std::int32_t>()[0] == 0
+                         ? plain
+                         : plain + "-stages-" + std::to_string(num_stages));
 }
 
 std::int64_t Pipeline::load(const std::filesystem::path& step_dir) {

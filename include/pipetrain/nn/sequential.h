@@ -63,7 +63,8 @@ class Sequential : public Stage {
   std::vector<TiedParameter> tied_parameters() override { return tied_; }
 
   /// Declares `parameter` (owned by one of the layers) as a copy of the parameter tied under
-  /// `key` on other stages (see TiedParameter).
+  /// `key` (see TiedParameter); a stage may hold several copies of one key. Throws
+  /// InvalidArgument when the parameter is not the layers' or is declared twice.
   void add_tied_parameter(std::string key, Parameter* parameter);
 
   const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }

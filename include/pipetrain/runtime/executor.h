@@ -48,7 +48,13 @@
 //   [Executor::step] rank 1 failed at 1F0 (microbatch 0, peer rank 0, slot 1) in step 0:
 //   [InProcessTransport::wait] rank 1 timed out after 50 ms waiting for RECV_F ...
 //   rank 1: 1RECV_F0 [1F0]! 1SEND_B0 ...
-// After such a failure the Executor (and its transport) must not be used again.
+// After such a failure the Executor (and its transport) cannot be used again: step() and
+// evaluate() then throw AbortedError quoting the failure.
+//
+// Microbatch ids: stages and the loss see replica d's m-th microbatch as id d * M + m (its
+// index in the global batch), so that randomness derived from the id (Dropout) is that of one
+// device accumulating all D * M microbatches. Tied parameters: on the first step, every copy
+// takes the value of the copy on the lowest stage holding its key.
 //
 // Thread safety: an Executor is driven by one thread (its rank's).
 #pragma once
@@ -175,6 +181,7 @@ class Executor {
   [[noreturn]] void fail(StepState& state, const Plan& plan, const std::exception& e,
                          const char* fn);
   std::string grid_row(const Plan& plan, int slot) const;
+  void check_usable(const char* fn) const;
   Stage* local_stage(int stage) const;
 
   Schedule schedule_;
@@ -195,6 +202,7 @@ class Executor {
   std::vector<std::vector<TensorSpec>> boundaries_;
   std::vector<nn::Parameter*> params_;
   std::vector<nn::Parameter*> norm_params_;  // tied copies counted once
+  std::string failure_;  // what made step() or evaluate() abort, "" while usable
   /// (group of ranks, local copies) per tied key, in key order.
   struct TiedGroup {
     std::string key;

@@ -347,8 +347,19 @@ TEST(Sequential, TiedParameters) {
             "[Sequential::add_tied_parameter] parameter \"other\" (key \"x\") is not a "
             "parameter of this stage's layers");
   EXPECT_EQ(error_of<InvalidArgument>([&] { s.add_tied_parameter("wte2", wte); }),
-            "[Sequential::add_tied_parameter] parameter \"wte.weight\" or key \"wte2\" is "
-            "already tied");
+            "[Sequential::add_tied_parameter] parameter \"wte.weight\" is already tied (key "
+            "\"wte\")");
+}
+
+TEST(Sequential, SeveralCopiesOfOneKey) {
+  Layers layers;
+  layers.push_back(std::make_unique<Embedding>(10, 4, DType::kFloat32, 1, "a"));
+  layers.push_back(std::make_unique<Linear>(4, 10, false, DType::kFloat32, 1, "b"));
+  Sequential s(std::move(layers));
+  s.add_tied_parameter("wte", s.parameters()[0]);
+  s.add_tied_parameter("wte", s.parameters()[1]);
+  ASSERT_EQ(s.tied_parameters().size(), 2u);
+  EXPECT_EQ(s.tied_parameters()[1].parameter->name, "b.weight");
 }
 
 TEST(Sequential, Errors) {

@@ -4,13 +4,17 @@
 // any compute and the Pipeline stays usable.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "pipetrain/comm/inprocess.h"
@@ -212,6 +216,123 @@ TEST(Pipeline, BadBatchesAreRefusedBeforeAnyComputeAndThePipelineStaysUsable) {
                                0),
             0u)
       << errors[1][3];
+}
+
+// Embedding [11, 6] on ids, ... , and a Linear 6 -> 11 whose weight is tied to the embedding's
+// (their initialisers differ: the runtime gives every copy the first one's value).
+ModelSpec tied_model() {
+  auto table = [](nn::Layer& l) { return &static_cast<nn::Embedding&>(l).weight(); };
+  auto head = [](nn::Layer& l) { return &static_cast<nn::Linear&>(l).weight(); };
+  ModelSpec m;
+  m.add_tied("wte", [] { return std::unique_ptr<nn::Layer>(new nn::Embedding(11, 6)); }, table);
+  m.add<nn::LayerNorm>(6).add<nn::Linear>(6, 6).add<nn::GELU>().add<nn::Dropout>(0.25, 7);
+  m.add_tied("wte", [] { return std::unique_ptr<nn::Layer>(new nn::Linear(6, 11, false)); }, head);
+  return m;
+}
+
+TrainRun train_tied(const PipelineOptions& options) {
+  runtime::set_logging(false);
+  TrainRun run;
+  std::mutex mu;
+  std::vector<std::int32_t> ids(kRows * 3), next(kRows * 3);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<std::int32_t>((i * 7) % 11);
+    next[i] = static_cast<std::int32_t>((i * 7 + 3) % 11);
+  }
+  const Tensor x = Tensor::from_vector(ids, {kRows, 3}), y = Tensor::from_vector(next, {kRows, 3});
+  std::vector<std::vector<double>> losses(options.pipeline * options.data_parallel);
+  launch(options.pipeline * options.data_parallel, "inprocess", [&](Transport& t) {
+    Pipeline pipe(tied_model(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+    for (int step = 0; step < kSteps; ++step) losses[t.rank()].push_back(pipe.train_step({x}, {y}).loss);
+    std::lock_guard<std::mutex> lock(mu);
+    for (nn::Parameter* p : pipe.parameters()) run.params[p->name] = p->value.to_vector<float>();
+  });
+  run.losses = losses[0];
+  return run;
+}
+
+TEST(Pipeline, TiedCopiesAndDropoutMatchOneDevice) {
+  PipelineOptions one;
+  one.schedule = "gpipe";
+  one.microbatches = 4;
+  one.optimizer.lr = 1e-2;
+  const TrainRun want = train_tied(one);
+  // One device holds both copies in one stage: they start equal and stay equal.
+  EXPECT_EQ(want.params.at("0.weight"), want.params.at("5.weight"));
+  for (const auto& [p, d, m] : {std::tuple{2, 1, 4}, std::tuple{2, 2, 2}, std::tuple{3, 1, 4}}) {
+    PipelineOptions options = one;
+    options.schedule = "zb-h1";
+    options.pipeline = p;
+    options.data_parallel = d;
+    options.microbatches = m;
+    options.partition.method = PartitionOptions::Method::kUniform;
+    const TrainRun got = train_tied(options);
+    expect_same_training(got, want, 1e-6);
+  }
+}
+
+TEST(Pipeline, AFailedPipelineSaysSoOnTheNextStep) {
+  PipelineOptions options;
+  options.pipeline = 2;
+  options.microbatches = 2;
+  std::vector<std::string> second(2);
+  const std::string first = error_of([&] {
+    launch(2, "inprocess", [&](Transport& t) {
+      Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+      const Data d = data(0);
+      if (t.rank() == 1) t.abort("rank 1 gives up");
+      try {
+        pipe.train_step({d.x}, {d.y});
+      } catch (const std::exception&) {
+      }
+      second[t.rank()] = error_of([&] { pipe.train_step({d.x}, {d.y}); });
+    }, TransportOptions{std::chrono::seconds(10)});
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(second[r].rfind("[Executor::step] rank " + std::to_string(r) +
+                                  ": this Executor failed earlier and aborted its transport",
+                              0),
+              0u)
+        << second[r];
+  }
+}
+
+TEST(Pipeline, SavesOnOneCutAndResumesOnAnother) {
+  runtime::set_logging(false);
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("pipetrain-pipeline-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const Data d = data(0);
+  auto run = [&](int p, const std::string& schedule, int steps, const std::string& load,
+                 bool save) {
+    PipelineOptions options;
+    options.schedule = schedule;
+    options.pipeline = p;
+    options.microbatches = 4;
+    std::vector<double> losses;
+    std::filesystem::path saved;
+    launch(p, "inprocess", [&](Transport& t) {
+      Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+      if (!load.empty()) EXPECT_EQ(pipe.load(dir / load), 2);
+      for (int s = 0; s < steps; ++s) {
+        const double loss = pipe.train_step({d.x}, {d.y}).loss;
+        if (t.rank() == 0) losses.push_back(loss);
+      }
+      if (save) {
+        const std::filesystem::path path = pipe.save(dir);
+        if (t.rank() == 0) saved = path;
+      }
+    });
+    if (save) EXPECT_EQ(saved, dir / "step-2");
+    return losses;
+  };
+  const std::vector<double> whole = run(1, "gpipe", 4, "", false);
+  run(2, "1f1b", 2, "", true);
+  const std::vector<double> resumed = run(4, "zb-h1", 2, "step-2", false);
+  ASSERT_EQ(resumed.size(), 2u);
+  EXPECT_NEAR(resumed[0], whole[2], 1e-6 * whole[2]);
+  EXPECT_NEAR(resumed[1], whole[3], 1e-6 * whole[3]);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Pipeline, RejectsBadOptions) {
