@@ -229,7 +229,8 @@ class InProcessTransport final : public Transport {
   void wait_for(std::string_view function, std::unique_lock<std::mutex>& lock,
                 Clock::time_point deadline, Request& request, const Op& op) {
     world_->changed.wait_until(lock, deadline, [&] { return op.done || world_->aborted; });
-    throw_if_aborted(function);
+    // A transfer that completed before the abort completed: only unfinished waits fail.
+    if (!op.done) throw_if_aborted(function);
     if (!op.done) {
       throw TimeoutError(detail::message(function, "rank ", rank_, " timed out after ",
                                          detail::format_ms(timeout()), " waiting for ",
@@ -252,8 +253,8 @@ class InProcessTransport final : public Transport {
     }
     auto wait_or_throw = [&](auto done) {
       world_->changed.wait_until(lock, deadline, [&] { return done() || world_->aborted; });
+      if (done()) return;  // completed before the abort: it stands
       throw_if_aborted(function);
-      if (done()) return;
       std::vector<int> missing;
       for (std::size_t i = 0; i < members.size(); ++i) {
         if (!c.arrived[i]) missing.push_back(members[i]);
