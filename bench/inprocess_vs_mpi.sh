@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/inprocess_vs_mpi.sh [PAIRS] [BUILD_DIR]: train_pipeline's tokens/s at P=2 with the
+# bench/inprocess_vs_mpi.sh [PAIRS] [BUILD_DIR]: train_gpt's tokens/s at P=2 with the
 # in-process transport (threads of one process) against the MPI transport (2 processes), in
 # interleaved runs so that both see the same machine load; also the in-process run with
 # PIPETRAIN_CPU_THREADS=<cores>, i.e. every rank asking OpenBLAS for every core (what pipetrain
@@ -7,7 +7,7 @@
 set -euo pipefail
 pairs=${1:-3}
 build=${2:-build}
-exe=$build/examples/train_pipeline
+exe=$build/examples/train_gpt
 cores=$(nproc)
 args=(--pipeline 2 --microbatches 4 --steps 30 --log-every 30 --channels 128 --seq 64 --batch 16)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Usage: same_losses.sh TOLERANCE -- CMD_A... -- CMD_B...
-# Runs both commands, takes every "loss <number>" they print (in order), and fails unless both
+# Runs both commands, takes every "loss <number>" they print (stdout and stderr, in order), and
+# fails unless both
 # print the same count (at least one) and each pair differs by at most TOLERANCE (relative).
 set -euo pipefail
 tol=$1; shift; [[ $1 == -- ]] && shift
 a=(); while [[ $# -gt 0 && $1 != -- ]]; do a+=("$1"); shift; done; shift
 b=("$@")
-out_a=$("${a[@]}") || { echo "command A failed:"; echo "$out_a"; exit 1; }
-out_b=$("${b[@]}") || { echo "command B failed:"; echo "$out_b"; exit 1; }
+out_a=$("${a[@]}" 2>&1) || { echo "command A failed:"; echo "$out_a"; exit 1; }
+out_b=$("${b[@]}" 2>&1) || { echo "command B failed:"; echo "$out_b"; exit 1; }
 echo "--- A: ${a[*]}"; echo "$out_a"; echo "--- B: ${b[*]}"; echo "$out_b"
 losses() { grep -oE 'loss [-+0-9.eE]+' <<< "$1" | awk '{print $2}'; }
 paste <(losses "$out_a") <(losses "$out_b") | awk -v tol="$tol" '

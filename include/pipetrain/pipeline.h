@@ -48,6 +48,7 @@
 #include "pipetrain/model_spec.h"
 #include "pipetrain/nn/sequential.h"
 #include "pipetrain/optim/optimizer.h"
+#include "pipetrain/runtime/checkpoint.h"
 #include "pipetrain/runtime/executor.h"
 #include "pipetrain/runtime/partition.h"
 #include "pipetrain/runtime/topology.h"
@@ -96,6 +97,10 @@ struct PipelineOptions {
   OptimizerOptions optimizer;
   bool activation_checkpointing = false;
   runtime::ExecutorOptions executor;  ///< max_grad_norm, receive lookahead, ...
+  /// Text naming the model (and whatever a resumed run must share with the saving one, e.g.
+  /// its hyper-parameters); its hash is written into checkpoints and checked by load(). Empty:
+  /// the parameter count of every layer.
+  std::string model_id;
 };
 
 /// What train_step() returns (every rank sees the same numbers).
@@ -131,12 +136,18 @@ class Pipeline {
   /// empty (no loss). Same batch rules as train_step.
   EvalResult eval_step(const TensorList& inputs, const TensorList& targets = {});
 
-  /// Saves a checkpoint of step steps_done() under `save_dir` (step-<n>/, committed by a
-  /// manifest; see runtime/checkpoint.h). Collective.
-  std::filesystem::path save(const std::filesystem::path& save_dir);
-  /// Loads a committed checkpoint folder, saved by any cut of the same ModelSpec (another P,
-  /// schedule or partition). Collective. Returns the step it holds.
-  std::int64_t load(const std::filesystem::path& step_dir);
+  /// Saves a checkpoint of step steps_done() under `save_dir` (step-<n>/, or
+  /// step-<n>-stages-<S> when step-<n> holds another cut; committed by a manifest, see
+  /// runtime/checkpoint.h), with `sampler` (the data position) in its metadata. Collective.
+  /// Returns the committed folder, on every rank.
+  std::filesystem::path save(const std::filesystem::path& save_dir,
+                             const data::SamplerState& sampler = {});
+  /// Loads a committed checkpoint folder saved by any cut of the same model (another P, D,
+  /// schedule or partition) into the parameters and the optimizer state; steps_done() becomes
+  /// its step. Collective. Returns its metadata (step, data position) and the number of stages
+  /// of the run that saved it. Throws ParseError as runtime::load_checkpoint_into_stage
+  /// (nothing is modified then).
+  runtime::LoadedCheckpoint load(const std::filesystem::path& step_dir);
 
   std::int64_t steps_done() const;
   int rank() const { return transport_.rank(); }

@@ -82,7 +82,8 @@ std::string canonical(const PipelineOptions& o, const Schedule& schedule,
       << " M=" << schedule.num_microbatches() << " v=" << schedule.stages_per_rank()
       << " cut=" << partition.to_string() << " loss=" << loss
       << " optimizer=" << static_cast<int>(o.optimizer.kind)
-      << " ckpt=" << o.activation_checkpointing << " clip=" << o.executor.max_grad_norm;
+      << " ckpt=" << o.activation_checkpointing << " clip=" << o.executor.max_grad_norm
+      << " model=" << o.model_id;
   return out.str();
 }
 
@@ -125,8 +126,10 @@ Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
   }
   // The model hash ties checkpoints to the model: the parameter count of every layer (the
   // loader checks each parameter's name and shape besides).
-  std::string signature;
-  for (const double c : counts) signature += std::to_string(c) + ";";
+  std::string signature = o.model_id;
+  if (signature.empty()) {
+    for (const double c : counts) signature += std::to_string(c) + ";";
+  }
   model_hash_ = runtime::fnv1a64(signature);
   optimizer_ = make_optimizer(o.optimizer, params);
   executor_ = std::make_unique<runtime::Executor>(std::move(schedule), topology, transport,
@@ -233,7 +236,8 @@ EvalResult Pipeline::eval_step(const TensorList& inputs, const TensorList& targe
   return result;
 }
 
-std::filesystem::path Pipeline::save(const std::filesystem::path& save_dir) {
+std::filesystem::path Pipeline::save(const std::filesystem::path& save_dir,
+                                     const data::SamplerState& sampler) {
   const runtime::Topology& topo = topology();
   const Schedule& sched = schedule();
   const std::int64_t step = steps_done();
@@ -243,7 +247,7 @@ std::filesystem::path Pipeline::save(const std::filesystem::path& save_dir) {
     const std::vector<int> mine = sched.stages_of_rank(topo.pp_index(transport_.rank()));
     for (std::size_t i = 0; i < stages_.size(); ++i) {
       runtime::save_stage_checkpoint(staging, mine[i], num_stages, *stages_[i], *optimizer_,
-                                     runtime::CheckpointMeta{step, model_hash_, {}});
+                                     runtime::CheckpointMeta{step, model_hash_, sampler});
     }
   }
   transport_.barrier();
@@ -261,14 +265,14 @@ std::filesystem::path Pipeline::save(const std::filesystem::path& save_dir) {
                          : plain + "-stages-" + std::to_string(num_stages));
 }
 
-std::int64_t Pipeline::load(const std::filesystem::path& step_dir) {
+runtime::LoadedCheckpoint Pipeline::load(const std::filesystem::path& step_dir) {
   std::vector<Stage*> stages;
   for (auto& s : stages_) stages.push_back(s.get());
   const runtime::LoadedCheckpoint loaded =
       runtime::load_checkpoint_into_stage(step_dir, stages, *optimizer_, model_hash_);
   loaded_step_ = loaded.meta.step - executor_->steps_done();
   transport_.barrier();
-  return loaded.meta.step;
+  return loaded;
 }
 
 // ---- launch --------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# repeat_faults.sh [-n N] [CASE...]: runs each fault case of train_pipeline under mpirun N times
+# repeat_faults.sh [-n N] [CASE...]: runs each fault case of train_gpt under mpirun N times
 # (default 50) through tests/mpi_fault.sh and prints, per case, how many runs were correct, hung,
 # crashed (segmentation fault) or ended otherwise wrongly. Not run by CI (minutes per case).
 #
 # Cases (default: all): kill2 kill4 stop2 stop4 throw2 throw4 timeout2 timeout4 (the CI tests
-# example.train_pipeline.mpi_fault.*, same arguments) and the commands of issue 10:
+# example.train_gpt.mpi_fault.*, same arguments) and the commands of issue 10:
 #   killN    SIGKILL to rank 1 of N ranks during training (small model, --timeout-ms 2000)
 #   stopN    SIGSTOP to rank 1 of N ranks (small model, --timeout-ms 2000)
 #   throwN   --pipeline N --fail-rank 0 --fail-step 3
@@ -28,7 +28,7 @@ fi
 cases=("$@")
 [ "${#cases[@]}" -gt 0 ] || cases=(kill2 kill4 stop2 stop4 throw2 throw4 timeout2 timeout4)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-train=$build/examples/train_pipeline
+train=$build/examples/train_gpt
 out=$(mktemp -d /tmp/repeat_faults.XXXXXX)
 cd "$root" || exit 2  # the default data cache is build/data/kjv.txt, relative to here
 small=(--data "$root/LICENSE" --layers 2 --channels 32 --heads 2 --seq 32 --batch 8

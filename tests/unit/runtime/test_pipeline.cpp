@@ -313,7 +313,7 @@ TEST(Pipeline, SavesOnOneCutAndResumesOnAnother) {
     std::filesystem::path saved;
     launch(p, "inprocess", [&](Transport& t) {
       Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
-      if (!load.empty()) EXPECT_EQ(pipe.load(dir / load), 2);
+      if (!load.empty()) EXPECT_EQ(pipe.load(dir / load).meta.step, 2);
       for (int s = 0; s < steps; ++s) {
         const double loss = pipe.train_step({d.x}, {d.y}).loss;
         if (t.rank() == 0) losses.push_back(loss);
