@@ -83,6 +83,42 @@ struct OptimizerOptions {
   optim::SgdConfig sgd;       ///< kind == kSgd
 };
 
+/// One layer measured on this machine for one microbatch.
+struct LayerProfile {
+  double seconds = 0;          ///< forward + backward_input + backward_weight (median of repeats)
+  std::size_t bytes_kept = 0;  ///< what the layer keeps for a microbatch between F and W
+  std::int64_t parameters = 0; ///< parameter elements
+};
+
+/// Builds the model on the CPU, layer after layer, and runs one microbatch of `inputs` (zeros:
+/// valid ids for an embedding) through each: forward, then backward_input with zero output
+/// gradients, then backward_weight, `repeats` times; returns each layer's median time, the
+/// bytes it keeps after its forward (the activations a schedule holds per microbatch in flight)
+/// and its parameter count. Use the times as PartitionOptions::layer_costs (Method::kCost) and
+/// the bytes with estimate_memory(). Throws InvalidArgument when a layer refuses its input
+/// (as Layer::output_spec) or repeats < 1.
+std::vector<LayerProfile> profile_layers(const ModelSpec& model,
+                                         const std::vector<TensorSpec>& inputs, int repeats = 3);
+
+/// Estimated memory of one pipeline rank, in bytes.
+struct RankMemory {
+  std::int64_t parameters = 0;   ///< fp32 values of its stages' parameters
+  std::int64_t gradients = 0;    ///< fp32 gradients
+  std::int64_t optimizer = 0;    ///< optimizer state (AdamW: 2 values per parameter; SGD: 0)
+  std::int64_t activations = 0;  ///< peak of what its stages keep for microbatches in flight
+  int peak_in_flight = 0;        ///< stage-microbatches held at once (analyze_memory's peak_held)
+  std::int64_t total() const { return parameters + gradients + optimizer + activations; }
+};
+
+/// Per pipeline rank: parameters, gradients and optimizer state of the layers `partition` gives
+/// its stages, plus the schedule's peak number of stage-microbatches held at once times the
+/// largest per-microbatch activation bytes of those stages (an upper bound: the peak may mix
+/// cheaper stages). `profile` from profile_layers() with the microbatch's input specs.
+std::vector<RankMemory> estimate_memory(const std::vector<LayerProfile>& profile,
+                                        const runtime::Partition& partition,
+                                        const Schedule& schedule,
+                                        OptimizerOptions::Kind optimizer);
+
 struct PipelineOptions {
   /// A make_schedule() name ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-v", ...),
   /// ignored when `custom_schedule` is set.

@@ -1,6 +1,7 @@
 #include "pipetrain/pipeline.h"
 
 #include <algorithm>
+#include <chrono>
 #include <exception>
 #include <map>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "pipetrain/runtime/checkpoint.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/passes.h"
+#include "pipetrain/schedule/simulate.h"
 
 namespace pipetrain {
 
@@ -60,6 +62,78 @@ runtime::Partition partition_counted(const ModelSpec& model, const std::vector<d
 runtime::Partition partition_model(const ModelSpec& model, int num_stages,
                                    const PartitionOptions& options) {
   return partition_counted(model, nullptr, num_stages, options);
+}
+
+// ---- profiling and memory -----------------------------------------------------------------
+
+std::vector<LayerProfile> profile_layers(const ModelSpec& model,
+                                         const std::vector<TensorSpec>& inputs, int repeats) {
+  constexpr const char* kFn = "profile_layers";
+  PIPETRAIN_CHECK_ARG(repeats >= 1, kFn, "repeats=", repeats, " must be >= 1");
+  PIPETRAIN_CHECK_ARG(inputs.size() == 1, kFn, "got ", inputs.size(),
+                      " input specs; a ModelSpec's layers take one tensor");
+  using Clock = std::chrono::steady_clock;
+  std::vector<LayerProfile> out;
+  TensorSpec spec = inputs[0];
+  for (int i = 0; i < static_cast<int>(model.size()); ++i) {
+    // One layer at a time keeps the peak to one layer's parameters and activations.
+    std::unique_ptr<nn::Sequential> stage = model.build(i, i + 1);
+    nn::Layer& layer = *stage->layers()[0];
+    const TensorSpec out_spec = layer.output_spec(spec);
+    const Tensor x = Tensor::zeros(spec.shape, spec.dtype);
+    const Tensor dy = Tensor::zeros(out_spec.shape, out_spec.dtype);
+    LayerProfile p;
+    p.parameters = nn::count_parameters(layer.parameters());
+    std::vector<double> seconds;
+    for (int r = 0; r < repeats; ++r) {
+      const auto t0 = Clock::now();
+      layer.forward(0, x);
+      if (r == 0) p.bytes_kept = layer.bytes_kept();
+      layer.backward_input(0, is_differentiable(out_spec.dtype) ? dy : Tensor());
+      layer.backward_weight(0);
+      seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::sort(seconds.begin(), seconds.end());
+    p.seconds = seconds[seconds.size() / 2];
+    for (nn::Parameter* q : layer.parameters()) q->grad.zero();
+    out.push_back(p);
+    spec = out_spec;
+  }
+  return out;
+}
+
+std::vector<RankMemory> estimate_memory(const std::vector<LayerProfile>& profile,
+                                        const runtime::Partition& partition,
+                                        const Schedule& schedule,
+                                        OptimizerOptions::Kind optimizer) {
+  constexpr const char* kFn = "estimate_memory";
+  PIPETRAIN_CHECK_ARG(partition.num_stages() == schedule.num_stages(), kFn, "the partition has ",
+                      partition.num_stages(), " stages, the schedule ", schedule.num_stages());
+  PIPETRAIN_CHECK_ARG(!partition.bounds.empty() &&
+                          partition.bounds.back() == static_cast<int>(profile.size()),
+                      kFn, "the partition covers ",
+                      partition.bounds.empty() ? 0 : partition.bounds.back(),
+                      " layers, the profile has ", profile.size());
+  const MemoryProfile held = analyze_memory(schedule.has_comm() ? strip_comm(schedule) : schedule);
+  std::vector<RankMemory> out(static_cast<std::size_t>(schedule.num_ranks()));
+  for (int r = 0; r < schedule.num_ranks(); ++r) {
+    RankMemory& m = out[static_cast<std::size_t>(r)];
+    std::int64_t largest = 0;
+    for (int s : schedule.stages_of_rank(r)) {
+      std::int64_t kept = 0;
+      for (int l = partition.bounds[s]; l < partition.bounds[s + 1]; ++l) {
+        const LayerProfile& p = profile[static_cast<std::size_t>(l)];
+        m.parameters += 4 * p.parameters;
+        kept += static_cast<std::int64_t>(p.bytes_kept);
+      }
+      largest = std::max(largest, kept);
+    }
+    m.gradients = m.parameters;
+    m.optimizer = optimizer == OptimizerOptions::Kind::kAdamW ? 2 * m.parameters : 0;
+    m.peak_in_flight = held.peak_held[static_cast<std::size_t>(r)];
+    m.activations = largest * m.peak_in_flight;
+  }
+  return out;
 }
 
 // ---- Pipeline ------------------------------------------------------------------------------

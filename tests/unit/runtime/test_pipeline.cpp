@@ -335,6 +335,32 @@ TEST(Pipeline, SavesOnOneCutAndResumesOnAnother) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(ModelSpec, ProfileAndMemoryEstimate) {
+  const ModelSpec m = mlp();
+  const std::vector<LayerProfile> profile = profile_layers(m, {{{4, 12}, DType::kFloat32}}, 2);
+  ASSERT_EQ(profile.size(), 8u);
+  EXPECT_EQ(profile[0].parameters, 260);
+  EXPECT_EQ(profile[0].bytes_kept, 4u * 12 * 4);  // Linear keeps its input [4, 12] fp32
+  EXPECT_EQ(profile[1].parameters, 0);
+  for (const LayerProfile& p : profile) EXPECT_GT(p.seconds, 0.0);
+  const runtime::Partition cut = partition_model(m, 2);
+  const auto one_f_one_b = estimate_memory(profile, cut, make_schedule("1f1b", 2, 4),
+                                           OptimizerOptions::Kind::kAdamW);
+  const auto gpipe = estimate_memory(profile, cut, make_schedule("gpipe", 2, 4),
+                                     OptimizerOptions::Kind::kSgd);
+  ASSERT_EQ(one_f_one_b.size(), 2u);
+  // Rank 0 holds layers [0, 3): 300 parameters; 1F1B keeps 2 microbatches there, GPipe all 4.
+  EXPECT_EQ(one_f_one_b[0].parameters, 4 * 300);
+  EXPECT_EQ(one_f_one_b[0].optimizer, 2 * 4 * 300);
+  EXPECT_EQ(gpipe[0].optimizer, 0);
+  EXPECT_EQ(one_f_one_b[0].peak_in_flight, 2);
+  EXPECT_EQ(gpipe[0].peak_in_flight, 4);
+  std::int64_t kept = 0;
+  for (int l = 0; l < 3; ++l) kept += static_cast<std::int64_t>(profile[l].bytes_kept);
+  EXPECT_EQ(gpipe[0].activations, 4 * kept);
+  EXPECT_EQ(one_f_one_b[0].total(), 4 * 300 * 4 + 2 * kept);
+}
+
 TEST(Pipeline, RejectsBadOptions) {
   auto world = make_inprocess_world(1);
   PipelineOptions options;
