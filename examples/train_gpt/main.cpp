@@ -52,6 +52,7 @@
 #include "pipetrain/runtime/trace.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/io.h"
+#include "pipetrain/schedule/search.h"
 #include "pipetrain/schedule/simulate.h"
 
 namespace fs = std::filesystem;
@@ -73,6 +74,8 @@ struct Options {
   int stages_per_rank = 1;
   std::string transport = "inprocess";
   bool checkpointing = false;
+  int auto_probe_steps = 3;         // --schedule auto: steps run with ZB-H1 to measure costs
+  std::int64_t memory_cap_mb = 0;  // --schedule auto: activation memory per rank (0: no cap)
   int timeout_ms = 60000;
   // Data and model.
   std::string data;
@@ -158,6 +161,13 @@ void validate_options(Options& opt) {
                       opt.pipeline, " and --data-parallel=", opt.data_parallel, " must be >= 1");
   // Sizes first, in 64 bits: P x D is formed below, and one thread or process runs per rank.
   pipetrain::check_schedule_size(kFn, opt.pipeline, opt.stages_per_rank, opt.microbatches);
+  if (opt.schedule == "auto") {
+    PIPETRAIN_CHECK_ARG(opt.auto_probe_steps >= 1 && opt.auto_probe_steps < opt.steps, kFn,
+                        "--auto-probe-steps=", opt.auto_probe_steps, " must be in [1, --steps=",
+                        opt.steps, ")");
+    PIPETRAIN_CHECK_ARG(opt.memory_cap_mb >= 0, kFn, "--memory-cap=", opt.memory_cap_mb,
+                        " must be >= 0 (MiB; 0: no cap)");
+  }
   PIPETRAIN_CHECK_ARG(std::int64_t{opt.pipeline} * opt.data_parallel <= kMaxWorldSize, kFn,
                       "--pipeline=", opt.pipeline, " x --data-parallel=", opt.data_parallel,
                       " = ", std::int64_t{opt.pipeline} * opt.data_parallel, " ranks, more than ",
@@ -366,6 +376,79 @@ void write_trace(pipetrain::Pipeline& pipe, pipetrain::Transport& transport, con
   rt::log_info(0, line);
 }
 
+// --schedule auto: from the last probe step's measured per-stage F, I and W (every rank gathers
+// the same timelines, so every rank picks the same schedule) and the model's activation bytes,
+// search_schedules() ranks every schedule and knob; the best one that fits the memory cap and
+// has no more stages than the model has layers replaces the probe. The weights and optimizer
+// state move through a checkpoint in <out>/auto-switch, so the losses stay those of one device.
+template <typename MakePipeline>
+std::unique_ptr<pipetrain::Pipeline> switch_schedule(
+    const Options& opt, pipetrain::PipelineOptions options,
+    std::unique_ptr<pipetrain::Pipeline> probe, const rt::StepStats& last,
+    pipetrain::Transport& transport, const MakePipeline& make_pipeline,
+    const data::SamplerState& position) {
+  const pipetrain::Schedule probe_schedule = probe->schedule();
+  const auto timelines =
+      rt::gather_timelines(transport, probe->topology(), probe_schedule, last.timeline);
+  const pipetrain::CostModel costs = rt::measured_costs(probe_schedule, timelines);
+  // Activation bytes of one rank's share: what the layers keep per microbatch, summed over the
+  // model and divided by P (a share is 1/P of the model).
+  const pipetrain::nn::GptConfig config = opt.config();
+  const int rows = opt.batch / (opt.data_parallel * opt.microbatches);
+  const std::vector<pipetrain::LayerProfile> profile = pipetrain::profile_layers(
+      pipetrain::nn::gpt_spec(config), {{{rows, opt.seq}, pipetrain::DType::kInt32}}, 1);
+  std::int64_t kept = 0;
+  for (const auto& p : profile) kept += static_cast<std::int64_t>(p.bytes_kept);
+  pipetrain::SearchOptions search;
+  search.activation_bytes = std::max<std::int64_t>(1, kept / opt.pipeline);
+  search.memory_cap_bytes = opt.memory_cap_mb * (std::int64_t{1} << 20);
+  const std::vector<pipetrain::SearchResult> ranked =
+      pipetrain::search_schedules(opt.pipeline, opt.microbatches, costs, search);
+  const pipetrain::SearchResult* best = nullptr;
+  for (const auto& r : ranked) {
+    if (r.feasible && opt.pipeline * r.stages_per_rank_effective <= config.num_model_layers()) {
+      best = &r;
+      break;
+    }
+  }
+  PIPETRAIN_CHECK_ARG(best != nullptr, kProgram, "--schedule auto: no schedule fits --memory-cap=",
+                      opt.memory_cap_mb, " MiB with this model's ", config.num_model_layers(),
+                      " layers");
+  if (transport.rank() == 0) {
+    std::ostringstream why;
+    why << "--schedule auto: measured per stage F/I/W (ms)";
+    for (int s = 0; s < probe_schedule.num_stages(); ++s) {
+      char cell[64];
+      std::snprintf(cell, sizeof cell, " %.2f/%.2f/%.2f", costs.forward_per_stage[s] * 1e3,
+                    costs.backward_input_per_stage[s] * 1e3,
+                    costs.backward_weight_per_stage[s] * 1e3);
+      why << cell;
+    }
+    why << "; activations " << search.activation_bytes << " bytes per share and microbatch"
+        << "; predicted step (ms):";
+    int shown = 0;
+    for (const auto& r : ranked) {
+      if (!r.feasible || shown == 4) continue;
+      char cell[96];
+      std::snprintf(cell, sizeof cell, " %s%s%s %.2f", r.name.c_str(),
+                    r.knobs.empty() ? "" : " ", r.knobs.c_str(), r.makespan * 1e3);
+      why << (shown++ ? "," : "") << cell;
+    }
+    why << "; running " << best->name << (best->knobs.empty() ? "" : " (" + best->knobs + ")");
+    rt::log_info(0, why.str());
+  }
+  const fs::path dir = fs::path(opt.out) / "auto-switch";
+  const fs::path saved = probe->save(dir, position);
+  probe.reset();  // its stages go before the new ones are built
+  options.custom_schedule =
+      pipetrain::make_candidate(*best, opt.pipeline, opt.microbatches, costs, search);
+  options.stages_per_rank = best->stages_per_rank_effective;
+  std::unique_ptr<pipetrain::Pipeline> next = make_pipeline(options);
+  next->load(saved);
+  if (transport.rank() == 0) fs::remove_all(dir);
+  return next;
+}
+
 // One rank's run. Returns normally or throws (after the runtime aborted the world).
 void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transport) {
   const int rank = transport.rank();
@@ -382,8 +465,6 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
   options.model_id = opt.model_canonical();
   // Cut where the estimated compute is balanced (the head's V x C product, the embedding's
   // bytes), not where the parameters are.
-  const pipetrain::Schedule shape =
-      pipetrain::make_schedule(opt.schedule, opt.pipeline, opt.microbatches, opt.stages_per_rank);
   pipetrain::nn::GptCostShape cost_shape;
   cost_shape.vocab_size = config.vocab_size;
   cost_shape.seq_len = opt.seq;
@@ -392,16 +473,24 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
   cost_shape.microbatch_size = opt.batch / (opt.data_parallel * opt.microbatches);
   options.partition.method = pipetrain::PartitionOptions::Method::kCost;
   options.partition.layer_costs = pipetrain::nn::gpt_layer_costs(cost_shape);
+  // --schedule auto starts with ZB-H1 (its split backward measures F, I and W apart).
+  const bool automatic = opt.schedule == "auto";
+  if (automatic) options.schedule = "zb-h1";
+  const pipetrain::Schedule shape = pipetrain::make_schedule(
+      options.schedule, opt.pipeline, opt.microbatches, opt.stages_per_rank);
   PIPETRAIN_CHECK_ARG(config.num_model_layers() >= shape.num_stages(), kProgram, "the model has ",
                       config.num_model_layers(), " layers (embedding, ", opt.layers,
                       " blocks, head), fewer than the ", shape.num_stages(),
                       " stages of --schedule ", opt.schedule, " on --pipeline=", opt.pipeline,
                       ": raise --layers");
-  pipetrain::Pipeline pipe(pipetrain::nn::gpt_spec(config),
-                           std::make_unique<pipetrain::nn::CrossEntropyLoss>(), options,
-                           transport);
-  const rt::Topology& topo = pipe.topology();
-  std::int64_t n_params = pipetrain::nn::count_parameters(pipe.parameters());
+  auto make_pipeline = [&](const pipetrain::PipelineOptions& o) {
+    return std::make_unique<pipetrain::Pipeline>(
+        pipetrain::nn::gpt_spec(config), std::make_unique<pipetrain::nn::CrossEntropyLoss>(), o,
+        transport);
+  };
+  std::unique_ptr<pipetrain::Pipeline> pipeline = make_pipeline(options);
+  const rt::Topology topo = pipeline->topology();
+  std::int64_t n_params = pipetrain::nn::count_parameters(pipeline->parameters());
   if (rank == 0) {
     rt::log_info(rank, "data: " + text.path.string() + " (" +
                            std::to_string(text.train.size() + text.validation.size()) +
@@ -412,9 +501,9 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
                            std::to_string(opt.channels) + " channels, context " +
                            std::to_string(opt.seq) + "; rank 0 holds " +
                            std::to_string(n_params) + " parameters");
-    rt::log_info(rank, "topology " + topo.to_string() + ", schedule '" + pipe.schedule().name() +
-                           "' with " + std::to_string(pipe.schedule().num_stages()) +
-                           " stages, layers per stage " + pipe.partition().to_string() +
+    rt::log_info(rank, "topology " + topo.to_string() + ", schedule '" + pipeline->schedule().name() +
+                           "' with " + std::to_string(pipeline->schedule().num_stages()) +
+                           " stages, layers per stage " + pipeline->partition().to_string() +
                            ", transport " + opt.transport);
   }
 
@@ -436,7 +525,7 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
   if (!opt.resume_dir.empty()) {
     // Parameters are found by name in whichever stage file holds them, so the checkpoint may
     // come from another cut (P, schedule, chunks per rank, microbatches).
-    const rt::LoadedCheckpoint loaded = pipe.load(opt.resume_dir);
+    const rt::LoadedCheckpoint loaded = pipeline->load(opt.resume_dir);
     PIPETRAIN_CHECK_ARG(loaded.meta.step <= opt.steps, kProgram, "checkpoint '", opt.resume_dir,
                         "' is at step ", loaded.meta.step, ", beyond --steps=", opt.steps);
     sampler.restore(loaded.meta.sampler);
@@ -444,18 +533,18 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
     if (rank == 0) {
       std::string line = "resumed from " + opt.resume_dir + " at step " +
                          std::to_string(first_step);
-      if (loaded.num_stages != pipe.schedule().num_stages()) {
+      if (loaded.num_stages != pipeline->schedule().num_stages()) {
         line += ", pipeline cut changed: " + std::to_string(loaded.num_stages) + " -> " +
-                std::to_string(pipe.schedule().num_stages()) + " stages";
+                std::to_string(pipeline->schedule().num_stages()) + " stages";
       }
       rt::log_info(rank, line);
     }
   }
 
   std::vector<train_gpt::LossPoint> curve;
-  double last_val = evaluate(pipe, val, eval_batches);
+  double last_val = evaluate(*pipeline, val, eval_batches);
   data::BatchSampler train_probe = sampler;  // a copy, so the training order is untouched
-  const double first_train = evaluate(pipe, train_probe, eval_batches);
+  const double first_train = evaluate(*pipeline, train_probe, eval_batches);
   if (rank == 0) {
     char line[160];
     std::snprintf(line, sizeof line, "step %d: loss %.4f | val %.4f (%s; ln 256 = %.4f)",
@@ -474,13 +563,13 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
     }
     const auto [x, y] = tensors_of(sampler.next());
     const double lr = lr_schedule(step);
-    stats = pipe.train_step({x}, {y}, lr);
+    stats = pipeline->train_step({x}, {y}, lr);
     skipped += stats.skipped ? 1 : 0;
     skip_streak = stats.skipped ? skip_streak + 1 : 0;
     const bool last = step + 1 == opt.steps;
     train_gpt::LossPoint point{step + 1, stats.loss, std::nullopt, lr};
     if ((step + 1) % opt.eval_every == 0 || last) {
-      last_val = evaluate(pipe, val, eval_batches);
+      last_val = evaluate(*pipeline, val, eval_batches);
       point.val_loss = last_val;
     }
     curve.push_back(point);
@@ -496,10 +585,14 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
       }
       rt::log_info(rank, line);
     }
+    if (automatic && step + 1 == first_step + opt.auto_probe_steps && !last) {
+      pipeline = switch_schedule(opt, options, std::move(pipeline), stats, transport,
+                                 make_pipeline, sampler.state());
+    }
     const bool save = !opt.save_dir.empty() &&
                       ((opt.save_every > 0 && (step + 1) % opt.save_every == 0) || last);
     if (save) {
-      const fs::path done = pipe.save(opt.save_dir, sampler.state());
+      const fs::path done = pipeline->save(opt.save_dir, sampler.state());
       if (rank == 0 && done.filename() != "step-" + std::to_string(step + 1)) {
         rt::log_info(rank, "saved " + done.string() + " (step-" + std::to_string(step + 1) +
                                " holds a checkpoint of another cut)");
@@ -540,10 +633,10 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
   }
   if (ran > 0) {
     fs::create_directories(opt.out);
-    write_trace(pipe, transport, opt, stats);
+    write_trace(*pipeline, transport, opt, stats);
   }
   if (opt.sample_len > 0) {
-    const std::string sample = generate(pipe, transport, opt);
+    const std::string sample = generate(*pipeline, transport, opt);
     if (rank == 0) {
       rt::log_info(rank, "sample (temperature " + std::to_string(opt.temperature) + ", seed " +
                              std::to_string(opt.seed) + "):\n" + sample);
@@ -559,7 +652,16 @@ int main(int argc, char** argv) {
                "ZB-H1, the King James Bible)"};
   std::string names;
   for (const auto& n : pipetrain::schedule_names()) names += (names.empty() ? "" : ", ") + n;
-  app.add_option("--schedule", opt.schedule, "one of: " + names)->capture_default_str();
+  app.add_option("--schedule", opt.schedule,
+                 "one of: " + names + ", or auto (measure with zb-h1, then run the schedule "
+                 "search_schedules() picks)")
+      ->capture_default_str();
+  app.add_option("--auto-probe-steps", opt.auto_probe_steps,
+                 "--schedule auto: steps run with zb-h1 before the switch")
+      ->capture_default_str();
+  app.add_option("--memory-cap", opt.memory_cap_mb,
+                 "--schedule auto: activation memory per rank in MiB (0: no cap)")
+      ->capture_default_str();
   app.add_option("--pipeline", opt.pipeline, "pipeline ranks P (1: one device)")
       ->capture_default_str();
   app.add_option("--data-parallel", opt.data_parallel, "data-parallel replicas D")

@@ -112,6 +112,17 @@ CostModel measured_costs(const Schedule& schedule,
       mean[k][st] = count[k][st] > 0 ? sum[k][st] / count[k][st] : fallback;
     }
   }
+  // A split-backward run measured no B, a merged one no I or W: derive the missing kind so that
+  // the costs price every schedule (B = I + W; I and W as the measured B split in proportion
+  // 2:1 would be a guess, so a merged run gives I = W = B / 2).
+  const bool has_b = count[1].end() != std::find_if(count[1].begin(), count[1].end(),
+                                                    [](double n) { return n > 0; });
+  const bool has_iw = count[2].end() != std::find_if(count[2].begin(), count[2].end(),
+                                                     [](double n) { return n > 0; });
+  for (int st = 0; st < s; ++st) {
+    if (!has_b && has_iw) mean[1][st] = mean[2][st] + mean[3][st];
+    if (has_b && !has_iw) mean[2][st] = mean[3][st] = mean[1][st] / 2;
+  }
   CostModel c;
   c.forward_per_stage = mean[0];
   c.backward_per_stage = mean[1];

@@ -33,7 +33,9 @@ SimulationResult measured_result(const Schedule& schedule,
                                  const std::vector<std::vector<ActionTiming>>& timelines);
 
 /// Per-stage mean durations of F, B, I and W in the timelines (seconds), as a CostModel with
-/// per-stage vectors (a kind a stage never ran gets the mean of that kind over all stages, or 0).
+/// per-stage vectors (a kind a stage never ran gets the mean of that kind over all stages). A
+/// run with split backward (no B anywhere) gets B = I + W per stage; a run with merged backward
+/// (no I or W anywhere) gets I = W = B / 2, so the costs price every kind of schedule.
 CostModel measured_costs(const Schedule& schedule,
                          const std::vector<std::vector<ActionTiming>>& timelines);
 
