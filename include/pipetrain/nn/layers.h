@@ -7,6 +7,9 @@
 //   Dropout    any shape                       zeroes elements with probability p in training
 //   Embedding  int32 ids [...] -> [..., dim]   rows of a table
 //
+// The transformer layers built from these, CausalSelfAttention, Mlp and PreLnBlock, are in
+// pipetrain/nn/attention.h.
+//
 // Every layer computes in one dtype, fp32 (training) or fp64 (the reference the tests check fp32
 // against), given to its constructor; Dropout follows its input (fp32 or fp64). Inputs of
 // another dtype or shape are rejected, naming the layer, the function and what was expected:
