@@ -1,5 +1,5 @@
-// Checks the trainers (train_gpt, train_pipeline) run on their options before they load data
-// or allocate a model, so a bad value is reported at once, naming the flag, the value and the
+// Checks train_gpt runs on its options (validate_options in main.cpp) before it loads data or
+// allocates a model, so a bad value is reported at once, naming the flag, the value and the
 // limit, instead of as std::bad_alloc or NaN weights after the training.
 #pragma once
 
@@ -8,7 +8,7 @@
 
 namespace train_gpt {
 
-/// Largest --seq and --channels the trainers accept, whatever the memory.
+/// Largest --seq and --channels train_gpt accepts, whatever the memory.
 inline constexpr std::int64_t kMaxSeq = 1 << 16;
 inline constexpr std::int64_t kMaxChannels = 1 << 15;
 
@@ -40,8 +40,9 @@ struct ModelSize {
 void check_model_fits(const char* program, const ModelSize& size);
 
 /// Checks that `bytes` of byte-level text hold `windows` windows of --seq+1 bytes (the input
-/// and its shifted target): "[train_pipeline] --seq=4096 x --batch=16 needs 65537 bytes of
-/// --data, 'LICENSE' holds 11357".
+/// and its shifted target): "[train_gpt] --seq=4096 x --batch=8 in the training part needs 32769
+/// bytes of --data, 'LICENSE' holds 10790" (`windows_text` names the windows: "--batch=8 in
+/// the training part"; `bytes` is the size of that part).
 void check_data_holds(const char* program, const std::string& data, std::uint64_t bytes,
                       std::int64_t seq, std::int64_t windows, const std::string& windows_text);
 

@@ -45,7 +45,7 @@ struct ScheduleLimits {
 /// it first, and a program can call it on its raw options (64-bit, so that values an int cannot
 /// hold and products of counts are checked, not wrapped). Throws InvalidArgument naming
 /// `function`, the value and the limit:
-///   "[train_pipeline] num_ranks=65536 must be <= 1024 (ScheduleLimits::kMaxRanks)"
+///   "[train_gpt] num_ranks=65536 must be <= 1024 (ScheduleLimits::kMaxRanks)"
 ///   "[gpipe] num_stages*num_microbatches=1*2000000=2000000 must be <= 524288
 ///    (ScheduleLimits::kMaxWork)"
 void check_schedule_size(std::string_view function, std::int64_t num_ranks,

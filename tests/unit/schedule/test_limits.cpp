@@ -32,8 +32,8 @@ using pipetrain::testing::count;
 
 TEST(Limits, CheckScheduleSizeNamesTheValueAndTheLimit) {
   EXPECT_NO_THROW(check_schedule_size("f", L::kMaxRanks, 1, L::kMaxWork / L::kMaxRanks));
-  EXPECT_EQ(error_of<InvalidArgument>([] { check_schedule_size("train_pipeline", 65536, 1, 4); }),
-            "[train_pipeline] num_ranks=65536 must be <= 1024 (ScheduleLimits::kMaxRanks)");
+  EXPECT_EQ(error_of<InvalidArgument>([] { check_schedule_size("train_gpt", 65536, 1, 4); }),
+            "[train_gpt] num_ranks=65536 must be <= 1024 (ScheduleLimits::kMaxRanks)");
   EXPECT_EQ(error_of<InvalidArgument>([] { check_schedule_size("f", 4, 2000, 4); }),
             "[f] num_stages=num_ranks*stages_per_rank=4*2000=8000 must be <= 4096 "
             "(ScheduleLimits::kMaxStages)");
