@@ -9,7 +9,8 @@ pairs=${1:-3}
 build=${2:-build}
 exe=$build/examples/train_gpt
 cores=$(nproc)
-args=(--pipeline 2 --microbatches 4 --steps 30 --log-every 30 --channels 128 --seq 64 --batch 16)
+args=(--schedule 1f1b --layers 4 --pipeline 2 --microbatches 4 --steps 30 --log-every 30 --channels 128
+      --seq 64 --batch 16 --eval-every 1000 --sample-len 0)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 unset OPENBLAS_NUM_THREADS OMP_NUM_THREADS PIPETRAIN_CPU_THREADS
 

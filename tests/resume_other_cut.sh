@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# resume_other_cut.sh DIR -- TRAIN_PIPELINE ARGS...: trains with --pipeline 2 (1F1B), saving a
+# resume_other_cut.sh DIR -- TRAIN_GPT ARGS...: trains with --pipeline 2 (1F1B), saving a
 # checkpoint after every step into DIR, then resumes from the step-1 checkpoint with
 # --pipeline 4 --schedule zb-h1. Passes when the resumed run logs that the cut changed and ends
 # with the same (printed) loss as the uninterrupted run. ARGS must hold --steps N with N >= 2.
 set -u
 if [ "$#" -lt 3 ] || [ "$2" != "--" ]; then
-  echo "usage: resume_other_cut.sh DIR -- TRAIN_PIPELINE ARGS..." >&2
+  echo "usage: resume_other_cut.sh DIR -- TRAIN_GPT ARGS..." >&2
   exit 2
 fi
 dir=$1

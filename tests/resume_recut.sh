@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# resume_recut.sh DIR -- TRAIN_PIPELINE ARGS...: issue 10, finding 6. Trains with --pipeline 2,
+# resume_recut.sh DIR -- TRAIN_GPT ARGS...: issue 10, finding 6. Trains with --pipeline 2,
 # saving every step into DIR (and a stale staging folder is planted there); resumes from step-1
 # with --pipeline 4 and the same --save-dir, so both runs save step 2 and 3. Passes when every
 # saved step still resumes (step-3 and step-3-stages-4), `--resume latest` picks the P=4 save,
@@ -7,7 +7,7 @@
 # ARGS must hold --steps 3.
 set -u
 if [ "$#" -lt 3 ] || [ "$2" != "--" ]; then
-  echo "usage: resume_recut.sh DIR -- TRAIN_PIPELINE ARGS..." >&2
+  echo "usage: resume_recut.sh DIR -- TRAIN_GPT ARGS..." >&2
   exit 2
 fi
 dir=$1
