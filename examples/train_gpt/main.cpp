@@ -376,8 +376,9 @@ void write_trace(pipetrain::Pipeline& pipe, pipetrain::Transport& transport, con
   rt::log_info(0, line);
 }
 
-// --schedule auto: from the last probe step's measured per-stage F, I and W (every rank gathers
-// the same timelines, so every rank picks the same schedule) and the model's activation bytes,
+// --schedule auto: from the last probe step's measured per-stage F, I and W (each replica
+// measures its own; their mean over the world is what every rank searches with, so every rank
+// picks the same schedule) and the model's activation bytes,
 // search_schedules() ranks every schedule and knob; the best one that fits the memory cap and
 // has no more stages than the model has layers replaces the probe. The weights and optimizer
 // state move through a checkpoint in <out>/auto-switch, so the losses stay those of one device.
@@ -390,7 +391,23 @@ std::unique_ptr<pipetrain::Pipeline> switch_schedule(
   const pipetrain::Schedule probe_schedule = probe->schedule();
   const auto timelines =
       rt::gather_timelines(transport, probe->topology(), probe_schedule, last.timeline);
-  const pipetrain::CostModel costs = rt::measured_costs(probe_schedule, timelines);
+  pipetrain::CostModel costs = rt::measured_costs(probe_schedule, timelines);
+  {
+    const int s = probe_schedule.num_stages();
+    Tensor all = Tensor::zeros({4, s}, pipetrain::DType::kFloat64);
+    std::vector<double>* kinds[4] = {&costs.forward_per_stage, &costs.backward_per_stage,
+                                     &costs.backward_input_per_stage,
+                                     &costs.backward_weight_per_stage};
+    for (int k = 0; k < 4; ++k) {
+      for (int st = 0; st < s; ++st) all.data<double>()[k * s + st] = (*kinds[k])[st];
+    }
+    transport.all_reduce_sum(all);
+    for (int k = 0; k < 4; ++k) {
+      for (int st = 0; st < s; ++st) {
+        (*kinds[k])[st] = all.data<double>()[k * s + st] / opt.data_parallel;
+      }
+    }
+  }
   // Activation bytes of one rank's share: what the layers keep per microbatch, summed over the
   // model and divided by P (a share is 1/P of the model).
   const pipetrain::nn::GptConfig config = opt.config();
@@ -541,6 +558,11 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
     }
   }
 
+  if (automatic && first_step + opt.auto_probe_steps >= opt.steps && rank == 0) {
+    rt::log_info(rank, "--schedule auto: " + std::to_string(opt.steps - first_step) +
+                           " steps left, no more than --auto-probe-steps=" +
+                           std::to_string(opt.auto_probe_steps) + ": the run stays on zb-h1");
+  }
   std::vector<train_gpt::LossPoint> curve;
   double last_val = evaluate(*pipeline, val, eval_batches);
   data::BatchSampler train_probe = sampler;  // a copy, so the training order is untouched

@@ -3,9 +3,10 @@
 // A ModelSpec lists the layers of a whole model in forward order without building them
 // (DeepSpeed's LayerSpec idea): a pipeline rank builds only the layers of its stages, with
 // build(first, last), as an nn::Sequential. Layers holding copies of one parameter on different
-// stages (a GPT's token embedding and its LM head) are declared with add_tied(): every copy is
-// initialised identically and the runtime sums their gradients; copies that land in one stage
-// share one Parameter when the spec says how (LayerSpec::share).
+// stages (a GPT's token embedding and its LM head) are declared with add_tied(): the runtime
+// gives every copy the first copy's value at the first step and sums their gradients (see
+// TiedParameter in stage.h); copies that land in one stage share one Parameter when the spec
+// says how (LayerSpec::share).
 //
 // Initialisation: build() makes layer i inside nn::InitScope(i + 1) (see pipetrain/nn/init.h),
 // so layers that share a seed and a shape still start different, and a layer's initial values
@@ -32,8 +33,9 @@ using LayerFactory = std::function<std::unique_ptr<nn::Layer>()>;
 struct LayerSpec {
   LayerFactory make;
   /// Non-empty for a layer holding a copy of a parameter tied to other layers (TiedLayerSpec):
-  /// every layer with the same key holds its own copy, initialised identically, whose
-  /// gradients the runtime sums before each update (e.g. "wte" on a GPT's embedding and head).
+  /// every layer with the same key holds its own copy (same shape, dtype and weight decay), set
+  /// to the first copy's value at the first step, whose gradients the runtime sums before each
+  /// update (e.g. "wte" on a GPT's embedding and head).
   std::string tie_key;
   /// The tied copy inside the built layer (required when tie_key is set).
   std::function<nn::Parameter*(nn::Layer&)> tied_parameter;

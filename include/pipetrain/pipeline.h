@@ -86,7 +86,9 @@ struct OptimizerOptions {
 /// One layer measured on this machine for one microbatch.
 struct LayerProfile {
   double seconds = 0;          ///< forward + backward_input + backward_weight (median of repeats)
-  std::size_t bytes_kept = 0;  ///< what the layer keeps for a microbatch between F and W
+  /// What the layer keeps for a microbatch in flight: the larger of its bytes_kept() after
+  /// forward and after backward_input (what it holds until backward_weight).
+  std::size_t bytes_kept = 0;
   std::int64_t parameters = 0; ///< parameter elements
 };
 
@@ -96,7 +98,7 @@ struct LayerProfile {
 /// bytes it keeps after its forward (the activations a schedule holds per microbatch in flight)
 /// and its parameter count. Use the times as PartitionOptions::layer_costs (Method::kCost) and
 /// the bytes with estimate_memory(). Throws InvalidArgument when a layer refuses its input
-/// (as Layer::output_spec) or repeats < 1.
+/// (as Layer::output_spec), inputs does not hold exactly one spec, or repeats < 1.
 std::vector<LayerProfile> profile_layers(const ModelSpec& model,
                                          const std::vector<TensorSpec>& inputs, int repeats = 3);
 
@@ -172,6 +174,8 @@ class Pipeline {
   /// empty (no loss). Same batch rules as train_step.
   EvalResult eval_step(const TensorList& inputs, const TensorList& targets = {});
 
+  /// save() and load() are collective: a rank that throws (a full disk, a bad file) leaves the
+  /// others waiting in their barrier until the transport's deadline.
   /// Saves a checkpoint of step steps_done() under `save_dir` (step-<n>/, or
   /// step-<n>-stages-<S> when step-<n> holds another cut; committed by a manifest, see
   /// runtime/checkpoint.h), with `sampler` (the data position) in its metadata. Collective.
@@ -180,9 +184,12 @@ class Pipeline {
                              const data::SamplerState& sampler = {});
   /// Loads a committed checkpoint folder saved by any cut of the same model (another P, D,
   /// schedule or partition) into the parameters and the optimizer state; steps_done() becomes
-  /// its step. Collective. Returns its metadata (step, data position) and the number of stages
-  /// of the run that saved it. Throws ParseError as runtime::load_checkpoint_into_stage
-  /// (nothing is modified then).
+  /// its step (so Dropout masks continue where the saved run stopped). Collective. Returns its
+  /// metadata (step, data position) and the number of stages of the run that saved it. Throws
+  /// ParseError as runtime::load_checkpoint_into_stage (nothing is modified then), Error for a
+  /// file it cannot open. Parameters are matched by name: tied copies that one cut shares
+  /// (LayerSpec::share) must carry the same name in every layer to load on another cut (the
+  /// GPT's are all "wte").
   runtime::LoadedCheckpoint load(const std::filesystem::path& step_dir);
 
   std::int64_t steps_done() const;
@@ -209,7 +216,6 @@ class Pipeline {
   std::unique_ptr<optim::Optimizer> optimizer_;
   std::unique_ptr<runtime::Executor> executor_;
   std::uint64_t model_hash_ = 0;
-  std::int64_t loaded_step_ = 0;
 };
 
 /// Runs `body(transport)` once per rank and returns when every rank has finished:

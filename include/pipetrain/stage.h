@@ -28,6 +28,12 @@
 // last stage's backward, and averages over the D data-parallel replicas. The gradients summed
 // over a step are therefore those of the mean over replicas of the mean over microbatches of
 // the per-microbatch loss: one device accumulating the same microbatches gets the same ones.
+// It is a mean of per-microbatch means: with equal microbatches and a loss that averages over
+// every element it is the batch mean; with CrossEntropyLoss's ignore_index (microbatches with
+// different counts of counted positions) it differs from the mean over the batch's positions.
+//
+// Limits of a boundary: at most 8 tensors, each of at most 8 dimensions (the runtime agrees
+// their specs in a fixed-size table); a stage declares at most 2 tied keys.
 //
 // Gradients ACCUMULATE into the parameters' grad tensors across microbatches; the runtime
 // zeroes them once per optimizer step. Thread safety: one thread drives a stage at a time.
@@ -75,7 +81,9 @@ struct Microbatch {
 
 /// A parameter replicated on several stages whose gradients must be summed (over the stages
 /// that hold `key`) before the optimizer step, e.g. tied token embeddings on the first and the
-/// last stage. Every copy is initialised identically; summed gradients keep them identical.
+/// last stage. The copies must have the same shape, dtype and weight_decay flag; the runtime
+/// gives every copy the value of the copy on the lowest stage at its first step or evaluation,
+/// and the summed gradients keep them identical after. Keys are told apart by a 30-bit hash.
 struct TiedParameter {
   std::string key;           ///< same key on every stage holding a copy, e.g. "wte"
   nn::Parameter* parameter;  ///< this stage's copy (also listed by parameters())
@@ -115,11 +123,12 @@ class Stage : public nn::ParameterOwner {
   virtual std::vector<TensorSpec> output_specs(const std::vector<TensorSpec>& inputs) const = 0;
 
   /// Drops whatever is kept for mb (no-op when nothing is): the runtime calls it for the
-  /// microbatches in flight when a step fails, so that the stage can run the next step.
+  /// step's microbatches when a step fails, so that the stage can serve a new Executor.
   virtual void release(MicrobatchId mb) { (void)mb; }
 
-  /// Called before each training step with its index (0, 1, ...): stages with randomness
-  /// (dropout) derive it from (seed, step, microbatch), so recomputation is exact.
+  /// Called before each training step with its index (Executor::steps_done(): 0, 1, ..., or
+  /// the resumed step onwards): stages with randomness (dropout) derive it from (seed, step,
+  /// microbatch), so recomputation is exact.
   virtual void begin_step(std::int64_t step) { (void)step; }
 
   /// Bytes of tensors this stage keeps for microbatches in flight (0 when none are).

@@ -334,22 +334,51 @@ Stage* Executor::local_stage(int stage) const {
 void Executor::agree_stages() {
   constexpr const char* kFn = "Executor";
   const int num_stages = schedule_.num_stages();
-  // Row: present, tied hashes[kMaxTied].
-  constexpr int kRowLen = 1 + kMaxTied;
+  // Row: present, error flag, tied hashes[kMaxTied]. A stage this rank cannot accept is flagged
+  // so that every rank of the replica throws, instead of the others waiting out the deadline.
+  constexpr int kRowLen = 2 + kMaxTied;
   Tensor table = Tensor::zeros({num_stages, kRowLen}, DType::kInt32);
   std::int32_t* t = table.data<std::int32_t>();
   std::map<int, std::vector<TiedParameter>> tied_by_stage;
+  std::string local_error;
+  std::map<std::string, const nn::Parameter*> first_copy;
   for (std::size_t i = 0; i < stages_.size(); ++i) {
     const int s = stage_ids_[i];
     std::int32_t* row = t + static_cast<std::ptrdiff_t>(s) * kRowLen;
     row[0] = 1;
     std::vector<TiedParameter> tied = stages_[i]->tied_parameters();
-    PIPETRAIN_CHECK_ARG(static_cast<int>(tied.size()) <= kMaxTied, kFn, "stage ", s, " has ",
-                        tied.size(), " tied parameters, at most ", kMaxTied, " are supported");
-    for (std::size_t k = 0; k < tied.size(); ++k) row[1 + k] = key_hash(tied[k].key);
+    try {
+      PIPETRAIN_CHECK_ARG(static_cast<int>(tied.size()) <= kMaxTied, kFn, "stage ", s, " has ",
+                          tied.size(), " tied parameters, at most ", kMaxTied, " are supported");
+      for (const TiedParameter& tp : tied) {
+        // Copies on this rank must be alike (those on other ranks meet in the all-reduce,
+        // which refuses another shape or dtype).
+        auto [it, fresh] = first_copy.emplace(tp.key, tp.parameter);
+        const nn::Parameter& a = *it->second;
+        const nn::Parameter& b = *tp.parameter;
+        PIPETRAIN_CHECK_ARG(fresh || (a.value.shape() == b.value.shape() &&
+                                      a.value.dtype() == b.value.dtype() &&
+                                      a.weight_decay == b.weight_decay),
+                            kFn, "tied copies of '", tp.key, "' differ: '", a.name, "' is ",
+                            to_string(TensorSpec{a.value.shape(), a.value.dtype()}),
+                            a.weight_decay ? " with" : " without", " weight decay, '", b.name,
+                            "' is ", to_string(TensorSpec{b.value.shape(), b.value.dtype()}),
+                            b.weight_decay ? " with" : " without", " weight decay");
+      }
+      for (std::size_t k = 0; k < tied.size(); ++k) row[2 + k] = key_hash(tied[k].key);
+    } catch (const InvalidArgument& e) {
+      if (local_error.empty()) local_error = e.what();
+      row[1] = 1;
+    }
     tied_by_stage[s] = std::move(tied);
   }
   transport_.all_reduce_sum(table, topology_.pipeline_group(dp_index_));
+  if (!local_error.empty()) throw InvalidArgument(local_error);
+  for (int s = 0; s < num_stages; ++s) {
+    PIPETRAIN_CHECK_ARG(t[static_cast<std::ptrdiff_t>(s) * kRowLen + 1] == 0, kFn, "stage ", s,
+                        " (rank ", topology_.rank_of(schedule_.rank_of_stage(s), dp_index_),
+                        ") has tied parameters it cannot use (its error says why)");
+  }
   auto row_of = [&](int s) { return t + static_cast<std::ptrdiff_t>(s) * kRowLen; };
   for (int s = 0; s < num_stages; ++s) {
     const int holder = topology_.rank_of(schedule_.rank_of_stage(s), dp_index_);
@@ -375,7 +404,7 @@ void Executor::agree_stages() {
       std::set<int> ranks;
       for (int other = 0; other < num_stages; ++other) {
         for (int k = 0; k < kMaxTied; ++k) {
-          if (row_of(other)[1 + k] == h) {
+          if (row_of(other)[2 + k] == h) {
             ranks.insert(topology_.rank_of(schedule_.rank_of_stage(other), dp_index_));
             lowest = std::min(lowest, other);
           }
@@ -472,10 +501,11 @@ void Executor::agree(const std::vector<Microbatch>& microbatches, Mode mode, con
     }
   }
   if (!stages_checked_) agree_stages();
-  const std::uint64_t agreed = signature ^ (mode == Mode::kTrain ? 0 : 0x5bd1e995u);
-  if (agreed == agreed_signature_ && !boundaries_.empty()) return;
+  // The signature covers the targets: an evaluation without them re-agrees (no loss check), one
+  // with them checks the loss like a training step, so switching modes costs nothing more.
+  if (signature == agreed_signature_ && !boundaries_.empty()) return;
   propagate_specs(microbatches, mode, fn);
-  agreed_signature_ = agreed;
+  agreed_signature_ = signature;
 }
 
 void Executor::propagate_specs(const std::vector<Microbatch>& microbatches, Mode mode,
@@ -567,7 +597,23 @@ void Executor::fail(StepState& state, const Plan& plan, const std::exception& e,
       << grid_row(plan, state.slot);
   transport_.abort(msg.str());
   failure_ = e.what();
+  // Whatever the stages and the loss keep for this step's microbatches goes, so that they can
+  // serve a new Executor (stage.h promises it).
+  const int m = schedule_.num_microbatches();
+  for (int k = 0; k < m; ++k) {
+    const MicrobatchId id = static_cast<MicrobatchId>(dp_index_) * m + k;
+    try {
+      for (Stage* stage : stages_) stage->release(id);
+      if (loss_ != nullptr) loss_->release(id);
+    } catch (...) {
+    }
+  }
   rethrow_as(e, detail::message(fn, msg.str()));
+}
+
+void Executor::set_steps_done(std::int64_t steps) {
+  PIPETRAIN_CHECK_ARG(steps >= 0, "Executor::set_steps_done", "steps=", steps, " must be >= 0");
+  step_ = steps;
 }
 
 void Executor::check_usable(const char* fn) const {
@@ -798,7 +844,9 @@ void Executor::run_slots(StepState& state, const Plan& plan,
         TensorList grad_out;
         timing.start = seconds_since(state.t0);
         if (a.stage == num_stages - 1) {
-          grad_out = loss_->backward(id_of(a), loss_scale);
+          // Checked like a neighbour's gradients: one per output, the outputs' specs.
+          grad_out = select_differentiable(loss_->backward(id_of(a), loss_scale), out_specs,
+                                           "the loss's gradients");
         } else if (local_stage(a.stage + 1) != nullptr) {
           grad_out = take(state.input_grads, a.stage + 1, a.microbatch, "input gradient");
         } else {
@@ -808,7 +856,7 @@ void Executor::run_slots(StepState& state, const Plan& plan,
         }
         // Local and received gradients hold the differentiable outputs only; the stage gets
         // one entry per output.
-        if (a.stage != num_stages - 1) grad_out = expand_gradients(std::move(grad_out), out_specs);
+        grad_out = expand_gradients(std::move(grad_out), out_specs);
         TensorList grad_in = a.kind == ActionKind::kBackward
                                  ? stage->backward(id_of(a), grad_out)
                                  : stage->backward_input(id_of(a), grad_out);

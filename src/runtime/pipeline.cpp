@@ -43,6 +43,9 @@ runtime::Partition partition_counted(const ModelSpec& model, const std::vector<d
       break;
     case Method::kCost:
     case Method::kCounts:
+      PIPETRAIN_CHECK_ARG(options.method == PartitionOptions::Method::kCounts ||
+                              !options.layer_costs.empty(),
+                          kFn, "method kCost needs layer_costs (one per layer), got none");
       costs = options.layer_costs.empty() ? std::vector<double>(layers, 1.0) : options.layer_costs;
       PIPETRAIN_CHECK_ARG(static_cast<int>(costs.size()) == layers, kFn, "layer_costs has ",
                           costs.size(), " entries, the model has ", layers, " layers");
@@ -88,8 +91,10 @@ std::vector<LayerProfile> profile_layers(const ModelSpec& model,
     for (int r = 0; r < repeats; ++r) {
       const auto t0 = Clock::now();
       layer.forward(0, x);
-      if (r == 0) p.bytes_kept = layer.bytes_kept();
+      const std::size_t after_forward = layer.bytes_kept();
       layer.backward_input(0, is_differentiable(out_spec.dtype) ? dy : Tensor());
+      // Between I and W a layer may keep more (the output gradient W needs) than after F.
+      if (r == 0) p.bytes_kept = std::max(after_forward, layer.bytes_kept());
       layer.backward_weight(0);
       seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     }
@@ -183,8 +188,12 @@ Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
   PIPETRAIN_CHECK_ARG(compute.num_ranks() == o.pipeline, kFn, "the schedule has ",
                       compute.num_ranks(), " ranks, pipeline=", o.pipeline);
   Schedule schedule = compute.num_ranks() > 1 && !compute.has_comm() ? lower(compute) : compute;
-  const std::vector<double> counts = model.parameter_counts();
-  partition_ = partition_counted(model, &counts, schedule.num_stages(), o.partition);
+  // Counting parameters builds every layer whose count the spec does not give: only when needed.
+  const bool need_counts = o.partition.method == PartitionOptions::Method::kParameters ||
+                           o.model_id.empty();
+  const std::vector<double> counts = need_counts ? model.parameter_counts() : std::vector<double>();
+  partition_ = partition_counted(model, need_counts ? &counts : nullptr, schedule.num_stages(),
+                                 o.partition);
   const runtime::Topology topology(transport.world_size(), o.pipeline, o.data_parallel);
   runtime::check_same_configuration(transport,
                                     canonical(o, schedule, partition_, loss_->name()));
@@ -209,7 +218,8 @@ Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
   executor_ = std::make_unique<runtime::Executor>(std::move(schedule), topology, transport,
                                                   stage_ptrs, loss_.get(), optimizer_.get(),
                                                   o.executor);
-  // Nothing the optimizer updates is outside the stages, and nothing of the stages is left out.
+  // The optimizer is built from exactly the stages' parameters, so none can be forgotten; what
+  // can still go wrong is a stage listing one parameter twice (it would be updated twice).
   PIPETRAIN_CHECK_ARG(executor_->parameters().size() == optimizer_->parameters().size(), kFn,
                       "the stages hold ", executor_->parameters().size(),
                       " distinct parameters, the optimizer ", optimizer_->parameters().size(),
@@ -218,7 +228,7 @@ Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
 
 Pipeline::~Pipeline() = default;
 
-std::int64_t Pipeline::steps_done() const { return loaded_step_ + executor_->steps_done(); }
+std::int64_t Pipeline::steps_done() const { return executor_->steps_done(); }
 const Schedule& Pipeline::schedule() const { return executor_->schedule(); }
 const runtime::Topology& Pipeline::topology() const { return executor_->topology(); }
 const std::vector<nn::Parameter*>& Pipeline::parameters() const {
@@ -294,6 +304,9 @@ EvalResult Pipeline::eval_step(const TensorList& inputs, const TensorList& targe
   if (!stats.outputs.empty()) {
     // Concatenate each output along dim 0 (the microbatches are consecutive rows).
     for (std::size_t i = 0; i < stats.outputs[0].size(); ++i) {
+      PIPETRAIN_CHECK_ARG(stats.outputs[0][i].dim() >= 1, "Pipeline::eval_step", "output ", i,
+                          " is 0-d: eval_step concatenates outputs along their batch dimension "
+                          "(use Executor::evaluate for per-microbatch outputs)");
       Shape shape = stats.outputs[0][i].shape();
       std::int64_t rows = 0;
       for (const TensorList& mb : stats.outputs) rows += mb[i].size(0);
@@ -344,7 +357,7 @@ runtime::LoadedCheckpoint Pipeline::load(const std::filesystem::path& step_dir) 
   for (auto& s : stages_) stages.push_back(s.get());
   const runtime::LoadedCheckpoint loaded =
       runtime::load_checkpoint_into_stage(step_dir, stages, *optimizer_, model_hash_);
-  loaded_step_ = loaded.meta.step - executor_->steps_done();
+  executor_->set_steps_done(loaded.meta.step);
   transport_.barrier();
   return loaded;
 }

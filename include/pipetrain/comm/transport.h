@@ -35,7 +35,8 @@
 // A dead or stuck peer thus yields an error, never a hang.
 //
 // Abort. abort(reason) makes every pending and future blocking call (and every post) on every
-// rank of the world throw AbortedError carrying the reason. In-process this is a shared flag
+// rank of the world throw AbortedError carrying the reason; in-process, a transfer or collective
+// that had already completed when the abort came is still reported complete by wait()/test(). In-process this is a shared flag
 // that wakes every waiter. With MPI it is best effort: the aborting rank sends a notice to every
 // peer, and a peer sees it the next time it waits; a peer that never enters the transport again
 // (stuck in compute) does not. As a last resort a runtime may call mpi_abort_world()

@@ -3,8 +3,8 @@
 //
 //   CausalSelfAttention  [B, T, C] -> [B, T, C]       qkv = x W_qkv^T + b, causal softmax(q k^T /
 //                                                     sqrt(C / heads)) v per head, then x W_o^T + b
-//   Mlp                  [..., C] -> [..., C]         Linear(C, hidden) -> GELU -> Linear(hidden,
-//   C) PreLnBlock           [B, T, C] -> [B, T, C]       y = x + attn(ln1(x)); y + mlp(ln2(y))
+//   Mlp                  [..., C] -> [..., C]         Linear(C, hidden), GELU, Linear(hidden, C)
+//   PreLnBlock           [B, T, C] -> [B, T, C]       y = x + attn(ln1(x)); y + mlp(ln2(y))
 //
 // They follow the rules of layers.h: one compute dtype, fp32 or fp64 (the reference), given to
 // the constructor; errors name the outer class ("[PreLnBlock::forward] input has shape [2, 8],

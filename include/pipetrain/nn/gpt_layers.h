@@ -1,6 +1,6 @@
 // pipetrain/nn/gpt_layers.h: the three kinds of layers of a GPT-2 model.
 //
-//   Embedding         int32 tokens [B, T] -> x [B, T, C] = wte[tokens] + wpe[0..T)
+//   GptEmbedding      int32 tokens [B, T] -> x [B, T, C] = wte[tokens] + wpe[0..T)
 //   TransformerBlock  x -> x + attn(ln_1(x)) = x2 -> x2 + mlp(ln_2(x2))
 //   LmHead            x -> logits [B, T, V] = ln_f(x) wte^T (the loss is a CrossEntropyLoss)
 //

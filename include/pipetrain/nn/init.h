@@ -10,7 +10,7 @@
 // (seed, parameter name), so every parameter of a model built from one seed gets its own
 // stream and its values do not depend on which other layers exist (any cut of a model into
 // stages holds the values of the whole model). Two parameters with the same name and the same
-// seed therefore start identical, except under an InitScope: a ModelSpec (pipetrain/pipeline.h)
+// seed therefore start identical, except under an InitScope: a ModelSpec (pipetrain/model_spec.h)
 // builds layer i inside InitScope(i + 1), so its layers differ even when they share a seed and
 // a shape, and each keeps the same values on whatever stage it lands.
 //

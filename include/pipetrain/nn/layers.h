@@ -24,8 +24,9 @@
 // Seeds: random initial values are drawn from (seed, parameter name as constructed) with
 // pipetrain/nn/init.h and rounded to fp32, so an fp32 layer and an fp64 layer built with the
 // same arguments hold the same values, on every platform and whatever stage the layer lands
-// on. Two layers with the same seed, name and shape start IDENTICAL: give the unnamed layers of
-// one model different seeds (or names).
+// on. Outside a ModelSpec, two layers with the same seed, name and shape start IDENTICAL: give
+// them different seeds (or names). A ModelSpec salts each layer's streams with its index
+// (nn::InitScope), so its layers differ even with the default seed.
 //
 // Kept memory (bytes_kept): Linear the input, then also grad_output after backward_input;
 // ReLU, GELU the input until backward_input; LayerNorm the input, mean and rstd, then also

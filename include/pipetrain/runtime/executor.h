@@ -36,8 +36,10 @@
 //     update (StepStats::skipped, logged as a warning); otherwise gradients are clipped to
 //     max_grad_norm (when > 0) and the optimizer takes exactly one step.
 //
-// Loss scaling: see stage.h: the gradient is that of the mean loss over the global batch, as a
-// single device accumulating the same microbatches.
+// Loss scaling: see stage.h: the gradient is that of the mean over the global batch's
+// microbatches of their losses, as a single device accumulating the same microbatches.
+// Limits (stage.h): at most 8 tensors of at most 8 dimensions cross a boundary; at most 2 tied
+// keys per stage.
 //
 // Failures: every wait carries the transport's deadline. A failure after the agreement (during
 // compute or communication) makes the executor call Transport::abort() (so the other ranks stop
@@ -143,8 +145,9 @@ class Executor {
   /// targets:
   ///   "[Executor::step] microbatch 3 has inputs ([2, 8] fp32) but microbatch 0 has
   ///    ([4, 8] fp32): every microbatch of a step must have the same shapes"
-  ///   "[Executor::step] stage 1 (rank 1) cannot take the outputs ([4, 16] fp32) of stage 0:
+  ///   "[Executor::step] stage 1 (rank 1) cannot take its inputs ([4, 16] fp32):
   ///    [Linear::output_spec] input has shape [4, 16], expected [..., 8]"
+  /// (on the other ranks: "... cannot take its inputs (rank 1's error says why)").
   /// then the errors described in the file comment.
   StepStats step(const std::vector<Microbatch>& microbatches, double lr);
 
@@ -158,6 +161,10 @@ class Executor {
   int rank() const { return rank_; }
   int pp_index() const { return pp_index_; }
   std::int64_t steps_done() const { return step_; }
+  /// Sets the index of the next step (e.g. a resumed run's step): Stage::begin_step() receives
+  /// it, so randomness derived from (step, microbatch) continues where the saved run stopped.
+  /// Throws InvalidArgument for a negative value.
+  void set_steps_done(std::int64_t steps);
   /// Parameters of this rank's stages (each once).
   const std::vector<nn::Parameter*>& parameters() const { return params_; }
   /// The agreed specs of boundary b (b = 0: the first stage's inputs; b = s: stage s's

@@ -275,20 +275,17 @@ TEST(Pipeline, AFailedPipelineSaysSoOnTheNextStep) {
   PipelineOptions options;
   options.pipeline = 2;
   options.microbatches = 2;
-  std::vector<std::string> second(2);
-  const std::string first = error_of([&] {
-    launch(2, "inprocess", [&](Transport& t) {
-      Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
-      const Data d = data(0);
-      if (t.rank() == 1) t.abort("rank 1 gives up");
-      try {
-        pipe.train_step({d.x}, {d.y});
-      } catch (const std::exception&) {
-      }
-      second[t.rank()] = error_of([&] { pipe.train_step({d.x}, {d.y}); });
-    }, TransportOptions{std::chrono::seconds(10)});
-  });
+  std::vector<std::string> first(2), second(2);
+  launch(2, "inprocess", [&](Transport& t) {
+    Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+    const Data d = data(0);
+    if (t.rank() == 1) t.abort("rank 1 gives up");
+    first[t.rank()] = error_of([&] { pipe.train_step({d.x}, {d.y}); });
+    second[t.rank()] = error_of([&] { pipe.train_step({d.x}, {d.y}); });
+  }, TransportOptions{std::chrono::seconds(10)});
   for (int r = 0; r < 2; ++r) {
+    // The first failure names the cause, the next call says the Pipeline is spent.
+    EXPECT_NE(first[r].find("rank 1 gives up"), std::string::npos) << first[r];
     EXPECT_EQ(second[r].rfind("[Executor::step] rank " + std::to_string(r) +
                                   ": this Executor failed earlier and aborted its transport",
                               0),
@@ -340,7 +337,8 @@ TEST(ModelSpec, ProfileAndMemoryEstimate) {
   const std::vector<LayerProfile> profile = profile_layers(m, {{{4, 12}, DType::kFloat32}}, 2);
   ASSERT_EQ(profile.size(), 8u);
   EXPECT_EQ(profile[0].parameters, 260);
-  EXPECT_EQ(profile[0].bytes_kept, 4u * 12 * 4);  // Linear keeps its input [4, 12] fp32
+  // Linear keeps its input [4, 12] fp32, and between I and W also the output gradient [4, 20].
+  EXPECT_EQ(profile[0].bytes_kept, 4u * (4 * 12 + 4 * 20));
   EXPECT_EQ(profile[1].parameters, 0);
   for (const LayerProfile& p : profile) EXPECT_GT(p.seconds, 0.0);
   const runtime::Partition cut = partition_model(m, 2);
@@ -359,6 +357,45 @@ TEST(ModelSpec, ProfileAndMemoryEstimate) {
   for (int l = 0; l < 3; ++l) kept += static_cast<std::int64_t>(profile[l].bytes_kept);
   EXPECT_EQ(gpipe[0].activations, 4 * kept);
   EXPECT_EQ(one_f_one_b[0].total(), 4 * 300 * 4 + 2 * kept);
+}
+
+TEST(Pipeline, ResumedRunContinuesDropoutAndTiedCopies) {
+  runtime::set_logging(false);
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("pipetrain-tied-resume-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::vector<std::int32_t> ids(kRows * 3), next(kRows * 3);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    ids[i] = static_cast<std::int32_t>((i * 5) % 11);
+    next[i] = static_cast<std::int32_t>((i * 5 + 2) % 11);
+  }
+  const Tensor x = Tensor::from_vector(ids, {kRows, 3}), y = Tensor::from_vector(next, {kRows, 3});
+  auto run = [&](int p, int steps, bool load, bool save) {
+    PipelineOptions options;
+    options.schedule = p == 1 ? "gpipe" : "zb-h1";
+    options.pipeline = p;
+    options.microbatches = 4;
+    options.partition.method = PartitionOptions::Method::kUniform;
+    std::vector<double> losses;
+    launch(p, "inprocess", [&](Transport& t) {
+      Pipeline pipe(tied_model(), std::make_unique<nn::CrossEntropyLoss>(), options, t);
+      if (load) EXPECT_EQ(pipe.load(dir / "step-2").meta.step, 2);
+      for (int s = 0; s < steps; ++s) {
+        const double loss = pipe.train_step({x}, {y}).loss;
+        if (t.rank() == 0) losses.push_back(loss);
+      }
+      if (save) pipe.save(dir);
+    });
+    return losses;
+  };
+  const std::vector<double> whole = run(1, 4, false, false);
+  run(2, 2, false, true);
+  const std::vector<double> resumed = run(3, 2, true, false);
+  ASSERT_EQ(resumed.size(), 2u);
+  // Step 2 and 3 draw the masks of steps 2 and 3 (not 0 and 1) on the new cut.
+  EXPECT_NEAR(resumed[0], whole[2], 1e-6 * whole[2]);
+  EXPECT_NEAR(resumed[1], whole[3], 1e-6 * whole[3]);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Pipeline, RejectsBadOptions) {
