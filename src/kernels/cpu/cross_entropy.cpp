@@ -1,6 +1,10 @@
+// Softmax cross-entropy, one row at a time; rows in parallel (src/core/parallel.h). Each row is
+// computed as on one thread and the mean is summed in row order afterwards, so the results do
+// not depend on the thread count.
 #include <algorithm>
 #include <cmath>
 
+#include "../../core/parallel.h"
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
@@ -8,24 +12,27 @@ namespace pipetrain::kernels::cpu {
 template <typename T>
 double cross_entropy_forward(T* probs, T* losses, const T* logits, const std::int32_t* targets,
                              std::int64_t n, std::int64_t v) {
+  detail::parallel_chunks(
+      n, detail::rows_per_chunk(v), [&](std::int64_t, std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i) {
+          const T* z = logits + i * v;
+          T* p = probs + i * v;
+          const T zmax = *std::max_element(z, z + v);
+          const std::int64_t target = targets[i];
+          const T ztarget = z[target];  // read before probs overwrites logits when they alias
+          T sum = 0;
+          for (std::int64_t k = 0; k < v; ++k) {
+            p[k] = std::exp(z[k] - zmax);
+            sum += p[k];
+          }
+          const T inv = T(1) / sum;
+          // Log-sum-exp form: exact even when the target's probability underflows.
+          losses[i] = std::log(sum) - (ztarget - zmax);
+          for (std::int64_t k = 0; k < v; ++k) p[k] *= inv;
+        }
+      });
   double total = 0.0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const T* z = logits + i * v;
-    T* p = probs + i * v;
-    const T zmax = *std::max_element(z, z + v);
-    const std::int64_t target = targets[i];
-    const T ztarget = z[target];  // read before probs overwrites logits when they alias
-    T sum = 0;
-    for (std::int64_t k = 0; k < v; ++k) {
-      p[k] = std::exp(z[k] - zmax);
-      sum += p[k];
-    }
-    const T inv = T(1) / sum;
-    // Log-sum-exp form: exact even when the target's probability underflows.
-    losses[i] = std::log(sum) - (ztarget - zmax);
-    for (std::int64_t k = 0; k < v; ++k) p[k] *= inv;
-    total += static_cast<double>(losses[i]);
-  }
+  for (std::int64_t i = 0; i < n; ++i) total += static_cast<double>(losses[i]);
   return n > 0 ? total / static_cast<double>(n) : 0.0;
 }
 
@@ -33,18 +40,21 @@ template <typename T>
 void cross_entropy_backward(T* dlogits, const T* probs, const std::int32_t* targets, double scale,
                             std::int64_t n, std::int64_t v) {
   const T f = static_cast<T>(scale / static_cast<double>(n));
-  for (std::int64_t i = 0; i < n; ++i) {
-    const T* p = probs + i * v;
-    T* d = dlogits + i * v;
-    for (std::int64_t k = 0; k < v; ++k) d[k] = f * p[k];
-    d[targets[i]] -= f;
-  }
+  detail::parallel_chunks(n, detail::rows_per_chunk(v, 65536),
+                          [&](std::int64_t, std::int64_t begin, std::int64_t end) {
+                            for (std::int64_t i = begin; i < end; ++i) {
+                              const T* p = probs + i * v;
+                              T* d = dlogits + i * v;
+                              for (std::int64_t k = 0; k < v; ++k) d[k] = f * p[k];
+                              d[targets[i]] -= f;
+                            }
+                          });
 }
 
 template double cross_entropy_forward<float>(float*, float*, const float*, const std::int32_t*,
                                              std::int64_t, std::int64_t);
-template double cross_entropy_forward<double>(double*, double*, const double*,
-                                              const std::int32_t*, std::int64_t, std::int64_t);
+template double cross_entropy_forward<double>(double*, double*, const double*, const std::int32_t*,
+                                              std::int64_t, std::int64_t);
 template void cross_entropy_backward<float>(float*, const float*, const std::int32_t*, double,
                                             std::int64_t, std::int64_t);
 template void cross_entropy_backward<double>(double*, const double*, const std::int32_t*, double,

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "../../core/parallel.h"
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
@@ -68,9 +69,8 @@ struct GeluParts {
   const double big = z + kRoundMagic;
   const double r = (z - (big - kRoundMagic)) * kLn2;  // z - n is exact
   // 2^n from n's bits: (n + 1023) << 52, with n = bits(big) - bits(kRoundMagic).
-  const std::int64_t bits = (std::bit_cast<std::int64_t>(big) -
-                             std::bit_cast<std::int64_t>(kRoundMagic) + 1023)
-                            << 52;
+  const std::int64_t bits =
+      (std::bit_cast<std::int64_t>(big) - std::bit_cast<std::int64_t>(kRoundMagic) + 1023) << 52;
   const double t = exp_poly(r) * std::bit_cast<double>(bits);
   return {xd, t, 1.0 / (1.0 + t)};
 }
@@ -78,10 +78,11 @@ struct GeluParts {
 // Blocks go through a local buffer: the loops that the compiler vectorises then read and write
 // disjoint memory whatever the caller's aliasing (dinp may be dout), with no runtime alias check.
 constexpr std::int64_t kBlock = 512;
+// Elements per thread chunk (about 50 us of work): whole blocks.
+constexpr std::int64_t kParallelGrain = 32 * kBlock;
 
 [[gnu::always_inline]] inline void gelu_forward_block(float* __restrict out,
-                                                      const float* __restrict inp,
-                                                      std::int64_t n) {
+                                                      const float* __restrict inp, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) {
     const float x = inp[i];
     const GeluParts g = gelu_parts(x);
@@ -151,7 +152,10 @@ PIPETRAIN_GELU_CLONES void gelu_backward_fast(float* dinp, const float* inp, con
 template <typename T>
 void gelu_forward(T* out, const T* inp, std::int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    gelu_forward_fast(out, inp, n);
+    // Elementwise: any cut gives the same bits. Chunks are whole blocks of kBlock.
+    detail::parallel_chunks(n, kParallelGrain, [&](std::int64_t, std::int64_t i, std::int64_t e) {
+      gelu_forward_fast(out + i, inp + i, e - i);
+    });
   } else {
     const T s = static_cast<T>(kGeluScale), a = static_cast<T>(kGeluCubic);
     for (std::int64_t i = 0; i < n; ++i) {
@@ -164,7 +168,9 @@ void gelu_forward(T* out, const T* inp, std::int64_t n) {
 template <typename T>
 void gelu_backward(T* dinp, const T* inp, const T* dout, std::int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    gelu_backward_fast(dinp, inp, dout, n);
+    detail::parallel_chunks(n, kParallelGrain, [&](std::int64_t, std::int64_t i, std::int64_t e) {
+      gelu_backward_fast(dinp + i, inp + i, dout + i, e - i);
+    });
   } else {
     const T s = static_cast<T>(kGeluScale), a = static_cast<T>(kGeluCubic);
     for (std::int64_t i = 0; i < n; ++i) {
