@@ -21,14 +21,15 @@ namespace {
 //
 // A training step allocates and frees the same large tensors every step (activations, logits,
 // their gradients). Fresh from the heap, each is mmapped, page-faulted in page by page and
-// unmapped again (glibc maps anything above 32 MiB on its own): 58 K page faults a step for a
-// 206 MB logits tensor. So freed blocks of at least kCacheMin bytes are kept, by size class
-// (eight classes per power of two: at most 12.5% unused), and handed out again to a request
-// of the same class, with their pages already in memory. The cache holds at most
-// PIPETRAIN_CPU_CACHE_MB megabytes (default 2048; 0 turns it off); beyond that the largest
-// cached blocks go back to the system first (none is kept under AddressSanitizer). When the system
-// has no memory left the whole cache is released and the allocation tried once more. Thread-safe
-// (one mutex; the blocks are large, so it is taken at most a few hundred times a step).
+// unmapped again (glibc maps anything above 32 MiB on its own, and trims the heap's top): 58 K
+// page faults a step for a 206 MB logits tensor, 7 to 10 K for bench_model's medium config. So
+// freed blocks of at least kCacheMin bytes (glibc's smallest mmap threshold) are kept, by size
+// class (eight classes per power of two: at most 12.5% unused), and handed out again to a
+// request of the same class, with their pages already in memory. The cache holds at most
+// PIPETRAIN_CPU_CACHE_MB megabytes (default 2048; 0 turns it off; off under AddressSanitizer,
+// which must see every block freed); beyond that the largest cached blocks go back to the
+// system first. When the system has no memory left the whole cache is released and the
+// allocation tried once more. Thread-safe: one mutex, taken a few hundred times a step.
 class CpuAllocator final : public Allocator {
  public:
   CpuAllocator() : limit_(cache_limit()) {}
@@ -95,7 +96,7 @@ class CpuAllocator final : public Allocator {
   Device device() const override { return Device::kCpu; }
 
  private:
-  static constexpr std::size_t kCacheMin = std::size_t{1} << 20;
+  static constexpr std::size_t kCacheMin = std::size_t{128} << 10;
 
   static std::size_t round64(std::size_t bytes) {
     // aligned_alloc needs a size that is a multiple of the alignment.

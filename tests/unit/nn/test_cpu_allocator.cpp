@@ -51,7 +51,7 @@ TEST(CpuAllocator, ReusesFreedLargeBlocksOfTheSameClass) {
 
 TEST(CpuAllocator, SmallBlocksAndZeroBytes) {
   Allocator& a = cpu_allocator();
-  for (std::size_t n : {0ul, 1ul, 63ul, 64ul, 65ul, 4096ul, (1ul << 20) - 1}) {
+  for (std::size_t n : {0ul, 1ul, 63ul, 64ul, 65ul, 4096ul, (128ul << 10) - 1}) {
     void* p = a.allocate(n);
     ASSERT_NE(p, nullptr);
     EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % 64, 0u) << n;
