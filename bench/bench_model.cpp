@@ -1,6 +1,6 @@
 // bench_model: forward + backward throughput of the CPU GPT, next to OpenBLAS sgemm.
 //
-//   bench_model [--steps N] [--vocab V] [--optimizer] [--ab]
+//   bench_model [--steps N] [--vocab V] [--optimizer] [--ab] [--dump DIR]
 //
 // For each model size, times forward + backward (no optimizer step) on random byte batches and
 // reports tokens/s and GFLOP/s, counting only matrix-product FLOPs (2*m*n*k each; backward
@@ -10,7 +10,11 @@
 // 50257 is GPT-2's). "faults/step" counts the minor page faults of the timed steps (getrusage).
 // --ab then times 2N more steps alternating between the non-matrix kernels on one thread and on
 // the rank's share (OpenBLAS keeps its threads), and prints both medians: the kernels' threads
-// measured in one run, each step next to one of the other kind. In
+// measured in one run, each step next to one of the other kind. --dump DIR (implies
+// --optimizer) writes, per config, the initial weights (DIR/<config>.params, fp32, in the order
+// of DIR/<config>.manifest: "name numel weight_decay dims..."), the batch (DIR/<config>.tokens,
+// int32 inputs then targets) and the loss of every training step, warm-up first
+// (DIR/<config>.losses): what bench/pytorch_side_by_side.py rebuilds the model from. In
 // the same run it times cblas_sgemm at the shape of the model's largest product (tokens x channels
 // times channels x 4*channels) so the model's GFLOP/s can be read against what the BLAS reaches on
 // this machine.
@@ -22,6 +26,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -75,6 +80,7 @@ int main(int argc, char** argv) {
   int vocab = 256;
   bool with_optimizer = false;
   bool ab = false;
+  std::string dump;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--steps" && i + 1 < argc) {
@@ -85,8 +91,12 @@ int main(int argc, char** argv) {
       with_optimizer = true;
     } else if (arg == "--ab") {
       ab = true;
+    } else if (arg == "--dump" && i + 1 < argc) {
+      dump = argv[++i];
+      with_optimizer = true;
     } else {
-      std::fprintf(stderr, "usage: bench_model [--steps N] [--vocab V] [--optimizer] [--ab]\n");
+      std::fprintf(
+          stderr, "usage: bench_model [--steps N] [--vocab V] [--optimizer] [--ab] [--dump DIR]\n");
       return 2;
     }
   }
@@ -123,13 +133,33 @@ int main(int argc, char** argv) {
       batch.targets.push_back(static_cast<int>(rng() % vocab));
     }
     pipetrain::optim::AdamW adamw(model->parameters());
+    std::vector<double> losses;
+    if (!dump.empty()) {
+      const std::string base = dump + "/" + c.name;
+      std::ofstream manifest(base + ".manifest"), params(base + ".params", std::ios::binary),
+          tokens(base + ".tokens", std::ios::binary);
+      for (const auto* p : model->parameters()) {
+        manifest << p->name << ' ' << p->value.numel() << ' ' << (p->weight_decay ? 1 : 0);
+        for (std::int64_t d : p->value.shape()) manifest << ' ' << d;
+        manifest << '\n';
+        const std::vector<float> v = p->value.to_vector<float>();
+        params.write(reinterpret_cast<const char*>(v.data()),
+                     static_cast<std::streamsize>(v.size() * sizeof(float)));
+      }
+      for (const auto* part : {&batch.inputs, &batch.targets}) {
+        for (const auto tok : *part) {
+          const auto t32 = static_cast<std::int32_t>(tok);
+          tokens.write(reinterpret_cast<const char*>(&t32), sizeof t32);
+        }
+      }
+    }
     auto step = [&] {
       if (!with_optimizer) {
         model->forward_backward(batch, 1.0);
         return;
       }
       adamw.zero_grad();
-      model->forward_backward(batch, 1.0);
+      losses.push_back(model->forward_backward(batch, 1.0));
       const double sumsq = pipetrain::optim::local_grad_sum_of_squares(adamw.parameters());
       if (!std::isfinite(sumsq)) return;  // the finite check: skip the update
       adamw.step(1e-4, pipetrain::optim::clip_coefficient(std::sqrt(sumsq), 1.0));
@@ -143,6 +173,13 @@ int main(int argc, char** argv) {
     const std::int64_t tokens = static_cast<std::int64_t>(c.batch) * c.seq;
     const double gflops = model->train_flops(tokens, c.seq) / per_step / 1e9;
     const double blas = sgemm_gflops(static_cast<int>(tokens), 4 * c.channels, c.channels, 5);
+    if (!dump.empty()) {
+      std::ofstream out(dump + "/" + c.name + ".losses");
+      out.precision(17);
+      for (double l : losses) out << l << '\n';
+      std::ofstream speed(dump + "/" + c.name + ".speed");
+      speed << tokens / per_step << ' ' << pipetrain::detail::parallel_threads() << '\n';
+    }
     if (ab) {
       std::vector<double> one, share;
       for (int s = 0; s < 2 * steps; ++s) {
