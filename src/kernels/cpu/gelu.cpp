@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "../../core/parallel.h"
+#include "exp_fp32.h"
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
@@ -37,23 +38,6 @@ constexpr float kClampX = 11.0f;
 // 2 s log2(e) and 2 s a log2(e): z = -|x (k1 + k3 x^2)| = -2|u| / ln2, in [-163, 0].
 constexpr double kZ1 = 2.0 * kGeluScale * 1.4426950408889634;
 constexpr double kZ3 = 2.0 * kGeluScale * kGeluCubic * 1.4426950408889634;
-constexpr double kLn2 = 0.6931471805599453;
-// 1.5 * 2^52: z + kRoundMagic rounds z to an integer n, held in the low bits of the double.
-constexpr double kRoundMagic = 6755399441055744.0;
-
-// exp(r) for |r| <= ln2 / 2: Taylor to degree 8, relative error 2e-10 (0.003 fp32 ulp).
-[[gnu::always_inline]] inline double exp_poly(double r) {
-  double p = 1.0 / 40320;
-  p = p * r + 1.0 / 5040;
-  p = p * r + 1.0 / 720;
-  p = p * r + 1.0 / 120;
-  p = p * r + 1.0 / 24;
-  p = p * r + 1.0 / 6;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  return p * r + 1.0;
-}
-
 struct GeluParts {
   double x;   // x clamped to [-11, 11], NaN -> -11
   double t;   // exp(-2|u|)
@@ -66,12 +50,7 @@ struct GeluParts {
   xc = xc < kClampX ? xc : kClampX;
   const double xd = xc;
   const double z = -std::fabs(xd * (kZ1 + kZ3 * (xd * xd)));
-  const double big = z + kRoundMagic;
-  const double r = (z - (big - kRoundMagic)) * kLn2;  // z - n is exact
-  // 2^n from n's bits: (n + 1023) << 52, with n = bits(big) - bits(kRoundMagic).
-  const std::int64_t bits =
-      (std::bit_cast<std::int64_t>(big) - std::bit_cast<std::int64_t>(kRoundMagic) + 1023) << 52;
-  const double t = exp_poly(r) * std::bit_cast<double>(bits);
+  const double t = fastmath::exp2_reduced(z);
   return {xd, t, 1.0 / (1.0 + t)};
 }
 

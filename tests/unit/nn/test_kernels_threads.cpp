@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -59,9 +60,9 @@ std::vector<float> expect_same_bits_on_any_thread_count(
     Threads t(k);
     const std::vector<float> got = run();
     const std::int64_t at = first_bit_difference(one, got);
-    EXPECT_EQ(at, -1) << "on " << pipetrain::detail::parallel_threads() << " threads, element " << at << ": "
-                      << (at >= 0 ? got[at] : 0.0f) << " vs " << (at >= 0 ? one[at] : 0.0f)
-                      << " on one thread";
+    EXPECT_EQ(at, -1) << "on " << pipetrain::detail::parallel_threads() << " threads, element "
+                      << at << ": " << (at >= 0 ? got[at] : 0.0f) << " vs "
+                      << (at >= 0 ? one[at] : 0.0f) << " on one thread";
   }
   return one;
 }
@@ -142,6 +143,54 @@ TEST(KernelThreads, CrossEntropy) {
   want.push_back(mean64);
   EXPECT_LT(rel_err(got, want), kFloatBound);
   EXPECT_NEAR(mean1, mean64, kFloatBound * mean64);
+}
+
+// The fp32 row kernels (vectorised max and exp) at the edges: spreads of hundreds, so that most
+// exponentials underflow to 0; rows of every length 1..20 (the 8-lane tails); NaN and -inf.
+TEST(KernelThreads, CrossEntropyWideRangesShortRowsAndNonFinite) {
+  const unsigned seed = testing::test_seed();
+  SCOPED_TRACE(testing::seed_trace(seed));
+  std::mt19937_64 rng(seed);
+  for (std::int64_t v = 1; v <= 20; ++v) {
+    const std::int64_t n = 3;
+    const auto z = random_vec<float>(n * v, rng, 100.0);
+    std::vector<std::int32_t> targets(n);
+    for (auto& t : targets) t = static_cast<std::int32_t>(rng() % v);
+    std::vector<float> p(n * v), l(n);
+    std::vector<double> p64(n * v), l64(n);
+    cross_entropy_forward(p.data(), l.data(), z.data(), targets.data(), n, v);
+    const auto z64 = to_double(z);
+    cross_entropy_forward(p64.data(), l64.data(), z64.data(), targets.data(), n, v);
+    // Relative error: a few fp32 roundings, plus that of the fp32 difference z - max (the fp64
+    // kernel's is exact), which exp turns into |z - max| * 2^-24 relative.
+    for (std::int64_t r = 0; r < n; ++r) {
+      const float zmax = *std::max_element(z.begin() + r * v, z.begin() + (r + 1) * v);
+      for (std::int64_t k = 0; k < v; ++k) {
+        const std::int64_t i = r * v + k;
+        const double bound = p64[i] * (1e-6 + 6e-8 * std::abs(double(z[i]) - zmax)) + 1e-44;
+        EXPECT_NEAR(p[i], p64[i], bound) << "v=" << v << " element " << i;
+      }
+    }
+    for (std::int64_t i = 0; i < n; ++i) {
+      EXPECT_NEAR(l[i], l64[i], 1e-5 * std::abs(l64[i]) + 1e-6) << "v=" << v;
+    }
+  }
+  const std::int64_t v = 37;
+  for (float bad :
+       {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+    for (std::int64_t at : {0, 5, 36}) {
+      std::vector<float> z(v, 0.5f), p(v), l(1);
+      z[at] = bad;
+      const std::int32_t target = at == 5 ? 6 : 5;
+      const double mean = cross_entropy_forward(p.data(), l.data(), z.data(), &target, 1, v);
+      if (std::isnan(bad)) {
+        EXPECT_TRUE(std::isnan(mean)) << "NaN at " << at;
+      } else {
+        EXPECT_EQ(p[at], 0.0f);  // exp(-inf) = 0, the others share the probability
+        EXPECT_NEAR(mean, std::log(36.0), 1e-6);
+      }
+    }
+  }
 }
 
 TEST(KernelThreads, Attention) {
