@@ -1,23 +1,39 @@
 // bench_model: forward + backward throughput of the CPU GPT, next to OpenBLAS sgemm.
 //
-//   bench_model [--steps N]
+//   bench_model [--steps N] [--vocab V] [--optimizer] [--ab] [--dump DIR]
 //
 // For each model size, times forward + backward (no optimizer step) on random byte batches and
 // reports tokens/s and GFLOP/s, counting only matrix-product FLOPs (2*m*n*k each; backward
-// counted as twice the forward). In the same run it times cblas_sgemm at the shape of the
-// model's largest product (tokens x channels times channels x 4*channels) so the model's
-// GFLOP/s can be read against what the BLAS reaches on this machine.
+// counted as twice the forward). --optimizer times whole training steps instead: zero the
+// gradients, forward + backward, gradient norm and finite check, clip to norm 1 and AdamW,
+// as the Executor's finish_step does them. --vocab sets the vocabulary (default 256, bytes;
+// 50257 is GPT-2's). "faults/step" counts the minor page faults of the timed steps (getrusage).
+// --ab then times 2N more steps alternating between the non-matrix kernels on one thread and on
+// the rank's share (OpenBLAS keeps its threads), and prints both medians: the kernels' threads
+// measured in one run, each step next to one of the other kind. --dump DIR (implies
+// --optimizer) writes, per config, the initial weights (DIR/<config>.params, fp32, in the order
+// of DIR/<config>.manifest: "name numel weight_decay dims..."), the batch (DIR/<config>.tokens,
+// int32 inputs then targets) and the loss of every training step, warm-up first
+// (DIR/<config>.losses): what bench/pytorch_side_by_side.py rebuilds the model from. In
+// the same run it times cblas_sgemm at the shape of the model's largest product (tokens x channels
+// times channels x 4*channels) so the model's GFLOP/s can be read against what the BLAS reaches on
+// this machine.
 #include <cblas.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "../examples/train_gpt/model_adapter.h"
+#include "../src/core/parallel.h"
+#include "pipetrain/optim/optimizer.h"
 
 namespace {
 
@@ -43,24 +59,44 @@ double sgemm_gflops(int m, int n, int k, int reps) {
   double best = 1e30;
   for (int r = 0; r <= reps; ++r) {
     const auto t = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), k, b.data(),
-                n, 0.0f, c.data(), n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), k, b.data(), n,
+                0.0f, c.data(), n);
     const double s = seconds_since(t);
     if (r > 0) best = std::min(best, s);
   }
   return 2.0 * m * n * k / best / 1e9;
 }
 
+long minor_faults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int steps = 5;
+  int vocab = 256;
+  bool with_optimizer = false;
+  bool ab = false;
+  std::string dump;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--steps" && i + 1 < argc) {
       steps = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--vocab" && i + 1 < argc) {
+      vocab = std::max(2, std::atoi(argv[++i]));
+    } else if (arg == "--optimizer") {
+      with_optimizer = true;
+    } else if (arg == "--ab") {
+      ab = true;
+    } else if (arg == "--dump" && i + 1 < argc) {
+      dump = argv[++i];
+      with_optimizer = true;
     } else {
-      std::fprintf(stderr, "usage: bench_model [--steps N]\n");
+      std::fprintf(
+          stderr, "usage: bench_model [--steps N] [--vocab V] [--optimizer] [--ab] [--dump DIR]\n");
       return 2;
     }
   }
@@ -68,11 +104,14 @@ int main(int argc, char** argv) {
       {"small", 2, 4, 64, 64, 8},
       {"medium", 4, 8, 256, 128, 8},
   };
-  std::printf("OpenBLAS %s, %d threads; %d timed forward+backward steps per config\n\n",
-              openblas_get_config(), openblas_get_num_threads(), steps);
-  std::printf("%-7s %6s %5s %8s %10s %12s %10s %12s %22s %10s\n", "config", "layers", "heads",
+  std::printf("OpenBLAS %s, %d threads; %d timed %s steps per config, vocabulary %d\n\n",
+              openblas_get_config(), openblas_get_num_threads(), steps,
+              with_optimizer ? "training (forward+backward+norm+AdamW)" : "forward+backward",
+              vocab);
+  std::printf("%-7s %6s %5s %8s %10s %12s %10s %12s %22s %10s %12s\n", "config", "layers", "heads",
               "channels", "seq x B", "params", "ms/step", "tokens/s", "model GFLOP/s",
-              "sgemm GFLOP/s");
+              "sgemm GFLOP/s", "faults/step");
+  std::vector<std::string> ab_lines;
   for (const Config& c : configs) {
     train_gpt::ModelShape shape;
     shape.layers = c.layers;
@@ -80,6 +119,7 @@ int main(int argc, char** argv) {
     shape.channels = c.channels;
     shape.max_seq_len = c.seq;
     shape.seed = 1;
+    shape.vocab_size = vocab;
     auto model = train_gpt::make_gpt(shape);
     std::int64_t n_params = 0;
     for (const auto* p : model->parameters()) n_params += p->value.numel();
@@ -89,24 +129,88 @@ int main(int argc, char** argv) {
     batch.seq_len = c.seq;
     std::mt19937 rng(2);
     for (int i = 0; i < c.batch * c.seq; ++i) {
-      batch.inputs.push_back(static_cast<int>(rng() % 256));
-      batch.targets.push_back(static_cast<int>(rng() % 256));
+      batch.inputs.push_back(static_cast<int>(rng() % vocab));
+      batch.targets.push_back(static_cast<int>(rng() % vocab));
     }
-    model->forward_backward(batch, 1.0);  // warm-up: first-touch allocations
+    pipetrain::optim::AdamW adamw(model->parameters());
+    std::vector<double> losses;
+    if (!dump.empty()) {
+      const std::string base = dump + "/" + c.name;
+      std::ofstream manifest(base + ".manifest"), params(base + ".params", std::ios::binary),
+          tokens(base + ".tokens", std::ios::binary);
+      for (const auto* p : model->parameters()) {
+        manifest << p->name << ' ' << p->value.numel() << ' ' << (p->weight_decay ? 1 : 0);
+        for (std::int64_t d : p->value.shape()) manifest << ' ' << d;
+        manifest << '\n';
+        const std::vector<float> v = p->value.to_vector<float>();
+        params.write(reinterpret_cast<const char*>(v.data()),
+                     static_cast<std::streamsize>(v.size() * sizeof(float)));
+      }
+      for (const auto* part : {&batch.inputs, &batch.targets}) {
+        for (const auto tok : *part) {
+          const auto t32 = static_cast<std::int32_t>(tok);
+          tokens.write(reinterpret_cast<const char*>(&t32), sizeof t32);
+        }
+      }
+    }
+    auto step = [&] {
+      if (!with_optimizer) {
+        model->forward_backward(batch, 1.0);
+        return;
+      }
+      adamw.zero_grad();
+      losses.push_back(model->forward_backward(batch, 1.0));
+      const double sumsq = pipetrain::optim::local_grad_sum_of_squares(adamw.parameters());
+      if (!std::isfinite(sumsq)) return;  // the finite check: skip the update
+      adamw.step(1e-4, pipetrain::optim::clip_coefficient(std::sqrt(sumsq), 1.0));
+    };
+    step();  // warm-up: first-touch allocations
+    const long faults = minor_faults();
     const auto t = Clock::now();
-    for (int s = 0; s < steps; ++s) model->forward_backward(batch, 1.0);
+    for (int s = 0; s < steps; ++s) step();
     const double per_step = seconds_since(t) / steps;
+    const double faults_per_step = static_cast<double>(minor_faults() - faults) / steps;
     const std::int64_t tokens = static_cast<std::int64_t>(c.batch) * c.seq;
     const double gflops = model->train_flops(tokens, c.seq) / per_step / 1e9;
     const double blas = sgemm_gflops(static_cast<int>(tokens), 4 * c.channels, c.channels, 5);
+    if (!dump.empty()) {
+      std::ofstream out(dump + "/" + c.name + ".losses");
+      out.precision(17);
+      for (double l : losses) out << l << '\n';
+      std::ofstream speed(dump + "/" + c.name + ".speed");
+      speed << tokens / per_step << ' ' << pipetrain::detail::parallel_threads() << '\n';
+    }
+    if (ab) {
+      std::vector<double> one, share;
+      for (int s = 0; s < 2 * steps; ++s) {
+        pipetrain::detail::set_parallel_threads_for_testing(s % 2 == 0 ? 1 : 0);
+        const auto t0 = Clock::now();
+        step();
+        (s % 2 == 0 ? one : share).push_back(seconds_since(t0) * 1e3);
+      }
+      pipetrain::detail::set_parallel_threads_for_testing(0);
+      std::sort(one.begin(), one.end());
+      std::sort(share.begin(), share.end());
+      char line[160];
+      std::snprintf(line, sizeof line, "%-7s %16.1f %16.1f %10.3f", c.name, one[one.size() / 2],
+                    share[share.size() / 2], share[share.size() / 2] / one[one.size() / 2]);
+      ab_lines.push_back(line);
+    }
     char shape_text[32], blas_shape[48];
     std::snprintf(shape_text, sizeof shape_text, "%dx%d", c.seq, c.batch);
     std::snprintf(blas_shape, sizeof blas_shape, "%.2f (%.0f%% of sgemm)", gflops,
                   100.0 * gflops / blas);
-    std::printf("%-7s %6d %5d %8d %10s %12lld %10.1f %12.0f %22s %10.2f  [sgemm %lldx%dx%d]\n",
-                c.name, c.layers, c.heads, c.channels, shape_text,
-                static_cast<long long>(n_params), per_step * 1e3, tokens / per_step, blas_shape,
-                blas, static_cast<long long>(tokens), 4 * c.channels, c.channels);
+    std::printf(
+        "%-7s %6d %5d %8d %10s %12lld %10.1f %12.0f %22s %10.2f %12.0f  [sgemm %lldx%dx%d]\n",
+        c.name, c.layers, c.heads, c.channels, shape_text, static_cast<long long>(n_params),
+        per_step * 1e3, tokens / per_step, blas_shape, blas, faults_per_step,
+        static_cast<long long>(tokens), 4 * c.channels, c.channels);
+  }
+  if (ab) {
+    std::printf("\nnon-matrix kernels on 1 thread vs on %d (alternate steps, median ms)\n",
+                pipetrain::detail::parallel_threads());
+    std::printf("%-7s %16s %16s %10s\n", "config", "1 thread", "share", "share/1");
+    for (const std::string& l : ab_lines) std::printf("%s\n", l.c_str());
   }
   return 0;
 }

@@ -7,7 +7,8 @@
 // transports divide the cores: make_inprocess_world(n) gives each of its n ranks
 // cores / n threads, and the MPI transport gives each process cores / (processes on its host);
 // at least 1, and at most the thread count OpenBLAS was built for (64 in Debian 12). "cores"
-// are those this process may run on (its affinity mask).
+// are those this process may run on (its affinity mask). The CPU kernels' other work (softmax,
+// LayerNorm, cross-entropy, the optimizer's passes) uses the same count, on threads of its own.
 //
 // Environment, in order of precedence:
 //   PIPETRAIN_CPU_THREADS=k   exactly k threads, whatever the ranks

@@ -1,11 +1,13 @@
 #include "pipetrain/optim/optimizer.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
+#include "../core/parallel.h"
 #include "pipetrain/error.h"
 #include "pipetrain/tensor.h"
+#include "update_kernels.h"
 
 namespace pipetrain::optim {
 namespace {
@@ -16,8 +18,36 @@ std::string dtype_name(const Tensor& t) { return std::string(to_string(t.dtype()
 std::span<float> values_of(Tensor& t) {
   return {t.template data<float>(), static_cast<std::size_t>(t.numel())};
 }
-std::span<const float> values_of(const Tensor& t) {
-  return {t.template data<float>(), static_cast<std::size_t>(t.numel())};
+
+// The threaded passes over all the parameters' elements cut each parameter into chunks of
+// detail::kChunk elements (the last one shorter) and hand the list of chunks to the threads
+// (src/core/parallel.h). The cut depends on the sizes only, so the results do not depend on the
+// thread count.
+// `grad` is the parameter's gradient, resolved (and its dtype checked) before any thread runs.
+struct Piece {
+  std::size_t param;
+  std::int64_t begin, end;
+  float* grad;
+};
+
+std::vector<Piece> pieces_of(std::span<nn::Parameter* const> params) {
+  std::vector<Piece> pieces;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    float* grad = values_of(params[i]->grad).data();
+    const std::int64_t n = params[i]->grad.numel();
+    for (std::int64_t b = 0; b < n; b += detail::kChunk) {
+      pieces.push_back({i, b, std::min(n, b + detail::kChunk), grad});
+    }
+  }
+  return pieces;
+}
+
+// body(piece) for every piece, in parallel.
+template <typename Body>
+void for_each_piece(const std::vector<Piece>& pieces, const Body& body) {
+  pipetrain::detail::parallel_chunks(
+      static_cast<std::int64_t>(pieces.size()), 1,
+      [&](std::int64_t k, std::int64_t, std::int64_t) { body(pieces[k]); });
 }
 
 void check_unit_interval(double value, const char* fn, const char* name) {
@@ -36,16 +66,19 @@ Optimizer::Optimizer(std::string kind, std::vector<nn::Parameter*> params)
                         dtype_name(p->value), ", expected fp32");
     PIPETRAIN_CHECK_ARG(is_fp32(p->grad), fn, "gradient of '", p->name, "' has dtype ",
                         dtype_name(p->grad), ", expected fp32");
-    PIPETRAIN_CHECK_ARG(p->grad.numel() == p->value.numel(), fn, "gradient of '", p->name,
-                        "' has ", p->grad.numel(), " elements, the value has ",
-                        p->value.numel());
+    PIPETRAIN_CHECK_ARG(p->grad.numel() == p->value.numel(), fn, "gradient of '", p->name, "' has ",
+                        p->grad.numel(), " elements, the value has ", p->value.numel());
   }
 }
 
 void Optimizer::zero_grad() {
-  for (nn::Parameter* p : params_) {
-    for (float& g : values_of(p->grad)) g = 0.0f;
-  }
+  for_each_piece(pieces_of(params_),
+                 [&](const Piece& q) { std::fill(q.grad + q.begin, q.grad + q.end, 0.0f); });
+}
+
+void Optimizer::step(double lr, double grad_scale) {
+  scale_grads(params_, grad_scale);
+  step(lr);
 }
 
 OptimizerState Optimizer::state() const { return OptimizerState{kind_, step_, buffers_}; }
@@ -82,14 +115,33 @@ AdamW::AdamW(std::vector<nn::Parameter*> params, AdamWConfig config)
   }
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr) { step(lr, 1.0); }
+
+void AdamW::step(double lr, double grad_scale) {
   PIPETRAIN_CHECK_ARG(lr >= 0.0, "AdamW::step", "lr=", lr, " must be >= 0");
+  PIPETRAIN_CHECK_ARG(grad_scale > 0.0 && std::isfinite(grad_scale), "AdamW::step",
+                      "grad_scale=", grad_scale, " must be finite and > 0");
   ++step_;
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    nn::Parameter* p = params_[i];
-    adamw_update(values_of(p->value), values_of(std::as_const(p->grad)), buffers_[2 * i].data,
-                 buffers_[2 * i + 1].data, config_, lr, step_, p->weight_decay);
+  // The same arithmetic as adamw_update() on each parameter (update_kernels.h), chunks of all
+  // the parameters in parallel.
+  std::vector<detail::AdamWFactors> factors;
+  factors.reserve(params_.size());
+  for (const nn::Parameter* p : params_) {
+    factors.push_back(detail::adamw_factors(config_, lr, step_, p->weight_decay));
   }
+  const auto scale = static_cast<float>(grad_scale);
+  for_each_piece(pieces_of(params_), [&](const Piece& q) {
+    nn::Parameter* p = params_[q.param];
+    float* value = values_of(p->value).data() + q.begin;
+    float* grad = q.grad + q.begin;
+    float* m = buffers_[2 * q.param].data.data() + q.begin;
+    float* v = buffers_[2 * q.param + 1].data.data() + q.begin;
+    if (grad_scale == 1.0) {
+      detail::adamw_elements<false>(value, grad, m, v, q.end - q.begin, factors[q.param], 1.0f);
+    } else {
+      detail::adamw_elements<true>(value, grad, m, v, q.end - q.begin, factors[q.param], scale);
+    }
+  });
 }
 
 Sgd::Sgd(std::vector<nn::Parameter*> params, SgdConfig config)
@@ -105,22 +157,49 @@ Sgd::Sgd(std::vector<nn::Parameter*> params, SgdConfig config)
   }
 }
 
-void Sgd::step(double lr) {
+void Sgd::step(double lr) { step(lr, 1.0); }
+
+void Sgd::step(double lr, double grad_scale) {
   PIPETRAIN_CHECK_ARG(lr >= 0.0, "Sgd::step", "lr=", lr, " must be >= 0");
+  PIPETRAIN_CHECK_ARG(grad_scale > 0.0 && std::isfinite(grad_scale), "Sgd::step",
+                      "grad_scale=", grad_scale, " must be finite and > 0");
   const bool first = step_ == 0;
   ++step_;
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    nn::Parameter* p = params_[i];
-    std::span<float> buffer;
-    if (!buffers_.empty()) buffer = buffers_[i].data;
-    sgd_update(values_of(p->value), values_of(std::as_const(p->grad)), buffer, config_, lr, first,
-               p->weight_decay);
-  }
+  const auto lr_f = static_cast<float>(lr);
+  const auto scale = static_cast<float>(grad_scale);
+  for_each_piece(pieces_of(params_), [&](const Piece& q) {
+    nn::Parameter* p = params_[q.param];
+    float* value = values_of(p->value).data() + q.begin;
+    float* grad = q.grad + q.begin;
+    float* buffer = buffers_.empty() ? nullptr : buffers_[q.param].data.data() + q.begin;
+    if (grad_scale == 1.0) {
+      detail::sgd_elements<false>(value, grad, buffer, q.end - q.begin, config_, lr_f, first,
+                                  p->weight_decay, 1.0f);
+    } else {
+      detail::sgd_elements<true>(value, grad, buffer, q.end - q.begin, config_, lr_f, first,
+                                 p->weight_decay, scale);
+    }
+  });
 }
 
 double local_grad_sum_of_squares(std::span<nn::Parameter* const> params) {
-  double sum = 0.0;
-  for (const nn::Parameter* p : params) sum += sum_of_squares(values_of(p->grad));
+  // Chunks in parallel, then added in order: per parameter as sum_of_squares() adds them, then
+  // parameter by parameter, the same bits on every thread count.
+  const std::vector<Piece> pieces = pieces_of(params);
+  std::vector<double> partial(pieces.size());
+  pipetrain::detail::parallel_chunks(
+      static_cast<std::int64_t>(pieces.size()), 1, [&](std::int64_t k, std::int64_t, std::int64_t) {
+        const Piece& q = pieces[k];
+        partial[k] = detail::sum_of_squares_chunk(q.grad + q.begin, q.end - q.begin);
+      });
+  double sum = 0.0, param_sum = 0.0;
+  for (std::size_t k = 0; k < pieces.size(); ++k) {
+    param_sum += partial[k];
+    if (k + 1 == pieces.size() || pieces[k + 1].param != pieces[k].param) {
+      sum += param_sum;
+      param_sum = 0.0;
+    }
+  }
   return sum;
 }
 
@@ -133,9 +212,9 @@ double clip_coefficient(double global_norm, double max_norm) {
 void scale_grads(std::span<nn::Parameter* const> params, double scale) {
   if (scale == 1.0) return;
   const auto s = static_cast<float>(scale);
-  for (nn::Parameter* p : params) {
-    for (float& g : values_of(p->grad)) g *= s;
-  }
+  for_each_piece(pieces_of(params), [&](const Piece& q) {
+    for (std::int64_t i = q.begin; i < q.end; ++i) q.grad[i] *= s;
+  });
 }
 
 double clip_grad_norm(std::span<nn::Parameter* const> params, double max_norm) {
@@ -145,10 +224,13 @@ double clip_grad_norm(std::span<nn::Parameter* const> params, double max_norm) {
 }
 
 bool grads_are_finite(std::span<nn::Parameter* const> params) {
-  for (const nn::Parameter* p : params) {
-    if (!all_finite(values_of(p->grad))) return false;
-  }
-  return true;
+  const std::vector<Piece> pieces = pieces_of(params);
+  std::vector<char> finite(pieces.size(), 1);
+  for_each_piece(pieces, [&](const Piece& q) {
+    finite[&q - pieces.data()] =
+        all_finite({q.grad + q.begin, static_cast<std::size_t>(q.end - q.begin)});
+  });
+  return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }
 
 bool is_finite(double value) { return std::isfinite(value); }

@@ -265,6 +265,15 @@ void group_slots(const std::vector<Schedule::Slot>& slots, std::vector<int>& gro
     groups_started[i] = groups;
   }
 }
+
+// True when both lists hold the same parameters, in any order.
+bool same_parameters(std::span<nn::Parameter* const> a, const std::vector<nn::Parameter*>& b) {
+  if (a.size() != b.size()) return false;
+  std::vector<nn::Parameter*> x(a.begin(), a.end()), y = b;
+  std::sort(x.begin(), x.end());
+  std::sort(y.begin(), y.end());
+  return x == y;
+}
 }  // namespace
 
 Executor::Executor(Schedule schedule, Topology topology, Transport& transport,
@@ -941,8 +950,10 @@ void Executor::finish_step(StepState& state, double lr) {
   if (last_here) {
     for (double l : state.losses) loss_sum += l;
   }
+  // One pass: the fp32 sum of squares is finite exactly when every element is, and each tied
+  // copy left out of norm_params_ holds the gradient of a copy counted on some rank.
   const double sumsq = optim::local_grad_sum_of_squares(norm_params_);
-  const bool finite = optim::grads_are_finite(params_) && std::isfinite(loss_sum);
+  const bool finite = std::isfinite(loss_sum);
   Tensor stats = Tensor::zeros({2 + static_cast<std::int64_t>(d) * m}, DType::kFloat64);
   double* s = stats.data<double>();
   s[0] = std::isfinite(sumsq) ? sumsq : 0.0;
@@ -966,14 +977,19 @@ void Executor::finish_step(StepState& state, double lr) {
                              std::to_string(static_cast<int>(s[1])) + " rank(s) reported it)");
     }
   } else {
+    double grad_scale = 1.0;
     if (options_.max_grad_norm > 0.0) {
       state.stats.clip_coefficient =
           optim::clip_coefficient(state.stats.grad_norm, options_.max_grad_norm);
-      if (state.stats.clip_coefficient < 1.0) {
-        optim::scale_grads(params_, state.stats.clip_coefficient);
-      }
+      grad_scale = std::min(1.0, state.stats.clip_coefficient);
     }
-    if (optimizer_ != nullptr) optimizer_->step(lr);
+    // Clipping fused with the update (one pass) when the optimizer holds exactly our parameters.
+    if (optimizer_ != nullptr && same_parameters(optimizer_->parameters(), params_)) {
+      optimizer_->step(lr, grad_scale);
+    } else {
+      optim::scale_grads(params_, grad_scale);
+      if (optimizer_ != nullptr) optimizer_->step(lr);
+    }
   }
   state.stats.seconds = seconds_since(state.t0);
 }

@@ -1,9 +1,15 @@
 #include "pipetrain/tensor.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdlib>
+#include <iterator>
+#include <map>
+#include <mutex>
 #include <new>
 #include <sstream>
+#include <unordered_map>
+#include <vector>
 
 #include "pipetrain/cuda/allocator.h"
 #include "pipetrain/cuda/device.h"
@@ -11,17 +17,134 @@
 namespace pipetrain {
 namespace {
 
+// CPU memory: 64-byte aligned heap blocks, and a cache of freed large blocks.
+//
+// A training step allocates and frees the same large tensors every step (activations, logits,
+// their gradients). Fresh from the heap, each is mmapped, page-faulted in page by page and
+// unmapped again (glibc maps anything above 32 MiB on its own, and trims the heap's top): 58 K
+// page faults a step for a 206 MB logits tensor, 7 to 10 K for bench_model's medium config. So
+// freed blocks of at least kCacheMin bytes (glibc's smallest mmap threshold) are kept, by size
+// class (eight classes per power of two: at most 12.5% unused), and handed out again to a
+// request of the same class, with their pages already in memory. The cache holds at most
+// PIPETRAIN_CPU_CACHE_MB megabytes (default 2048; 0 turns it off; off under AddressSanitizer,
+// which must see every block freed); beyond that the largest cached blocks go back to the
+// system first. When the system has no memory left the whole cache is released and the
+// allocation tried once more. Thread-safe: one mutex, taken a few hundred times a step.
 class CpuAllocator final : public Allocator {
  public:
+  CpuAllocator() : limit_(cache_limit()) {}
+
   void* allocate(std::size_t bytes) override {
+    if (bytes < kCacheMin || limit_ == 0) return heap_allocate(round64(bytes));
+    const std::size_t size = size_class(bytes);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // The block of this class freed last (the warmest in the caches), if any.
+      auto it = free_.upper_bound(size);
+      if (it != free_.begin() && (--it)->first == size) {
+        void* p = it->second;
+        free_.erase(it);
+        cached_ -= size;
+        live_.emplace(p, size);
+        return p;
+      }
+    }
+    void* p = nullptr;
+    try {
+      p = heap_allocate(size);
+    } catch (const std::bad_alloc&) {
+      release_cache();
+      p = heap_allocate(size);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    live_.emplace(p, size);
+    return p;
+  }
+
+  void deallocate(void* ptr, std::size_t bytes) noexcept override {
+    if (bytes < kCacheMin || limit_ == 0) {
+      std::free(ptr);
+      return;
+    }
+    std::vector<void*> release;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto it = live_.find(ptr);
+      const std::size_t size = it != live_.end() ? it->second : limit_ + 1;
+      if (it != live_.end()) live_.erase(it);
+      if (size > limit_) {
+        release.push_back(ptr);
+      } else {
+        // Keep the block; make room by giving back the largest cached ones.
+        while (cached_ + size > limit_ && !free_.empty()) {
+          const auto last = std::prev(free_.end());
+          cached_ -= last->first;
+          release.push_back(last->second);
+          free_.erase(last);
+        }
+        try {
+          free_.emplace(size, ptr);
+          cached_ += size;
+        } catch (...) {  // no memory for the map node: give the block back instead
+          release.push_back(ptr);
+        }
+      }
+    }
+    for (void* p : release) std::free(p);
+  }
+
+  Device device() const override { return Device::kCpu; }
+
+ private:
+  static constexpr std::size_t kCacheMin = std::size_t{128} << 10;
+
+  static std::size_t round64(std::size_t bytes) {
     // aligned_alloc needs a size that is a multiple of the alignment.
-    const std::size_t rounded = std::max<std::size_t>(64, (bytes + 63) / 64 * 64);
+    return std::max<std::size_t>(64, (bytes + 63) / 64 * 64);
+  }
+
+  // The smallest of 2^e, 2^e * 9/8, ..., 2^e * 15/8 (and 2^(e+1)) that holds `bytes`.
+  static std::size_t size_class(std::size_t bytes) {
+    const int e = std::bit_width(bytes) - 1;  // 2^e <= bytes < 2^(e+1)
+    const std::size_t step = std::size_t{1} << (e - 3);
+    return (bytes + step - 1) / step * step;
+  }
+
+  static void* heap_allocate(std::size_t rounded) {
     void* p = std::aligned_alloc(64, rounded);
     if (p == nullptr) throw std::bad_alloc();
     return p;
   }
-  void deallocate(void* ptr, std::size_t) noexcept override { std::free(ptr); }
-  Device device() const override { return Device::kCpu; }
+
+  static std::size_t cache_limit() {
+#if defined(__SANITIZE_ADDRESS__)
+    return 0;  // AddressSanitizer must see every large block freed, to catch its later use
+#endif
+    const char* text = std::getenv("PIPETRAIN_CPU_CACHE_MB");
+    if (text == nullptr || *text == '\0') return std::size_t{2048} << 20;
+    char* end = nullptr;
+    const unsigned long long mb = std::strtoull(text, &end, 10);
+    PIPETRAIN_CHECK_ARG(end != text && *end == '\0' && mb <= (std::size_t{1} << 30),
+                        "cpu_allocator", "PIPETRAIN_CPU_CACHE_MB='", text,
+                        "' must be a whole number of megabytes");
+    return static_cast<std::size_t>(mb) << 20;
+  }
+
+  void release_cache() noexcept {
+    std::multimap<std::size_t, void*> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blocks.swap(free_);
+      cached_ = 0;
+    }
+    for (const auto& [size, p] : blocks) std::free(p);
+  }
+
+  const std::size_t limit_;
+  std::mutex mu_;
+  std::multimap<std::size_t, void*> free_;       // cached blocks by size class
+  std::unordered_map<void*, std::size_t> live_;  // handed-out large blocks and their class
+  std::size_t cached_ = 0;
 };
 
 template <typename Dst, typename Src>
@@ -80,8 +203,9 @@ std::string_view to_string(Device device) {
 }
 
 Allocator& cpu_allocator() {
-  static CpuAllocator allocator;
-  return allocator;
+  // Never destroyed: tensors in static storage may be freed after it would have been.
+  static CpuAllocator* allocator = new CpuAllocator;
+  return *allocator;
 }
 
 Storage::Storage(std::size_t bytes, Allocator& allocator)

@@ -10,7 +10,13 @@
 // Matrix products go through OpenBLAS (cblas_sgemm / cblas_dgemm).
 //
 // Preconditions are the caller's (the layers check shapes); pointers must not alias unless
-// a kernel says so. Thread safety: kernels touch only their arguments.
+// a kernel says so. Thread safety: kernels touch only their arguments (and attention_backward a
+// scratch buffer of the calling thread's own).
+//
+// Threads: the work outside the matrix products runs on cpu_blas_threads() threads (the rank's
+// share, cpu_threads.h) of a worker team that belongs to the calling thread. The work is cut
+// by shape alone, never by thread count, so the fp32 results are the same bits on any number
+// of threads (the matrix products are OpenBLAS's, whose results depend on its thread count).
 #pragma once
 
 #include <cstdint>

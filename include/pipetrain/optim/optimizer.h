@@ -1,5 +1,9 @@
 // pipetrain/optim/optimizer.h: optimizers over nn::Parameter, gradient clipping, checks.
 //
+// The passes over all the parameters' elements (updates, sums of squares, scaling, zeroing) run
+// on the rank's share of the cores (cpu_threads.h) when the build has OpenMP, with results that
+// do not depend on the thread count.
+//
 // An optimizer holds pointers to the parameters it updates (they must outlive it) and fp32
 // state per parameter. step(lr) applies one update from the parameters' gradients and counts
 // it; the learning rate is passed in so that any schedule (lr_schedule.h) can drive it.
@@ -50,6 +54,12 @@ class Optimizer {
   /// Applies one update with learning rate `lr` (>= 0) and increments step_count().
   virtual void step(double lr) = 0;
 
+  /// Multiplies every gradient by `grad_scale` (finite, > 0; the gradients stay scaled, as
+  /// after scale_grads()) and applies one update from them: gradient clipping and the update
+  /// in one pass over the gradients. The same result as scale_grads(parameters(), grad_scale)
+  /// then step(lr), bit for bit. The default does exactly that; AdamW and Sgd fuse it.
+  virtual void step(double lr, double grad_scale);
+
   /// Sets every gradient to zero.
   void zero_grad();
 
@@ -80,6 +90,7 @@ class AdamW final : public Optimizer {
   /// eps > 0 and weight_decay >= 0: "[AdamW] beta2=1 must be in [0, 1)"
   AdamW(std::vector<nn::Parameter*> params, AdamWConfig config = {});
   void step(double lr) override;
+  void step(double lr, double grad_scale) override;
   const AdamWConfig& config() const { return config_; }
 
  private:
@@ -92,6 +103,7 @@ class Sgd final : public Optimizer {
   /// Throws InvalidArgument unless 0 <= momentum < 1 and weight_decay >= 0.
   Sgd(std::vector<nn::Parameter*> params, SgdConfig config = {});
   void step(double lr) override;
+  void step(double lr, double grad_scale) override;
   const SgdConfig& config() const { return config_; }
 
  private:
@@ -99,7 +111,9 @@ class Sgd final : public Optimizer {
 };
 
 /// Sum of squares of the gradients of `params` (fp64 accumulation): the local part of the
-/// global gradient norm.
+/// global gradient norm. It is finite exactly when every gradient element is (an fp32 square
+/// is at most 1.2e77), so it doubles as the finite check. Threaded; the same bits on any
+/// thread count (chunks of 32768 elements added in order).
 double local_grad_sum_of_squares(std::span<nn::Parameter* const> params);
 
 /// The factor that brings a gradient of norm `global_norm` down to `max_norm`:

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "../../core/parallel.h"
+#include "exp_fp32.h"
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
@@ -36,23 +38,6 @@ constexpr float kClampX = 11.0f;
 // 2 s log2(e) and 2 s a log2(e): z = -|x (k1 + k3 x^2)| = -2|u| / ln2, in [-163, 0].
 constexpr double kZ1 = 2.0 * kGeluScale * 1.4426950408889634;
 constexpr double kZ3 = 2.0 * kGeluScale * kGeluCubic * 1.4426950408889634;
-constexpr double kLn2 = 0.6931471805599453;
-// 1.5 * 2^52: z + kRoundMagic rounds z to an integer n, held in the low bits of the double.
-constexpr double kRoundMagic = 6755399441055744.0;
-
-// exp(r) for |r| <= ln2 / 2: Taylor to degree 8, relative error 2e-10 (0.003 fp32 ulp).
-[[gnu::always_inline]] inline double exp_poly(double r) {
-  double p = 1.0 / 40320;
-  p = p * r + 1.0 / 5040;
-  p = p * r + 1.0 / 720;
-  p = p * r + 1.0 / 120;
-  p = p * r + 1.0 / 24;
-  p = p * r + 1.0 / 6;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  return p * r + 1.0;
-}
-
 struct GeluParts {
   double x;   // x clamped to [-11, 11], NaN -> -11
   double t;   // exp(-2|u|)
@@ -65,23 +50,18 @@ struct GeluParts {
   xc = xc < kClampX ? xc : kClampX;
   const double xd = xc;
   const double z = -std::fabs(xd * (kZ1 + kZ3 * (xd * xd)));
-  const double big = z + kRoundMagic;
-  const double r = (z - (big - kRoundMagic)) * kLn2;  // z - n is exact
-  // 2^n from n's bits: (n + 1023) << 52, with n = bits(big) - bits(kRoundMagic).
-  const std::int64_t bits = (std::bit_cast<std::int64_t>(big) -
-                             std::bit_cast<std::int64_t>(kRoundMagic) + 1023)
-                            << 52;
-  const double t = exp_poly(r) * std::bit_cast<double>(bits);
+  const double t = fastmath::exp2_reduced(z);
   return {xd, t, 1.0 / (1.0 + t)};
 }
 
 // Blocks go through a local buffer: the loops that the compiler vectorises then read and write
 // disjoint memory whatever the caller's aliasing (dinp may be dout), with no runtime alias check.
 constexpr std::int64_t kBlock = 512;
+// Elements per thread chunk (about 50 us of work): whole blocks.
+constexpr std::int64_t kParallelGrain = 32 * kBlock;
 
 [[gnu::always_inline]] inline void gelu_forward_block(float* __restrict out,
-                                                      const float* __restrict inp,
-                                                      std::int64_t n) {
+                                                      const float* __restrict inp, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) {
     const float x = inp[i];
     const GeluParts g = gelu_parts(x);
@@ -151,7 +131,10 @@ PIPETRAIN_GELU_CLONES void gelu_backward_fast(float* dinp, const float* inp, con
 template <typename T>
 void gelu_forward(T* out, const T* inp, std::int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    gelu_forward_fast(out, inp, n);
+    // Elementwise: any cut gives the same bits. Chunks are whole blocks of kBlock.
+    detail::parallel_chunks(n, kParallelGrain, [&](std::int64_t, std::int64_t i, std::int64_t e) {
+      gelu_forward_fast(out + i, inp + i, e - i);
+    });
   } else {
     const T s = static_cast<T>(kGeluScale), a = static_cast<T>(kGeluCubic);
     for (std::int64_t i = 0; i < n; ++i) {
@@ -164,7 +147,9 @@ void gelu_forward(T* out, const T* inp, std::int64_t n) {
 template <typename T>
 void gelu_backward(T* dinp, const T* inp, const T* dout, std::int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    gelu_backward_fast(dinp, inp, dout, n);
+    detail::parallel_chunks(n, kParallelGrain, [&](std::int64_t, std::int64_t i, std::int64_t e) {
+      gelu_backward_fast(dinp + i, inp + i, dout + i, e - i);
+    });
   } else {
     const T s = static_cast<T>(kGeluScale), a = static_cast<T>(kGeluCubic);
     for (std::int64_t i = 0; i < n; ++i) {

@@ -1,6 +1,7 @@
 // Matrix products of the linear layers, all through OpenBLAS.
 #include <cblas.h>
 
+#include "../../core/parallel.h"
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
@@ -40,8 +41,8 @@ void linear_forward(T* out, const T* inp, const T* weight, const T* bias, std::i
 }
 
 template <typename T>
-void linear_backward_input(T* dinp, const T* dout, const T* weight, std::int64_t n,
-                           std::int64_t c, std::int64_t oc) {
+void linear_backward_input(T* dinp, const T* dout, const T* weight, std::int64_t n, std::int64_t c,
+                           std::int64_t oc) {
   gemm<T>(false, false, n, c, oc, T(1), dout, oc, weight, c, T(0), dinp, c);
 }
 
@@ -50,20 +51,24 @@ void linear_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, s
                             std::int64_t c, std::int64_t oc) {
   gemm<T>(true, false, oc, c, n, T(1), dout, oc, inp, c, T(1), dweight, c);
   if (dbias != nullptr) {
-    for (std::int64_t i = 0; i < n; ++i) {
-      const T* row = dout + i * oc;
-      for (std::int64_t o = 0; o < oc; ++o) dbias[o] += row[o];
-    }
+    // Columns in parallel, each summing its rows in order: the same bits on any thread count.
+    const std::int64_t cols = n * 64 >= 65536 ? 64 : oc;
+    detail::parallel_chunks(oc, cols, [&](std::int64_t, std::int64_t o0, std::int64_t o1) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        const T* row = dout + i * oc;
+        for (std::int64_t o = o0; o < o1; ++o) dbias[o] += row[o];
+      }
+    });
   }
 }
 
-#define PIPETRAIN_INSTANTIATE(T)                                                            \
-  template void linear_forward<T>(T*, const T*, const T*, const T*, std::int64_t,          \
-                                  std::int64_t, std::int64_t);                              \
-  template void linear_backward_input<T>(T*, const T*, const T*, std::int64_t, std::int64_t, \
-                                         std::int64_t);                                     \
-  template void linear_backward_weight<T>(T*, T*, const T*, const T*, std::int64_t,         \
-                                          std::int64_t, std::int64_t);
+#define PIPETRAIN_INSTANTIATE(T)                                                                  \
+  template void linear_forward<T>(T*, const T*, const T*, const T*, std::int64_t, std::int64_t,   \
+                                  std::int64_t);                                                  \
+  template void linear_backward_input<T>(T*, const T*, const T*, std::int64_t, std::int64_t,      \
+                                         std::int64_t);                                           \
+  template void linear_backward_weight<T>(T*, T*, const T*, const T*, std::int64_t, std::int64_t, \
+                                          std::int64_t);
 PIPETRAIN_INSTANTIATE(float)
 PIPETRAIN_INSTANTIATE(double)
 #undef PIPETRAIN_INSTANTIATE
