@@ -17,6 +17,7 @@
 
 #include "pipetrain/error.h"
 #include "layout.h"
+#include "list_rank.h"
 
 namespace pipetrain {
 namespace {
@@ -107,29 +108,14 @@ Schedule zb_list_schedule(Schedule schedule, const ZbLimits& limits) {
   const int num_stages = schedule.num_stages();
   const int num_mb = schedule.num_microbatches();
   EndTimes ends(num_stages, num_mb);
-  struct RankState {
-    std::vector<int> stages;
-    std::vector<int> next_f, next_i;
-    std::deque<Action> pending_w;  // I done, W not yet, oldest first
-    int activations = 0, held = 0, forwards_left = 0, inputs_left = 0;
-    bool warm = false;          // an I ran: the warm-up is over
-    bool want_forward = false;  // in the steady state: the kind to run next
-  };
-  std::vector<RankState> ranks(static_cast<std::size_t>(num_ranks));
+  std::vector<detail::ListRank> ranks(static_cast<std::size_t>(num_ranks));
   std::size_t remaining = 0;
-  for (int r = 0; r < num_ranks; ++r) {
-    RankState& st = ranks[static_cast<std::size_t>(r)];
-    st.stages = schedule.stages_of_rank(r);
-    std::reverse(st.stages.begin(), st.stages.end());
-    st.next_f.assign(st.stages.size(), 0);
-    st.next_i.assign(st.stages.size(), 0);
-    st.forwards_left = st.inputs_left = num_mb * static_cast<int>(st.stages.size());
-    remaining += 3 * static_cast<std::size_t>(st.forwards_left);
-  }
+  for (int r = 0; r < num_ranks; ++r)
+    remaining += ranks[static_cast<std::size_t>(r)].start(schedule.stages_of_rank(r), num_mb);
   for (int step = 0; remaining > 0; ++step) {
     std::vector<Action> placed;
     for (int r = 0; r < num_ranks; ++r) {
-      RankState& st = ranks[static_cast<std::size_t>(r)];
+      detail::ListRank& st = ranks[static_cast<std::size_t>(r)];
       const auto ready = [&](ActionKind kind) -> std::optional<std::size_t> {
         if (kind == kF && (st.activations >= limits.max_activations[static_cast<std::size_t>(r)] ||
                            st.held >= limits.max_held[static_cast<std::size_t>(r)]))
@@ -163,25 +149,7 @@ Schedule zb_list_schedule(Schedule schedule, const ZbLimits& limits) {
       }
       schedule.append(r, *pick);
       placed.push_back(*pick);
-      const auto local = static_cast<std::size_t>(
-          std::find(st.stages.begin(), st.stages.end(), pick->stage) - st.stages.begin());
-      if (pick->kind == kF) {
-        ++st.next_f[local];
-        --st.forwards_left;
-        ++st.activations;
-        ++st.held;
-        st.want_forward = false;
-      } else if (pick->kind == kI) {
-        ++st.next_i[local];
-        --st.inputs_left;
-        --st.activations;
-        st.pending_w.push_back({pick->stage, kW, pick->microbatch});
-        st.warm = true;
-        st.want_forward = true;
-      } else {
-        st.pending_w.pop_front();
-        --st.held;
-      }
+      st.place(*pick);
     }
     if (placed.empty())
       throw Error("[zb_list_schedule] internal error: schedule '" + schedule.name() +

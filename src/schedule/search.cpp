@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "list_rank.h"
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/passes.h"
@@ -171,23 +172,13 @@ std::vector<std::int64_t> peak_memory_bytes(const Schedule& schedule,
   const std::int64_t v = schedule.stages_per_rank();
   std::vector<std::int64_t> peaks(static_cast<std::size_t>(schedule.num_ranks()), 0);
   for (int rank = 0; rank < schedule.num_ranks(); ++rank) {
-    std::int64_t a = 0;  // stage-microbatches between F and B/I
-    std::int64_t w = 0;  // stage-microbatches between I and W
     std::int64_t peak = 0;
-    for (const Schedule::Slot& slot : schedule.rank_slots(rank)) {
-      if (!slot) continue;
-      switch (slot->kind) {
-        case ActionKind::kForward: ++a; break;
-        case ActionKind::kBackward: --a; break;
-        case ActionKind::kBackwardInput: --a; ++w; break;
-        case ActionKind::kBackwardWeight: --w; break;
-        default: continue;
-      }
+    detail::for_each_in_flight(schedule.rank_slots(rank), [&](std::int64_t a, std::int64_t w) {
       PIPETRAIN_CHECK_ARG(a + w <= kMaxInFlight, "peak_memory_bytes", "rank ", rank, " holds ",
                           a + w, " stage-microbatches at once; at most ", kMaxInFlight,
                           " are counted");
       peak = std::max(peak, activation_bytes * a + pending_w_bytes * w);
-    }
+    });
     peaks[static_cast<std::size_t>(rank)] = (peak + v - 1) / v;
   }
   return peaks;

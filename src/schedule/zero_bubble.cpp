@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "layout.h"
+#include "list_rank.h"
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/simulate.h"
@@ -106,26 +107,13 @@ std::optional<Orders> timed_list_schedule(const Schedule& shape, const Limits& l
   const std::int64_t unit = std::max(zc.activation_bytes, zc.pending_w_bytes);
   Ends ends(num_stages, num_mb);
 
-  struct RankState {
-    std::vector<int> stages;  // later stage first
-    std::vector<int> next_f, next_i;
-    std::deque<Action> pending_w;  // I done, W not yet, oldest first
-    int activations = 0, held = 0, forwards_left = 0, inputs_left = 0;
-    bool warm = false;
-    bool want_forward = false;
-    double free_at = 0.0;
+  struct RankState : detail::ListRank {
+    double free_at = 0.0;  // when the rank's running action ends
   };
   std::vector<RankState> ranks(static_cast<std::size_t>(num_ranks));
   std::size_t remaining = 0;
-  for (int r = 0; r < num_ranks; ++r) {
-    RankState& st = ranks[static_cast<std::size_t>(r)];
-    st.stages = shape.stages_of_rank(r);
-    std::reverse(st.stages.begin(), st.stages.end());
-    st.next_f.assign(st.stages.size(), 0);
-    st.next_i.assign(st.stages.size(), 0);
-    st.forwards_left = st.inputs_left = num_mb * static_cast<int>(st.stages.size());
-    remaining += 3 * static_cast<std::size_t>(st.forwards_left);
-  }
+  for (int r = 0; r < num_ranks; ++r)
+    remaining += ranks[static_cast<std::size_t>(r)].start(shape.stages_of_rank(r), num_mb);
   // When the input of `a` is available on rank `r`: kNever while its producer is not placed.
   const auto available = [&](const Action& a, int r) -> double {
     Action producer{};
@@ -244,25 +232,7 @@ std::optional<Orders> timed_list_schedule(const Schedule& shape, const Limits& l
         if (transfer > 0.0) events.push(end + transfer);
         --remaining;
         progress = progress || end <= t;
-        const auto local = static_cast<std::size_t>(
-            std::find(st.stages.begin(), st.stages.end(), pick->stage) - st.stages.begin());
-        if (pick->kind == kF) {
-          ++st.next_f[local];
-          --st.forwards_left;
-          ++st.activations;
-          ++st.held;
-          st.want_forward = false;
-        } else if (pick->kind == kI) {
-          ++st.next_i[local];
-          --st.inputs_left;
-          --st.activations;
-          st.pending_w.push_back({pick->stage, kW, pick->microbatch});
-          st.warm = true;
-          st.want_forward = true;
-        } else {
-          st.pending_w.pop_front();
-          --st.held;
-        }
+        st.place(*pick);
       }
     }
     if (remaining == 0) break;
@@ -488,18 +458,10 @@ std::vector<std::int64_t> peak_stage_bytes(const Schedule& schedule,
   (void)analyze_memory(schedule);  // rejects an order whose counts would go negative
   std::vector<std::int64_t> peaks(static_cast<std::size_t>(schedule.num_ranks()), 0);
   for (int r = 0; r < schedule.num_ranks(); ++r) {
-    std::int64_t a = 0, w = 0, peak = 0;
-    for (const Schedule::Slot& slot : schedule.rank_slots(r)) {
-      if (!slot) continue;
-      switch (slot->kind) {
-        case ActionKind::kForward: ++a; break;
-        case ActionKind::kBackward: --a; break;
-        case ActionKind::kBackwardInput: --a; ++w; break;
-        case ActionKind::kBackwardWeight: --w; break;
-        default: continue;
-      }
+    std::int64_t peak = 0;
+    detail::for_each_in_flight(schedule.rank_slots(r), [&](std::int64_t a, std::int64_t w) {
       peak = std::max(peak, a * memory.activation_bytes + w * memory.pending_w_bytes);
-    }
+    });
     peaks[static_cast<std::size_t>(r)] = peak;
   }
   return peaks;

@@ -92,75 +92,25 @@ class AttentionLayerTest : public ::testing::TestWithParam<LayerCase> {
   std::mt19937_64 rng_;
 };
 
-double dot(const Tensor& a, const Tensor& b) {
-  const auto x = a.to_vector<double>(), y = b.to_vector<double>();
-  double s = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
-  return s;
-}
-
 // Every gradient (input and parameters) against central differences of L = <forward(x), w>,
 // in fp64.
 TEST_P(AttentionLayerTest, GradientsMatchFiniteDifferences) {
   SCOPED_TRACE(testing::seed_trace(seed_));
   auto layer = make(DType::kFloat64);
-  Tensor x = input(DType::kFloat64);
+  const Tensor x = input(DType::kFloat64);
   const Tensor w = grad_for(*layer, x, DType::kFloat64);
-  const MicrobatchId mb = 7;
-  auto loss = [&] { return dot(layer->infer(x), w); };
-  layer->forward(mb, x);
-  const Tensor dx = layer->backward_input(mb, w);
-  layer->backward_weight(mb);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  const double h = 1e-6;
-  auto numeric = [&](double* v, std::int64_t n) {
-    std::vector<double> g(static_cast<std::size_t>(n));
-    for (std::int64_t i = 0; i < n; ++i) {
-      const double saved = v[i];
-      v[i] = saved + h;
-      const double up = loss();
-      v[i] = saved - h;
-      const double down = loss();
-      v[i] = saved;
-      g[static_cast<std::size_t>(i)] = (up - down) / (2 * h);
-    }
-    return g;
-  };
-  x = x.clone();  // perturb a private copy
-  // Bound: 1e-6 relative (max-norm), fp64 with h = 1e-6 (as the GPT tests and test_layers).
-  EXPECT_LT(max_rel_error(dx.to_vector<double>(), numeric(x.data<double>(), x.numel())), 1e-6)
-      << "input";
-  for (Parameter* p : layer->parameters()) {
-    const auto g = numeric(p->value.data<double>(), p->value.numel());
-    EXPECT_LT(max_rel_error(p->grad.to_vector<double>(), g), 1e-6) << p->name;
-  }
+  testing::expect_gradients_match_finite_differences(*layer, x, w, testing::Evaluate::kInfer);
 }
 
 // fp32 against the fp64 twin built with the same arguments (same initial values) on the same
-// fresh inputs.
+// fresh inputs (every error observed below 1e-6 over 200 seeds; the bound is 1e-5).
 TEST_P(AttentionLayerTest, Fp32MatchesFp64) {
   SCOPED_TRACE(testing::seed_trace(seed_));
   auto l32 = make(DType::kFloat32);
   auto l64 = make(DType::kFloat64);
-  const auto p32 = l32->parameters(), p64 = l64->parameters();
-  ASSERT_EQ(p32.size(), p64.size());
-  for (std::size_t i = 0; i < p32.size(); ++i) {
-    EXPECT_EQ(p32[i]->name, p64[i]->name);
-    EXPECT_EQ(p32[i]->value.to_vector<double>(), p64[i]->value.to_vector<double>());
-  }
   const Tensor x64 = input(DType::kFloat64);
   const Tensor w64 = grad_for(*l64, x64, DType::kFloat64);
-  const Tensor y32 = l32->forward(0, x64.to(DType::kFloat32)), y64 = l64->forward(0, x64);
-  EXPECT_EQ(y32.dtype(), DType::kFloat32);
-  // Bounds: 1e-5 relative (max-norm), the fp32 tolerance of STYLE.md, for the output and every
-  // gradient (observed below 1e-6 over 200 seeds).
-  EXPECT_LT(max_rel_error(y32, y64), 1e-5) << "output";
-  const Tensor dx32 = l32->backward(0, w64.to(DType::kFloat32));
-  const Tensor dx64 = l64->backward(0, w64);
-  EXPECT_LT(max_rel_error(dx32, dx64), 1e-5) << "input gradient";
-  for (std::size_t i = 0; i < p32.size(); ++i) {
-    EXPECT_LT(max_rel_error(p32[i]->grad, p64[i]->grad), 1e-5) << p64[i]->name;
-  }
+  testing::expect_fp32_matches_fp64(*l32, *l64, x64, w64);
 }
 
 // backward_input + backward_weight, in any order over microbatches, is bitwise backward().
@@ -171,24 +121,7 @@ TEST_P(AttentionLayerTest, SplitBackwardIsBitwiseFull) {
   const Tensor x0 = input(DType::kFloat32), x1 = input(DType::kFloat32);
   const Tensor w0 = grad_for(*full, x0, DType::kFloat32);
   const Tensor w1 = grad_for(*full, x1, DType::kFloat32);
-  EXPECT_TRUE(bitwise_equal(full->forward(0, x0), split->forward(0, x0)));
-  EXPECT_TRUE(bitwise_equal(full->forward(1, x1), split->forward(1, x1)));
-  const Tensor f0 = full->backward(0, w0), f1 = full->backward(1, w1);
-  const Tensor s1 = split->backward_input(1, w1), s0 = split->backward_input(0, w0);
-  // backward_input touches no parameter gradient.
-  for (const Parameter* p : split->parameters()) {
-    EXPECT_EQ(p->grad.to_vector<double>(), std::vector<double>(p->grad.numel(), 0.0)) << p->name;
-  }
-  split->backward_weight(0);
-  split->backward_weight(1);
-  EXPECT_TRUE(bitwise_equal(f0, s0));
-  EXPECT_TRUE(bitwise_equal(f1, s1));
-  const auto pf = full->parameters(), ps = split->parameters();
-  for (std::size_t i = 0; i < pf.size(); ++i) {
-    EXPECT_TRUE(bitwise_equal(pf[i]->grad, ps[i]->grad)) << pf[i]->name;
-  }
-  EXPECT_EQ(full->bytes_kept(), 0u);
-  EXPECT_EQ(split->bytes_kept(), 0u);
+  testing::expect_split_backward_bitwise_full(*full, *split, x0, x1, w0, w1);
 }
 
 // Two microbatches add up: the gradients equal those of each alone, summed.
@@ -200,92 +133,29 @@ TEST_P(AttentionLayerTest, GradientsAccumulateOverMicrobatches) {
   const Tensor x0 = input(DType::kFloat64), x1 = input(DType::kFloat64);
   const Tensor w0 = grad_for(*both, x0, DType::kFloat64);
   const Tensor w1 = grad_for(*both, x1, DType::kFloat64);
-  both->forward(0, x0);
-  both->forward(1, x1);
-  const Tensor d1 = both->backward(1, w1), d0 = both->backward(0, w0);
-  only0->forward(0, x0);
-  only1->forward(1, x1);
-  EXPECT_TRUE(bitwise_equal(only0->backward(0, w0), d0));
-  EXPECT_TRUE(bitwise_equal(only1->backward(1, w1), d1));
-  const auto pb = both->parameters(), p0 = only0->parameters(), p1 = only1->parameters();
-  for (std::size_t i = 0; i < pb.size(); ++i) {
-    std::vector<double> sum = p0[i]->grad.to_vector<double>();
-    const std::vector<double> g1 = p1[i]->grad.to_vector<double>();
-    for (std::size_t k = 0; k < sum.size(); ++k) sum[k] += g1[k];
-    EXPECT_LT(max_rel_error(pb[i]->grad.to_vector<double>(), sum), 1e-14) << pb[i]->name;
-  }
+  testing::expect_gradients_accumulate(*both, *only0, *only1, x0, x1, w0, w1);
 }
 
-// infer() is forward() keeping nothing; output_spec() is the spec of forward's output.
+// infer() is forward() keeping nothing; output_spec() is the spec of forward's output; the input
+// is never written.
 TEST_P(AttentionLayerTest, InferAndOutputSpecAgreeWithForward) {
   SCOPED_TRACE(testing::seed_trace(seed_));
   auto layer = make(DType::kFloat32);
   const Tensor x = input(DType::kFloat32);
-  const Tensor x_copy = x.clone();
-  const Tensor inferred = layer->infer(x);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  const Tensor y = layer->forward(0, x);
-  EXPECT_EQ(layer->output_spec({x.shape(), x.dtype()}), (TensorSpec{y.shape(), y.dtype()}));
-  EXPECT_TRUE(bitwise_equal(inferred, y));
-  layer->backward(0, grad_for(*layer, x, DType::kFloat32));
-  EXPECT_TRUE(bitwise_equal(x, x_copy));  // the input is never written
+  const Tensor w = grad_for(*layer, x, DType::kFloat32);
+  testing::expect_infer_and_output_spec_agree_with_forward(*layer, x, w);
 }
 
 // The per-microbatch state machine: order errors name the class, the function and the
 // microbatch; a call that throws changes nothing; release() drops a microbatch.
 TEST_P(AttentionLayerTest, StateErrorsAndRelease) {
-  const std::string cls = GetParam().cls;
   auto layer = make(DType::kFloat32);
   const Tensor x = input(DType::kFloat32);
   const Tensor w = grad_for(*layer, x, DType::kFloat32);
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_input(0, w); }),
-            "[" + cls + "::backward_input] microbatch 0 has no saved forward");
-  layer->forward(0, x);
-  const std::size_t kept = layer->bytes_kept();
-  EXPECT_GT(kept, 0u);
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->forward(0, x); }),
-            "[" + cls + "::forward] microbatch 0 is already in flight");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_weight(0); }),
-            "[" + cls + "::backward_weight] microbatch 0 has not run backward_input");
-  Shape bad = w.shape();
-  bad[0] += 1;
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_input(0, Tensor::zeros(bad)); }),
-            "[" + cls + "::backward_input] grad_output has shape " + shape_to_string(bad) +
-                ", expected " + shape_to_string(w.shape()));
-  EXPECT_EQ(error_of<InvalidArgument>(
-                [&] { layer->backward_input(0, Tensor::zeros(w.shape(), DType::kFloat64)); }),
-            "[" + cls + "::backward_input] grad_output has dtype fp64, expected fp32");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_input(0, Tensor()); }),
-            "[" + cls + "::backward_input] grad_output is undefined");
-  EXPECT_EQ(layer->bytes_kept(), kept);  // the rejected calls changed nothing
-  layer->backward_input(0, w);
-  EXPECT_GT(layer->bytes_kept(), 0u);  // what the weight gradients need
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_input(0, w); }),
-            "[" + cls + "::backward_input] microbatch 0 already ran backward_input");
-  layer->backward_weight(0);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_weight(0); }),
-            "[" + cls + "::backward_weight] microbatch 0 has not run backward_input");
-  // release() drops a microbatch in flight (after forward or after backward_input), which may
-  // then run again.
-  layer->forward(5, x);
-  layer->release(5);
-  layer->release(6);  // nothing kept: no-op
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  layer->forward(5, x);
-  layer->backward_input(5, w);
-  layer->release(5);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  layer->forward(5, x);
-  layer->backward(5, w);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  // A rejected forward keeps nothing.
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->forward(8, Tensor()); }),
-            "[" + cls + "::forward] input is undefined");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->forward(8, x.to(DType::kFloat64)); }),
-            "[" + cls + "::forward] input has dtype fp64, expected fp32");
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  layer->forward(8, x);
+  testing::expect_state_errors_and_release(*layer, x, w,
+                                           {.cls = GetParam().cls,
+                                            .keeps_after_backward_input = true,
+                                            .rejects_fp64_input = true});
 }
 
 // The output at position t is a function of the inputs at positions <= t only: changing the

@@ -95,13 +95,6 @@ class LayerTest : public ::testing::TestWithParam<LayerCase> {
   std::mt19937_64 rng_;
 };
 
-double dot(const Tensor& a, const Tensor& b) {
-  const auto x = a.to_vector<double>(), y = b.to_vector<double>();
-  double s = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
-  return s;
-}
-
 // Every gradient (input and parameters) against central differences of L = <forward(x), w>,
 // in fp64. forward() of a fixed (step, microbatch) is used, released after each evaluation, so
 // Dropout keeps its mask.
@@ -109,44 +102,9 @@ TEST_P(LayerTest, GradientsMatchFiniteDifferences) {
   SCOPED_TRACE(testing::seed_trace(seed_));
   auto layer = make(DType::kFloat64);
   layer->begin_step(3);
-  Tensor x = input(DType::kFloat64);
+  const Tensor x = input(DType::kFloat64);
   const Tensor w = grad_for(*layer, x, DType::kFloat64);
-  const MicrobatchId mb = 7;
-  auto loss = [&] {
-    const double l = dot(layer->forward(mb, x), w);
-    layer->release(mb);
-    return l;
-  };
-  layer->forward(mb, x);
-  const Tensor dx = layer->backward_input(mb, w);
-  layer->backward_weight(mb);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  const double h = 1e-6;
-  auto numeric = [&](double* v, std::int64_t n) {
-    std::vector<double> g(static_cast<std::size_t>(n));
-    for (std::int64_t i = 0; i < n; ++i) {
-      const double saved = v[i];
-      v[i] = saved + h;
-      const double up = loss();
-      v[i] = saved - h;
-      const double down = loss();
-      v[i] = saved;
-      g[static_cast<std::size_t>(i)] = (up - down) / (2 * h);
-    }
-    return g;
-  };
-  if (GetParam().ids > 0) {
-    EXPECT_FALSE(dx.defined());
-  } else {
-    x = x.clone();  // the layer no longer keeps it; perturb a private copy
-    const auto g = numeric(x.data<double>(), x.numel());
-    // Bound: 1e-6 relative (max-norm), fp64 with h = 1e-6 (as the GPT tests).
-    EXPECT_LT(max_rel_error(dx.to_vector<double>(), g), 1e-6) << "input";
-  }
-  for (Parameter* p : layer->parameters()) {
-    const auto g = numeric(p->value.data<double>(), p->value.numel());
-    EXPECT_LT(max_rel_error(p->grad.to_vector<double>(), g), 1e-6) << p->name;
-  }
+  testing::expect_gradients_match_finite_differences(*layer, x, w, testing::Evaluate::kForward);
 }
 
 // fp32 against the fp64 twin built with the same arguments (same initial values) on the same
@@ -155,27 +113,9 @@ TEST_P(LayerTest, Fp32MatchesFp64) {
   SCOPED_TRACE(testing::seed_trace(seed_));
   auto l32 = make(DType::kFloat32);
   auto l64 = make(DType::kFloat64);
-  const auto p32 = l32->parameters(), p64 = l64->parameters();
-  ASSERT_EQ(p32.size(), p64.size());
-  for (std::size_t i = 0; i < p32.size(); ++i) {
-    EXPECT_EQ(p32[i]->value.to_vector<double>(), p64[i]->value.to_vector<double>());
-  }
   const Tensor x64 = input(DType::kFloat64);
-  const Tensor x32 = GetParam().ids > 0 ? x64 : x64.to(DType::kFloat32);
   const Tensor w64 = grad_for(*l64, x64, DType::kFloat64);
-  const Tensor y32 = l32->forward(0, x32), y64 = l64->forward(0, x64);
-  EXPECT_EQ(y32.dtype(), DType::kFloat32);
-  // Bounds: 1e-5 relative (max-norm), the fp32 tolerance of STYLE.md.
-  EXPECT_LT(max_rel_error(y32, y64), 1e-5) << "output";
-  const Tensor dx32 = l32->backward(0, w64.to(DType::kFloat32));
-  const Tensor dx64 = l64->backward(0, w64);
-  ASSERT_EQ(dx32.defined(), dx64.defined());
-  if (dx64.defined()) {
-    EXPECT_LT(max_rel_error(dx32, dx64), 1e-5) << "input gradient";
-  }
-  for (std::size_t i = 0; i < p32.size(); ++i) {
-    EXPECT_LT(max_rel_error(p32[i]->grad, p64[i]->grad), 1e-5) << p64[i]->name;
-  }
+  testing::expect_fp32_matches_fp64(*l32, *l64, x64, w64);
 }
 
 // backward_input + backward_weight, in any order over microbatches, is bitwise backward().
@@ -186,20 +126,7 @@ TEST_P(LayerTest, SplitBackwardIsBitwiseFull) {
   const Tensor x0 = input(DType::kFloat32), x1 = input(DType::kFloat32);
   const Tensor w0 = grad_for(*full, x0, DType::kFloat32);
   const Tensor w1 = grad_for(*full, x1, DType::kFloat32);
-  EXPECT_TRUE(bitwise_equal(full->forward(0, x0), split->forward(0, x0)));
-  EXPECT_TRUE(bitwise_equal(full->forward(1, x1), split->forward(1, x1)));
-  const Tensor f0 = full->backward(0, w0), f1 = full->backward(1, w1);
-  const Tensor s1 = split->backward_input(1, w1), s0 = split->backward_input(0, w0);
-  split->backward_weight(0);
-  split->backward_weight(1);
-  EXPECT_TRUE(bitwise_equal(f0, s0));
-  EXPECT_TRUE(bitwise_equal(f1, s1));
-  const auto pf = full->parameters(), ps = split->parameters();
-  for (std::size_t i = 0; i < pf.size(); ++i) {
-    EXPECT_TRUE(bitwise_equal(pf[i]->grad, ps[i]->grad)) << pf[i]->name;
-  }
-  EXPECT_EQ(full->bytes_kept(), 0u);
-  EXPECT_EQ(split->bytes_kept(), 0u);
+  testing::expect_split_backward_bitwise_full(*full, *split, x0, x1, w0, w1);
 }
 
 // Two microbatches add up: the gradients equal those of each alone, summed.
@@ -211,20 +138,7 @@ TEST_P(LayerTest, GradientsAccumulateOverMicrobatches) {
   const Tensor x0 = input(DType::kFloat64), x1 = input(DType::kFloat64);
   const Tensor w0 = grad_for(*both, x0, DType::kFloat64);
   const Tensor w1 = grad_for(*both, x1, DType::kFloat64);
-  both->forward(0, x0);
-  both->forward(1, x1);
-  const Tensor d1 = both->backward(1, w1), d0 = both->backward(0, w0);
-  only0->forward(0, x0);
-  only1->forward(1, x1);
-  EXPECT_TRUE(bitwise_equal(only0->backward(0, w0), d0));
-  EXPECT_TRUE(bitwise_equal(only1->backward(1, w1), d1));
-  const auto pb = both->parameters(), p0 = only0->parameters(), p1 = only1->parameters();
-  for (std::size_t i = 0; i < pb.size(); ++i) {
-    std::vector<double> sum = p0[i]->grad.to_vector<double>();
-    const std::vector<double> g1 = p1[i]->grad.to_vector<double>();
-    for (std::size_t k = 0; k < sum.size(); ++k) sum[k] += g1[k];
-    EXPECT_LT(max_rel_error(pb[i]->grad.to_vector<double>(), sum), 1e-14) << pb[i]->name;
-  }
+  testing::expect_gradients_accumulate(*both, *only0, *only1, x0, x1, w0, w1);
 }
 
 // infer() is forward() keeping nothing (the identity for Dropout); output_spec() is the spec of
@@ -233,67 +147,19 @@ TEST_P(LayerTest, InferAndOutputSpecAgreeWithForward) {
   SCOPED_TRACE(testing::seed_trace(seed_));
   auto layer = make(DType::kFloat32);
   const Tensor x = input(DType::kFloat32);
-  const Tensor inferred = layer->infer(x);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  const Tensor y = layer->forward(0, x);
-  EXPECT_EQ(layer->output_spec({x.shape(), x.dtype()}), (TensorSpec{y.shape(), y.dtype()}));
-  if (GetParam().random) {
-    EXPECT_TRUE(bitwise_equal(inferred, x));
-    EXPECT_FALSE(inferred.shares_storage(x));
-  } else {
-    EXPECT_TRUE(bitwise_equal(inferred, y));
-  }
+  const Tensor w = grad_for(*layer, x, DType::kFloat32);
+  testing::expect_infer_and_output_spec_agree_with_forward(*layer, x, w, GetParam().random);
 }
 
 // The per-microbatch state machine: order errors name the class, the function and the
-// microbatch; a call that throws changes nothing; release() drops a microbatch.
+// microbatch; a call that throws changes nothing; release() drops a microbatch. Dropout may keep
+// nothing.
 TEST_P(LayerTest, StateErrorsAndRelease) {
-  const std::string cls = GetParam().cls;
   auto layer = make(DType::kFloat32);
   const Tensor x = input(DType::kFloat32);
   const Tensor w = grad_for(*layer, x, DType::kFloat32);
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_input(0, w); }),
-            "[" + cls + "::backward_input] microbatch 0 has no saved forward");
-  layer->forward(0, x);
-  const std::size_t kept = layer->bytes_kept();
-  if (!GetParam().random) {
-    EXPECT_GT(kept, 0u);
-  }
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->forward(0, x); }),
-            "[" + cls + "::forward] microbatch 0 is already in flight");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_weight(0); }),
-            "[" + cls + "::backward_weight] microbatch 0 has not run backward_input");
-  Shape bad = w.shape();
-  bad[0] += 1;
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_input(0, Tensor::zeros(bad)); }),
-            "[" + cls + "::backward_input] grad_output has shape " + shape_to_string(bad) +
-                ", expected " + shape_to_string(w.shape()));
-  EXPECT_EQ(error_of<InvalidArgument>(
-                [&] { layer->backward_input(0, Tensor::zeros(w.shape(), DType::kFloat64)); }),
-            "[" + cls + "::backward_input] grad_output has dtype fp64, expected fp32");
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_input(0, Tensor()); }),
-            "[" + cls + "::backward_input] grad_output is undefined");
-  EXPECT_EQ(layer->bytes_kept(), kept);  // the rejected calls changed nothing
-  layer->backward_input(0, w);
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_input(0, w); }),
-            "[" + cls + "::backward_input] microbatch 0 already ran backward_input");
-  layer->backward_weight(0);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->backward_weight(0); }),
-            "[" + cls + "::backward_weight] microbatch 0 has not run backward_input");
-  // release() drops a microbatch in flight, which may then run again.
-  layer->forward(5, x);
-  layer->release(5);
-  layer->release(6);  // nothing kept: no-op
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  layer->forward(5, x);
-  layer->backward(5, w);
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  // A rejected forward keeps nothing.
-  EXPECT_EQ(error_of<InvalidArgument>([&] { layer->forward(8, Tensor()); }),
-            "[" + cls + "::forward] input is undefined");
-  EXPECT_EQ(layer->bytes_kept(), 0u);
-  layer->forward(8, x);
+  testing::expect_state_errors_and_release(
+      *layer, x, w, {.cls = GetParam().cls, .keeps_after_forward = !GetParam().random});
 }
 
 INSTANTIATE_TEST_SUITE_P(Layers, LayerTest, ::testing::ValuesIn(layer_cases()),
