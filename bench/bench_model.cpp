@@ -31,7 +31,7 @@
 #include <string>
 #include <vector>
 
-#include "../examples/train_gpt/model_adapter.h"
+#include "model_adapter.h"
 #include "../src/core/parallel.h"
 #include "pipetrain/optim/optimizer.h"
 
@@ -113,14 +113,14 @@ int main(int argc, char** argv) {
               "sgemm GFLOP/s", "faults/step");
   std::vector<std::string> ab_lines;
   for (const Config& c : configs) {
-    train_gpt::ModelShape shape;
+    bench_gpt::ModelShape shape;
     shape.layers = c.layers;
     shape.heads = c.heads;
     shape.channels = c.channels;
     shape.max_seq_len = c.seq;
     shape.seed = 1;
     shape.vocab_size = vocab;
-    auto model = train_gpt::make_gpt(shape);
+    auto model = bench_gpt::make_gpt(shape);
     std::int64_t n_params = 0;
     for (const auto* p : model->parameters()) n_params += p->value.numel();
 

@@ -26,9 +26,10 @@ namespace pipetrain::nn {
 
 class Layer : public ParameterOwner {
  public:
-  /// Name prefix of the layer's parameters ("h.3", "fc1"); empty for an unnamed layer, whose
-  /// parameters are named "weight", "bias"... until a Sequential prefixes them with the layer's
-  /// index in the model ("2.weight").
+  /// The layer's name. For the generic layers it prefixes their parameters ("fc1" ->
+  /// "fc1.weight"); empty for an unnamed layer, whose parameters are "weight", "bias"... until a
+  /// Sequential prefixes them with the layer's index in the model ("2.weight"). The GPT layers
+  /// name their parameters after GPT-2 ("wte", "h.3.attn.c_attn.weight") whatever name() says.
   virtual std::string name() const { return ""; }
   /// Parameterless layers need not override this.
   std::vector<Parameter*> parameters() override { return {}; }

@@ -4,7 +4,7 @@
 #include "pipetrain/nn/loss.h"
 #include "pipetrain/tensor.h"
 
-namespace train_gpt {
+namespace bench_gpt {
 namespace {
 
 using pipetrain::Tensor;
@@ -69,4 +69,4 @@ std::unique_ptr<LanguageModel> make_gpt(const ModelShape& shape) {
   return std::make_unique<Gpt>(shape);
 }
 
-}  // namespace train_gpt
+}  // namespace bench_gpt

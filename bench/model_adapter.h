@@ -1,6 +1,7 @@
-// train_gpt: the narrow view of the GPT model the training loop needs.
+// bench_model: the narrow view of the GPT one device trains, one microbatch at a time.
 //
-// Keeping the loop behind this interface keeps main.cpp readable and leaves one file
+// bench_model times this loop (forward + backward of the whole model on one thread of
+// control) beside OpenBLAS's sgemm; keeping it behind this interface leaves one file
 // (model_adapter.cpp) that knows how the library's GPT is called.
 #pragma once
 
@@ -12,7 +13,7 @@
 #include "pipetrain/data/batch_sampler.h"
 #include "pipetrain/nn/parameter.h"
 
-namespace train_gpt {
+namespace bench_gpt {
 
 struct ModelShape {
   int vocab_size = 256;
@@ -47,4 +48,4 @@ class LanguageModel {
 /// Builds the library's GPT with this shape, initialised from shape.seed.
 std::unique_ptr<LanguageModel> make_gpt(const ModelShape& shape);
 
-}  // namespace train_gpt
+}  // namespace bench_gpt
