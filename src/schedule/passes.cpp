@@ -220,9 +220,36 @@ Schedule lower(const Schedule& schedule) {
 Schedule strip_comm(const Schedule& schedule) {
   Schedule out(schedule.name(), schedule.num_ranks(), schedule.stages_per_rank(),
                schedule.num_microbatches(), schedule.placement());
-  for (int r = 0; r < schedule.num_ranks(); ++r)
-    for (const auto& slot : schedule.rank_slots(r))
-      if (slot && is_compute(slot->kind)) out.append(r, *slot);
+  for (int r = 0; r < schedule.num_ranks(); ++r) {
+    const auto& slots = schedule.rank_slots(r);
+    const auto& marks = schedule.rank_overlaps(r);
+    std::size_t next_mark = 0;
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      const bool marked = next_mark < marks.size() && marks[next_mark] == i;
+      if (marked) ++next_mark;
+      if (!slots[i] || !is_compute(slots[i]->kind)) continue;
+      out.append(r, *slots[i]);
+      // A pair's two compute actions stay adjacent; a mark no longer on a pair is dropped.
+      if (marked && i + 1 < slots.size() && slots[i + 1] && can_overlap(*slots[i], *slots[i + 1])) {
+        out.append(r, *slots[++i]);
+        out.mark_overlap(r, out.rank_slots(r).size() - 2);
+      }
+    }
+  }
+  return out;
+}
+
+Schedule expand_overlap(const Schedule& schedule) {
+  Schedule out = schedule;
+  for (int r = 0; r < out.num_ranks(); ++r) {
+    auto& slots = out.rank_slots(r);
+    for (std::size_t i : schedule.rank_overlaps(r)) {
+      if (i + 1 >= slots.size() || !slots[i + 1] || !slots[i]) continue;
+      if (slots[i + 1]->kind == ActionKind::kForward && is_input_backward(slots[i]->kind))
+        std::swap(slots[i], slots[i + 1]);
+    }
+  }
+  out.clear_overlaps();
   return out;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <sstream>
 
 #include "pipetrain/error.h"
@@ -62,6 +63,14 @@ Schedule::Schedule(std::string name, int num_ranks, int stages_per_rank, int num
   PIPETRAIN_CHECK_ARG(placement != Placement::kV || stages_per_rank == 2, "Schedule",
                       "stages_per_rank=", stages_per_rank, " must be 2 for the V placement");
   slots_.resize(static_cast<std::size_t>(num_ranks));
+  overlaps_.resize(static_cast<std::size_t>(num_ranks));
+}
+
+bool can_overlap(const Action& a, const Action& b) {
+  const auto pair = [](const Action& f, const Action& g) {
+    return f.kind == ActionKind::kForward && is_input_backward(g.kind);
+  };
+  return a.microbatch != b.microbatch && (pair(a, b) || pair(b, a));
 }
 
 int Schedule::rank_of_stage(int stage) const {
@@ -105,6 +114,49 @@ std::vector<Action> Schedule::rank_actions(int rank) const {
 void Schedule::append(int rank, const Action& action) { rank_slots(rank).emplace_back(action); }
 void Schedule::append_idle(int rank) { rank_slots(rank).emplace_back(std::nullopt); }
 
+void Schedule::append_overlapped(int rank, const Action& first, const Action& second) {
+  PIPETRAIN_CHECK_ARG(can_overlap(first, second), "Schedule::append_overlapped", to_string(first),
+                      " and ", to_string(second),
+                      " cannot overlap: expected an F and a B or I of different microbatches");
+  auto& row = rank_slots(rank);
+  row.emplace_back(first);
+  row.emplace_back(second);
+  mark_overlap(rank, row.size() - 2);
+}
+
+void Schedule::mark_overlap(int rank, std::size_t step) {
+  const auto& row = rank_slots(rank);
+  PIPETRAIN_CHECK_ARG(step + 1 < row.size() && row[step] && row[step + 1], "Schedule::mark_overlap",
+                      "rank ", rank, " step ", step,
+                      ": an overlapped slot needs actions at this step and the next");
+  PIPETRAIN_CHECK_ARG(can_overlap(*row[step], *row[step + 1]), "Schedule::mark_overlap", "rank ",
+                      rank, " step ", step, ": ", to_string(*row[step]), " and ",
+                      to_string(*row[step + 1]),
+                      " cannot overlap: expected an F and a B or I of different microbatches");
+  auto& marks = overlaps_[static_cast<std::size_t>(rank)];
+  const auto at = std::lower_bound(marks.begin(), marks.end(), step);
+  const bool clash = (at != marks.end() && *at <= step + 1) ||
+                     (at != marks.begin() && *std::prev(at) + 1 >= step);
+  PIPETRAIN_CHECK_ARG(!clash, "Schedule::mark_overlap", "rank ", rank, " step ", step,
+                      " is already part of an overlapped slot");
+  marks.insert(at, step);
+}
+
+const std::vector<std::size_t>& Schedule::rank_overlaps(int rank) const {
+  PIPETRAIN_CHECK_ARG(rank >= 0 && rank < num_ranks_, "Schedule::rank_overlaps", "rank=", rank,
+                      " must be in [0, ", num_ranks_, ")");
+  return overlaps_[static_cast<std::size_t>(rank)];
+}
+
+bool Schedule::has_overlap() const {
+  return std::any_of(overlaps_.begin(), overlaps_.end(),
+                     [](const auto& marks) { return !marks.empty(); });
+}
+
+void Schedule::clear_overlaps() {
+  for (auto& marks : overlaps_) marks.clear();
+}
+
 void Schedule::normalize() {
   std::size_t last = 0;
   for (const auto& row : slots_)
@@ -145,10 +197,17 @@ bool Schedule::has_split_backward() const {
 
 std::string Schedule::to_grid() const {
   const std::size_t steps = num_steps();
+  // The text of a cell: the action, "+" after the first action of an overlapped slot.
+  auto cell = [this](std::size_t r, std::size_t i) -> std::string {
+    const auto& row = slots_[r];
+    if (i >= row.size() || !row[i]) return ".";
+    const auto& marks = overlaps_[r];
+    const bool first = std::binary_search(marks.begin(), marks.end(), i);
+    return to_string(*row[i]) + (first ? "+" : "");
+  };
   std::size_t width = 1;
-  for (const auto& row : slots_)
-    for (const Slot& slot : row)
-      if (slot) width = std::max(width, to_string(*slot).size());
+  for (std::size_t r = 0; r < slots_.size(); ++r)
+    for (std::size_t i = 0; i < slots_[r].size(); ++i) width = std::max(width, cell(r, i).size());
   width = std::max(width, std::to_string(steps == 0 ? 0 : steps - 1).size());
   const std::string rank_label = "rank " + std::to_string(num_ranks_ - 1);
   const std::size_t label_width = rank_label.size();
@@ -172,10 +231,9 @@ std::string Schedule::to_grid() const {
   for (int r = 0; r < num_ranks_; ++r) {
     std::ostringstream line;
     pad(line, "rank " + std::to_string(r), label_width);
-    const auto& row = slots_[static_cast<std::size_t>(r)];
     for (std::size_t i = 0; i < steps; ++i) {
       line << ' ';
-      pad(line, i < row.size() && row[i] ? to_string(*row[i]) : ".", width);
+      pad(line, cell(static_cast<std::size_t>(r), i), width);
     }
     std::string text = line.str();
     while (!text.empty() && text.back() == ' ') text.pop_back();

@@ -201,6 +201,7 @@ void CostModel::check(const char* function) const {
   times(backward_input_per_stage, "backward_input_per_stage");
   times(backward_weight_per_stage, "backward_weight_per_stage");
   time(latency, "latency");
+  time(overlap_overhead, "overlap_overhead");
   time(bytes_per_transfer, "bytes_per_transfer");
   PIPETRAIN_CHECK_ARG(bandwidth > 0.0, function, "costs.bandwidth=", bandwidth,
                       " must be > 0 (infinity: free)");
@@ -260,14 +261,30 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
   std::vector<Action> action(n);
   std::vector<int> rank_of(n);
   std::vector<int> step_of(n);
+  std::vector<char> pair_first(n, 0);  // node begins an overlapped slot with node + 1
 
   constexpr std::int64_t kAbsent = -1;
   KeyTable<std::int64_t> where(pair_keys(schedule) * kNumComputeKinds, n, kAbsent);
   ValidationReport report;
   for (int r = 0; r < ranks; ++r) {
     const auto& slots = schedule.rank_slots(r);
+    const auto& marks = schedule.rank_overlaps(r);
+    std::size_t next_mark = 0;
     std::size_t id = first[static_cast<std::size_t>(r)];
     for (std::size_t i = 0; i < slots.size(); ++i) {
+      if (next_mark < marks.size() && marks[next_mark] == i) {
+        ++next_mark;
+        const bool pair = i + 1 < slots.size() && slots[i] && slots[i + 1] &&
+                          can_overlap(*slots[i], *slots[i + 1]);
+        if (pair) {
+          pair_first[id] = 1;
+        } else {
+          report.add(Violation{Violation::Rule::kOverlap, r, static_cast<int>(i),
+                               "rank " + std::to_string(r) + " step " + std::to_string(i) +
+                                   ": marked as an overlapped slot, but this step and the next "
+                                   "are not an F and a B or I of different microbatches"});
+        }
+      }
       if (!slots[i] || !is_compute(slots[i]->kind)) continue;
       action[id] = *slots[i];
       rank_of[id] = r;
@@ -284,9 +301,14 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
   }
   if (!report.ok()) {
     const std::size_t count = report.num_found();
+    const bool marks =
+        std::any_of(report.violations.begin(), report.violations.end(),
+                    [](const Violation& v) { return v.rule == Violation::Rule::kOverlap; });
     throw_report(
         "simulate", schedule, report,
-        "has " + std::to_string(count) + (count == 1 ? " action" : " actions") + " out of range");
+        marks ? "has " + std::to_string(count) + " broken overlap marks or actions out of range"
+              : "has " + std::to_string(count) + (count == 1 ? " action" : " actions") +
+                    " out of range");
   }
 
   // producer[id]: the node whose output `id` consumes; kNone when it consumes nothing, n (a
@@ -349,37 +371,54 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
     const auto ru = static_cast<std::size_t>(r);
     const std::size_t stop = first[ru + 1];
     std::size_t& id = cursor[ru];
-    for (; id < stop; ++id) {
+    while (id < stop) {
+      // An overlapped slot is two nodes that start together, once both inputs are ready.
+      const std::size_t count = pair_first[id] ? 2 : 1;
       double start = free_at[ru];
-      const std::int64_t p = producer[id];
-      if (p != kNone) {
+      bool ready = true;
+      for (std::size_t k = id; k < id + count && ready; ++k) {
+        const std::int64_t p = producer[k];
+        if (p == kNone) continue;
         const auto pu = static_cast<std::size_t>(p);
         if (!done[pu]) {
           next_waiter[ru] = waiters[pu];
           waiters[pu] = r;
+          ready = false;
           break;
         }
         start = std::max(start, rank_of[pu] == r ? end[pu] : end[pu] + transfer);
       }
-      const double duration = costs.compute_time(action[id]);
-      begin[id] = start;
-      end[id] = start + duration;
-      done[id] = 1;
-      free_at[ru] = end[id];
-      result.busy[ru] += duration;
-      for (int w = waiters[id]; w >= 0;) {
-        const int next = next_waiter[static_cast<std::size_t>(w)];
-        worklist.push_back(w);
-        w = next;
+      if (!ready) break;
+      const double duration = count == 1 ? costs.compute_time(action[id])
+                                         : std::max(costs.compute_time(action[id]),
+                                                    costs.compute_time(action[id + 1])) +
+                                               costs.overlap_overhead;
+      for (std::size_t k = id; k < id + count; ++k) {
+        begin[k] = start;
+        end[k] = start + duration;
+        done[k] = 1;
       }
-      waiters[id] = -1;
+      free_at[ru] = start + duration;
+      result.busy[ru] += duration;
+      for (std::size_t k = id; k < id + count; ++k) {
+        for (int w = waiters[k]; w >= 0;) {
+          const int next = next_waiter[static_cast<std::size_t>(w)];
+          worklist.push_back(w);
+          w = next;
+        }
+        waiters[k] = -1;
+      }
+      id += count;
     }
   }
 
   for (int r = 0; r < ranks; ++r) {
     const auto ru = static_cast<std::size_t>(r);
     if (cursor[ru] == first[ru + 1]) continue;
-    const std::size_t id = cursor[ru];
+    std::size_t id = cursor[ru];
+    // The half of an overlapped slot that waits.
+    if (pair_first[id] && (producer[id] == kNone || done[static_cast<std::size_t>(producer[id])]))
+      ++id;
     const Action& need = needed[id];
     const auto p = static_cast<std::size_t>(producer[id]);
     std::string why = to_string(action[id]) + " on rank " + std::to_string(r) + " step " +

@@ -24,6 +24,8 @@ std::string_view to_string(Violation::Rule rule) {
       return "deadlock";
     case Violation::Rule::kRange:
       return "range";
+    case Violation::Rule::kOverlap:
+      return "overlap";
   }
   return "unknown";
 }
@@ -57,6 +59,8 @@ int priority(Rule rule) {
       return 4;
     case Rule::kDeadlock:
       return 5;
+    case Rule::kOverlap:
+      return 6;
   }
   return 6;
 }
@@ -95,6 +99,7 @@ class Validator {
     }
     if (report_.ok()) check_cross_rank();
     if (report_.ok() && lowered_) check_deadlock();
+    check_overlaps();
     std::stable_sort(
         report_.violations.begin(), report_.violations.end(),
         [](const Violation& a, const Violation& b) { return priority(a.rule) < priority(b.rule); });
@@ -135,6 +140,29 @@ class Validator {
       return role + ("stage " + std::to_string(peer)) + " runs on rank " + std::to_string(rank) +
              " too";
     return {};
+  }
+
+  // Every overlapped slot: the runtime runs one action at a time.
+  void check_overlaps() {
+    for (int r = 0; r < num_ranks_; ++r) {
+      const auto& slots = s_.rank_slots(r);
+      for (std::size_t i : s_.rank_overlaps(r)) {
+        const int step = static_cast<int>(i);
+        const bool pair = i + 1 < slots.size() && slots[i] && slots[i + 1] &&
+                          can_overlap(*slots[i], *slots[i + 1]);
+        if (!pair) {
+          add(Rule::kOverlap, r, step,
+              where(r, step) +
+                  ": marked as an overlapped slot, but this step and the next are not an F and a "
+                  "B or I of different microbatches");
+          continue;
+        }
+        add(Rule::kOverlap, r, step,
+            where(r, step) + ": " + to_string(*slots[i]) + "+" + to_string(*slots[i + 1]) +
+                " is an overlapped slot; the runtime runs one action at a time: run "
+                "expand_overlap() (passes.h) first");
+      }
+    }
   }
 
   // Range, placement, peers of communication actions, duplicates; fills index_.

@@ -30,19 +30,29 @@ namespace pipetrain {
 Schedule lower(const Schedule& schedule);
 
 /// Removes every communication action and every empty slot, leaving each rank's compute order
-/// (rows may differ in length). Never throws.
+/// (rows may differ in length); overlapped slots stay overlapped. Never throws.
 Schedule strip_comm(const Schedule& schedule);
 
 /// Replaces each I by a B of the same (stage, microbatch) at the I's position and leaves an
 /// empty slot where each W was (so a lowered grid keeps its columns), then normalize()s: the
-/// schedule a runtime without split backward runs. Works on compute-only and lowered
+/// schedule a runtime without split backward runs; an overlapped F and I stays an overlapped F
+/// and B. Works on compute-only and lowered
 /// schedules; a valid schedule stays valid (a lowered one stays deadlock-free: removing a W can
 /// only join two communication groups, which posts operations earlier). Never throws.
 Schedule merge_backward(const Schedule& schedule);
 
+/// Replaces each overlapped slot (schedule.h) by its two actions in sequence, the F first, in
+/// the slot's place: the schedule a runtime without overlap runs (pipetrain's executor runs one
+/// action at a time, and validate() reports every overlapped slot). The F of a pair is never the
+/// input of its B or I (different microbatches), so running the F first keeps a valid order
+/// valid. Everything else is the input's; a schedule without overlapped slots comes back equal.
+/// Never throws.
+Schedule expand_overlap(const Schedule& schedule);
+
 /// Keeps only the forward half: F, SEND_F and RECV_F in their order, every backward action
 /// and its communication replaced by an empty slot, then normalize()s. The schedule a runtime
-/// runs for evaluation (forward only, nothing kept); its name is the input's plus "-forward".
+/// runs for evaluation (forward only, nothing kept); its name is the input's plus "-forward";
+/// overlapped slots lose their backward, and so their mark.
 /// Forward dependencies are a subset of the input's, so a valid, deadlock-free input gives a
 /// deadlock-free result. Never throws.
 Schedule forward_only(const Schedule& schedule);

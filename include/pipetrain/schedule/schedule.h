@@ -11,8 +11,17 @@
 // which stage:
 //   kLoop: stage s runs on rank s % num_ranks (1F1B, interleaved 1F1B, ZB-H1/H2: v = 1 or more)
 //   kV:    v = 2, rank r runs stages r and 2*num_ranks-1-r (ZB-V, DualPipeV)
+//
+// Overlapped slots (DualPipeV's overlap, PyTorch's OVERLAP_F_B): a rank may run a forward and a
+// backward (B or I) of two different microbatches together, as one slot. Such a pair is stored as
+// its two actions in consecutive slots, tied by a mark on the first one (rank_overlaps()), so
+// every pass that does not know about overlap sees the pair as two actions in sequence, and a
+// schedule without marks is exactly what it was before overlap existed. simulate() times a pair
+// as one slot; validate() reports every mark (a runtime runs one action at a time): run
+// expand_overlap() (passes.h) first.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -88,6 +97,23 @@ class Schedule {
   /// Appends an action (or an empty slot) to the end of rank `rank`'s list.
   void append(int rank, const Action& action);
   void append_idle(int rank);
+  /// Appends an overlapped slot: `first` and `second` (an F and a B or I of another microbatch, in
+  /// either order) in two consecutive slots, marked as one. Throws InvalidArgument as
+  /// mark_overlap().
+  void append_overlapped(int rank, const Action& first, const Action& second);
+  /// Marks slots `step` and `step`+1 of rank `rank` as one overlapped slot. Throws
+  /// InvalidArgument unless both hold actions, one an F and the other a B or I of a different
+  /// microbatch (can_overlap()), and neither is already part of an overlapped slot.
+  void mark_overlap(int rank, std::size_t step);
+  /// The steps of rank `rank` that begin an overlapped slot (its partner is the next slot), in
+  /// increasing order. Editing rank_slots() does not move the marks: validate() reports a mark
+  /// whose slots are no longer a pair, and simulate() refuses it.
+  const std::vector<std::size_t>& rank_overlaps(int rank) const;
+  /// True when any rank has an overlapped slot.
+  bool has_overlap() const;
+  /// Removes every mark, leaving the actions where they are.
+  void clear_overlaps();
+
   /// Pads every rank with empty slots to the same length, then drops trailing columns
   /// where every rank is empty.
   void normalize();
@@ -103,7 +129,8 @@ class Schedule {
 
   /// The rank x step grid as text: a header row of step numbers, one row per rank,
   /// fixed-width cells, "." for an empty slot. Lowered schedules print their communication
-  /// actions too. This is the golden-file form.
+  /// actions too. The first action of an overlapped slot is followed by "+" ("0F3+ 1B1": 0F3 and
+  /// 1B1 run overlapped). This is the golden-file form.
   std::string to_grid() const;
 
   friend bool operator==(const Schedule&, const Schedule&) = default;
@@ -115,6 +142,11 @@ class Schedule {
   int num_microbatches_;
   Placement placement_;
   std::vector<std::vector<Slot>> slots_;
+  std::vector<std::vector<std::size_t>> overlaps_;  // per rank: steps that begin a pair
 };
+
+/// True when `a` and `b` can form an overlapped slot: one is an F, the other a B or I, of
+/// different microbatches (either order).
+bool can_overlap(const Action& a, const Action& b);
 
 }  // namespace pipetrain

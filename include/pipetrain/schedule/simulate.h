@@ -45,10 +45,13 @@ struct CostModel {
   double latency = 0.0;
   double bandwidth = std::numeric_limits<double>::infinity();  ///< bytes per time unit
   double bytes_per_transfer = 0.0;
+  /// What running an overlapped slot's F and B (or I) together costs beyond the longer of the two
+  /// (the slot takes max(F, B or I) + overlap_overhead): 0 models perfect overlap; measure it.
+  double overlap_overhead = 0.0;
 
   /// Throws InvalidArgument naming `function` and the field unless every time (the scalars, the
-  /// per-stage entries, latency, bytes_per_transfer) is finite and >= 0 and bandwidth is > 0
-  /// (infinity allowed): "[simulate] costs.latency=-5 must be finite and >= 0". simulate()
+  /// per-stage entries, latency, bytes_per_transfer, overlap_overhead) is finite and >= 0 and
+  /// bandwidth is > 0 (infinity allowed): "[simulate] costs.latency=-5 must be finite and >= 0". simulate()
   /// calls it first, so a negative or NaN time never reaches a makespan.
   void check(const char* function) const;
 
@@ -90,6 +93,9 @@ struct SimulationResult {
 ///   F(s, m)        needs F(s-1, m)   (nothing for s = 0)
 ///   B or I(s, m)   needs B or I(s+1, m), or F(s, m) for the last stage
 ///   W(s, m)        needs I(s, m)
+/// An overlapped slot (schedule.h) starts when the rank is free and both its actions' inputs
+/// have arrived, and takes max(F, B or I) + costs.overlap_overhead; both its actions are listed
+/// with the slot's start and end, and busy counts the slot once.
 /// Communication actions, if present, take no time and do not delay anything beyond the data
 /// dependency; they only count in TimedAction::step. Works on compute-only and lowered
 /// schedules, complete or not (only the dependencies present are waited for); a duplicated
@@ -99,7 +105,8 @@ struct SimulationResult {
 /// does not have num_stages entries; ScheduleError (a ValidationReport with one kDeadlock violation per stuck
 /// rank, formatted with the grid and the stuck cells marked) when the schedule cannot finish
 /// because a rank's next action waits for one that never runs or is not in the schedule; and
-/// ScheduleError (kRange) for an action whose stage or microbatch is out of range.
+/// ScheduleError (kRange) for an action whose stage or microbatch is out of range, (kOverlap) for
+/// an overlap mark whose slots are not an F and a B or I of different microbatches.
 SimulationResult simulate(const Schedule& schedule, const CostModel& costs);
 
 }  // namespace pipetrain

@@ -22,11 +22,17 @@
 // with any communication action counts as lowered: every transfer between ranks then needs
 // both its SEND and its RECV (one without the other: matching; both missing: completeness).
 //
+// And, for schedules with overlapped slots (schedule.h):
+//   overlap       every overlapped slot is reported: pipetrain's runtime runs one action at a
+//                 time, so a schedule must go through expand_overlap() (passes.h) before it
+//                 runs; the other rules are checked on the slots in their stored order, as
+//                 expand_overlap() would run them up to the order within each pair.
+//
 // Checks run in order and stop early: range, placement and completeness first (a cell out of
 // range is left out of the later checks); order within ranks and matching only when those
 // pass; the cross-rank run only when nothing failed so far; the deadlock run last. So a report
 // names the first broken layer, not its consequences. Violations are listed by rule (range,
-// placement, completeness, matching, dependency, deadlock), then in the order found.
+// placement, completeness, matching, dependency, deadlock, overlap), then in the order found.
 // Time and memory are linear in the number of slots (plus stages x microbatches).
 #pragma once
 
@@ -40,7 +46,7 @@
 namespace pipetrain {
 
 struct Violation {
-  enum class Rule { kPlacement, kCompleteness, kDependency, kMatching, kDeadlock, kRange };
+  enum class Rule { kPlacement, kCompleteness, kDependency, kMatching, kDeadlock, kRange, kOverlap };
   Rule rule;
   int rank = -1;  ///< rank of the faulty cell, -1 when the fault belongs to no cell
   int step = -1;  ///< index into rank_slots(rank), -1 when the fault belongs to no cell
@@ -63,7 +69,7 @@ struct ValidationReport {
 
   std::vector<Violation> violations;
   std::size_t num_omitted = 0;  ///< violations found beyond kMaxPerRule of their rule
-  std::array<std::size_t, 6> num_added{};  ///< per Violation::Rule, what add() kept (bookkeeping)
+  std::array<std::size_t, 7> num_added{};  ///< per Violation::Rule, what add() kept (bookkeeping)
 
   /// Appends `violation`, or counts it in num_omitted when its rule already has kMaxPerRule.
   void add(Violation violation);

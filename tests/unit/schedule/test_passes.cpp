@@ -221,5 +221,55 @@ TEST(MergeBackward, Lowered) {
   EXPECT_EQ(actions(strip_comm(merged)), "0F0 0F1 0F2 0B0 0B1 0B2 |1F0 1B0 1F1 1B1 1F2 1B2 |");
 }
 
+// ---- overlapped slots --------------------------------------------------------------------------
+
+TEST(Overlap, MarkedPairIsTwoSlotsAndExpandPutsTheForwardFirst) {
+  Schedule s("pair", 1, 1, 2);
+  s.append(0, parse_action("0F0"));
+  s.append_overlapped(0, parse_action("0B0"), parse_action("0F1"));
+  s.append(0, parse_action("0B1"));
+  EXPECT_TRUE(s.has_overlap());
+  EXPECT_EQ(s.rank_overlaps(0), std::vector<std::size_t>{1});
+  EXPECT_NE(s.to_grid().find("0B0+ 0F1"), std::string::npos) << s.to_grid();
+  const Schedule e = expand_overlap(s);
+  EXPECT_FALSE(e.has_overlap());
+  Schedule want("pair", 1, 1, 2);
+  for (const char* a : {"0F0", "0F1", "0B0", "0B1"}) want.append(0, parse_action(a));
+  EXPECT_EQ(e, want);
+  EXPECT_EQ(expand_overlap(want), want);
+  EXPECT_EQ(strip_comm(s), s);
+  EXPECT_EQ(merge_backward(s).rank_overlaps(0), std::vector<std::size_t>{1});
+  EXPECT_FALSE(forward_only(s).has_overlap());
+}
+
+TEST(Overlap, MarksAreChecked) {
+  Schedule s("bad", 1, 1, 2);
+  for (const char* a : {"0F0", "0B0", "0F1", "0B1"}) s.append(0, parse_action(a));
+  EXPECT_THROW(s.mark_overlap(0, 0), InvalidArgument);  // same microbatch
+  EXPECT_THROW(s.mark_overlap(0, 3), InvalidArgument);  // no next slot
+  s.mark_overlap(0, 1);
+  EXPECT_THROW(s.mark_overlap(0, 2), InvalidArgument);  // already part of a pair
+  EXPECT_THROW(s.append_overlapped(0, parse_action("0F0"), parse_action("0W1")), InvalidArgument);
+}
+
+TEST(Overlap, ValidateReportsEveryOverlappedSlotNamingExpandOverlap) {
+  Schedule s("pair", 1, 1, 2);
+  s.append(0, parse_action("0F0"));
+  s.append_overlapped(0, parse_action("0F1"), parse_action("0B0"));
+  s.append(0, parse_action("0B1"));
+  const ValidationReport report = validate(s);
+  ASSERT_EQ(report.violations.size(), 1u) << report.format(s);
+  EXPECT_EQ(report.violations[0].rule, Violation::Rule::kOverlap);
+  EXPECT_EQ(report.violations[0].message,
+            "rank 0 step 1: 0F1+0B0 is an overlapped slot; the runtime runs one action at a "
+            "time: run expand_overlap() (passes.h) first");
+  EXPECT_THROW(validate_or_throw(s), ScheduleError);
+  EXPECT_THROW(lower(s), ScheduleError);
+  EXPECT_TRUE(validate(expand_overlap(s)).ok());
+  // A mark left behind by an edit of the slots is reported too.
+  s.rank_slots(0)[2] = parse_action("0W0");
+  EXPECT_NE(validate(s).format(s).find("marked as an overlapped slot, but"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace pipetrain

@@ -10,6 +10,7 @@
 #include "pipetrain/error.h"
 #include "error_of.h"
 #include "schedule_rows.h"
+#include "pipetrain/schedule/passes.h"
 #include "pipetrain/schedule/validate.h"
 
 namespace pipetrain {
@@ -383,6 +384,35 @@ TEST(AnalyzeMemory, RejectsBackwardBeforeItsForward) {
             "[analyze_memory] schedule 'bad' has 2 actions out of order or out of range:\n" +
                 report.format(s));
   EXPECT_THROW(analyze_memory(s), ScheduleError);
+}
+
+
+TEST(SimulateOverlap, SlotStartsWhenBothInputsAreReadyAndTakesTheLongerPlusOverhead) {
+  Schedule s("pair", 2, 1, 2);
+  for (const char* a : {"0F0", "0F1", "0B0", "0B1"}) s.append(0, parse_action(a));
+  s.append(1, parse_action("1F0"));
+  s.append_overlapped(1, parse_action("1F1"), parse_action("1B0"));
+  s.append(1, parse_action("1B1"));
+  CostModel costs = CostModel::uniform();  // F 1, B 2
+  SimulationResult r = simulate(s, costs);
+  // 1F1 waits for 0F1 (ends 2), 1B0 for 1F0 (ends 2): the slot runs 2..4 = max(1, 2).
+  ASSERT_EQ(r.actions.size(), 8u);
+  EXPECT_EQ(r.actions[6].action, parse_action("1B0"));
+  EXPECT_DOUBLE_EQ(r.actions[5].start, 2.0);
+  EXPECT_DOUBLE_EQ(r.actions[6].start, 2.0);
+  EXPECT_DOUBLE_EQ(r.actions[6].end, 4.0);
+  EXPECT_DOUBLE_EQ(r.makespan, 8.0);
+  EXPECT_DOUBLE_EQ(r.busy[1], 1.0 + 2.0 + 2.0);
+  costs.overlap_overhead = 0.5;
+  EXPECT_DOUBLE_EQ(simulate(s, costs).makespan, 8.5);
+  EXPECT_DOUBLE_EQ(simulate(expand_overlap(s), costs).makespan, 9.0);
+  costs.overlap_overhead = -1.0;
+  EXPECT_EQ(error_of([&] { simulate(s, costs); }),
+            "[simulate] costs.overlap_overhead=-1 must be finite and >= 0");
+  // A mark whose slots were edited into something else is refused.
+  costs.overlap_overhead = 0.0;
+  s.rank_slots(1)[2] = parse_action("1W0");
+  EXPECT_THROW(simulate(s, costs), ScheduleError);
 }
 
 }  // namespace
