@@ -250,20 +250,14 @@ Text load_text(const Options& opt) {
   return text;
 }
 
-// A batch as the pipeline's inputs and targets: int32 [rows, seq] each.
-std::pair<Tensor, Tensor> tensors_of(const data::Batch& b) {
-  const pipetrain::Shape shape{b.batch_size, b.seq_len};
-  return {Tensor::from_vector(b.inputs, shape), Tensor::from_vector(b.targets, shape)};
-}
-
 // Mean loss over the first `batches` batches of `sampler` (always the same ones), through the
 // pipeline's forward-only schedule. Collective.
 double evaluate(pipetrain::Pipeline& pipe, data::BatchSampler& sampler, int batches) {
   sampler.reset();
   double sum = 0.0;
   for (int i = 0; i < batches; ++i) {
-    const auto [x, y] = tensors_of(sampler.next());
-    sum += pipe.eval_step({x}, {y}).loss;
+    const pipetrain::Microbatch batch = data::to_microbatch(sampler.next());
+    sum += pipe.eval_step(batch.inputs, batch.targets).loss;
   }
   return sum / batches;
 }
@@ -583,9 +577,9 @@ void run_rank(const Options& opt, const Text& text, pipetrain::Transport& transp
       throw pipetrain::Error("[train_gpt] injected failure on rank " + std::to_string(rank) +
                              " at step " + std::to_string(step) + " (--fail-rank/--fail-step)");
     }
-    const auto [x, y] = tensors_of(sampler.next());
+    const pipetrain::Microbatch batch = data::to_microbatch(sampler.next());
     const double lr = lr_schedule(step);
-    stats = pipeline->train_step({x}, {y}, lr);
+    stats = pipeline->train_step(batch.inputs, batch.targets, lr);
     skipped += stats.skipped ? 1 : 0;
     skip_streak = stats.skipped ? skip_streak + 1 : 0;
     const bool last = step + 1 == opt.steps;
