@@ -205,8 +205,12 @@ class Pipeline {
   runtime::Executor& executor() { return *executor_; }
 
  private:
+  // split_rows(), or on a bad batch the executor's agreement joined with no microbatches (so
+  // every rank refuses together), then the rethrown error.
   std::vector<Microbatch> split(const TensorList& inputs, const TensorList& targets,
-                                const char* fn) const;
+                                const char* fn, bool train);
+  std::vector<Microbatch> split_rows(const TensorList& inputs, const TensorList& targets,
+                                     const char* fn) const;
 
   PipelineOptions options_;
   Transport& transport_;

@@ -43,6 +43,31 @@ std::int32_t key_hash(const std::string& key) {
   throw Error(message);
 }
 
+// Every rank's 64-bit hash and flag, gathered in one all-reduce over the world: each rank fills
+// its own row (three 22-bit pieces of the hash, the flag), so the sum is exact.
+struct RankHash {
+  std::uint64_t hash = 0;
+  bool flag = false;
+};
+std::vector<RankHash> gather_hashes(Transport& transport, std::uint64_t hash, bool flag) {
+  const int n = transport.world_size();
+  Tensor table = Tensor::zeros({n, 4}, DType::kInt32);
+  std::int32_t* t = table.data<std::int32_t>();
+  for (int k = 0; k < 3; ++k) {
+    t[transport.rank() * 4 + k] = static_cast<std::int32_t>((hash >> (22 * k)) & 0x3fffffu);
+  }
+  t[transport.rank() * 4 + 3] = flag ? 1 : 0;
+  transport.all_reduce_sum(table);
+  std::vector<RankHash> out(static_cast<std::size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    for (int k = 0; k < 3; ++k) {
+      out[r].hash |= static_cast<std::uint64_t>(t[r * 4 + k]) << (22 * k);
+    }
+    out[r].flag = t[r * 4 + 3] != 0;
+  }
+  return out;
+}
+
 }  // namespace
 
 std::uint64_t fnv1a64(const std::string& text) {
@@ -448,7 +473,19 @@ void Executor::agree_stages() {
   stages_checked_ = true;
 }
 
-void Executor::agree(const std::vector<Microbatch>& microbatches, Mode mode, const char* fn) {
+void Executor::agree(StepState& state, const Plan& plan,
+                     const std::vector<Microbatch>& microbatches, const char* fn) {
+  try {
+    agree_specs(microbatches, state.mode, fn);
+  } catch (const InvalidArgument&) {
+    throw;  // every rank throws alike: nothing to abort, the Executor stays usable
+  } catch (const std::exception& e) {
+    fail(state, plan, e, fn);  // a peer is missing or aborted
+  }
+}
+
+void Executor::agree_specs(const std::vector<Microbatch>& microbatches, Mode mode,
+                           const char* fn) {
   // Local checks first; their verdict travels with the hash so that every rank throws together.
   std::string local_error;
   std::uint64_t signature = 1469598103934665603ull;
@@ -479,31 +516,18 @@ void Executor::agree(const std::vector<Microbatch>& microbatches, Mode mode, con
     local_error = e.what();
   }
 
-  // One all-reduce over the world: each rank's signature (three 22-bit pieces) and error flag.
-  const int n = transport_.world_size();
-  Tensor table = Tensor::zeros({n, 4}, DType::kFloat64);
-  double* t = table.data<double>();
-  for (int k = 0; k < 3; ++k) {
-    t[rank_ * 4 + k] = static_cast<double>((signature >> (22 * k)) & 0x3fffffu);
-  }
-  t[rank_ * 4 + 3] = local_error.empty() ? 0.0 : 1.0;
-  transport_.all_reduce_sum(table);
+  // One all-reduce over the world: each rank's signature and error flag.
+  const std::vector<RankHash> ranks = gather_hashes(transport_, signature, !local_error.empty());
   if (!local_error.empty()) throw InvalidArgument(local_error);
-  auto sig_of = [&](int r) {
-    std::uint64_t v = 0;
-    for (int k = 0; k < 3; ++k) {
-      v |= static_cast<std::uint64_t>(t[r * 4 + k]) << (22 * k);
-    }
-    return v;
-  };
+  const int n = static_cast<int>(ranks.size());
   for (int r = 0; r < n; ++r) {
-    if (t[r * 4 + 3] != 0.0) {
+    if (ranks[r].flag) {
       throw InvalidArgument(detail::message(fn, "rank ", r,
                                             " refused its microbatches (its error says why)"));
     }
   }
   for (int r = 1; r < n; ++r) {
-    if (sig_of(r) != sig_of(0)) {
+    if (ranks[r].hash != ranks[0].hash) {
       throw InvalidArgument(detail::message(
           fn, "rank ", r, " passes microbatches of other shapes than rank 0",
           ": every rank must pass microbatches with the same specs"));
@@ -638,13 +662,7 @@ StepStats Executor::step(const std::vector<Microbatch>& microbatches, double lr)
   StepState state;
   state.mode = Mode::kTrain;
   state.stats.step = step_;
-  try {
-    agree(microbatches, Mode::kTrain, kFn);
-  } catch (const InvalidArgument&) {
-    throw;  // every rank throws alike: nothing to abort, the Executor stays usable
-  } catch (const std::exception& e) {
-    fail(state, train_, e, kFn);  // a peer is missing or aborted
-  }
+  agree(state, train_, microbatches, kFn);
   try {
     for (Stage* stage : stages_) stage->begin_step(step_);
     for (nn::Parameter* p : params_) p->grad.zero();
@@ -666,13 +684,7 @@ EvalStats Executor::evaluate(const std::vector<Microbatch>& microbatches) {
   check_usable(kFn);
   StepState state;
   state.mode = Mode::kEval;
-  try {
-    agree(microbatches, Mode::kEval, kFn);
-  } catch (const InvalidArgument&) {
-    throw;
-  } catch (const std::exception& e) {
-    fail(state, eval_, e, kFn);
-  }
+  agree(state, eval_, microbatches, kFn);
   const bool has_targets = !microbatches[0].targets.empty();
   try {
     state.t0 = Clock::now();
@@ -997,20 +1009,9 @@ void Executor::finish_step(StepState& state, double lr) {
 // ---- configuration agreement ---------------------------------------------------------------
 
 void check_same_configuration(Transport& transport, const std::string& config_text) {
-  const int n = transport.world_size();
-  const std::uint64_t h = fnv1a64(config_text);
-  // Three 22-bit pieces per rank, so that the sum (one non-zero row per rank) is exact in int32.
-  Tensor table = Tensor::zeros({n, 3}, DType::kInt32);
-  std::int32_t* t = table.data<std::int32_t>();
-  for (int k = 0; k < 3; ++k) {
-    t[transport.rank() * 3 + k] = static_cast<std::int32_t>((h >> (22 * k)) & 0x3fffffu);
-  }
-  transport.all_reduce_sum(table);
-  auto hash_of = [&](int r) {
-    std::uint64_t v = 0;
-    for (int k = 0; k < 3; ++k) v |= static_cast<std::uint64_t>(t[r * 3 + k]) << (22 * k);
-    return v;
-  };
+  const std::vector<RankHash> ranks = gather_hashes(transport, fnv1a64(config_text), false);
+  const int n = static_cast<int>(ranks.size());
+  auto hash_of = [&](int r) { return ranks[r].hash; };
   for (int r = 1; r < n; ++r) {
     if (hash_of(r) != hash_of(0)) {
       std::ostringstream a, b;

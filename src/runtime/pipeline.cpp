@@ -236,7 +236,26 @@ const std::vector<nn::Parameter*>& Pipeline::parameters() const {
 }
 
 std::vector<Microbatch> Pipeline::split(const TensorList& inputs, const TensorList& targets,
-                                        const char* fn) const {
+                                        const char* fn, bool train) {
+  try {
+    return split_rows(inputs, targets, fn);
+  } catch (const InvalidArgument&) {
+    // Take part in the executor's agreement anyway (with no microbatches, which it refuses), so
+    // that every rank refuses this call together even when the others' batches split.
+    try {
+      if (train) {
+        executor_->step({}, 0.0);
+      } else {
+        executor_->evaluate({});
+      }
+    } catch (const InvalidArgument&) {
+    }
+    throw;
+  }
+}
+
+std::vector<Microbatch> Pipeline::split_rows(const TensorList& inputs, const TensorList& targets,
+                                             const char* fn) const {
   PIPETRAIN_CHECK_ARG(!inputs.empty(), fn, "no input tensors");
   const int d = options_.data_parallel;
   const int m = executor_->schedule().num_microbatches();
@@ -270,33 +289,13 @@ std::vector<Microbatch> Pipeline::split(const TensorList& inputs, const TensorLi
 
 StepResult Pipeline::train_step(const TensorList& inputs, const TensorList& targets, double lr) {
   constexpr const char* kFn = "Pipeline::train_step";
-  std::vector<Microbatch> microbatches;
-  try {
-    microbatches = split(inputs, targets, kFn);
-  } catch (const InvalidArgument& e) {
-    // Take part in the executor's agreement anyway, so that every rank refuses this step
-    // together even when the others' batches split (no rank is left waiting).
-    try {
-      executor_->step({}, 0.0);
-    } catch (const InvalidArgument&) {
-    }
-    throw;
-  }
+  const std::vector<Microbatch> microbatches = split(inputs, targets, kFn, /*train=*/true);
   return executor_->step(microbatches, lr < 0 ? options_.optimizer.lr : lr);
 }
 
 EvalResult Pipeline::eval_step(const TensorList& inputs, const TensorList& targets) {
   constexpr const char* kFn = "Pipeline::eval_step";
-  std::vector<Microbatch> microbatches;
-  try {
-    microbatches = split(inputs, targets, kFn);
-  } catch (const InvalidArgument&) {
-    try {
-      executor_->evaluate({});
-    } catch (const InvalidArgument&) {
-    }
-    throw;
-  }
+  const std::vector<Microbatch> microbatches = split(inputs, targets, kFn, /*train=*/false);
   runtime::EvalStats stats = executor_->evaluate(microbatches);
   EvalResult result;
   result.loss = stats.loss;

@@ -180,7 +180,10 @@ class Executor {
     explicit Plan(Schedule s);
   };
   enum class Mode { kTrain, kEval };
-  void agree(const std::vector<Microbatch>& microbatches, Mode mode, const char* fn);
+  // agree_specs(), failing the step (fail()) unless it refused the batch with InvalidArgument.
+  void agree(StepState& state, const Plan& plan, const std::vector<Microbatch>& microbatches,
+             const char* fn);
+  void agree_specs(const std::vector<Microbatch>& microbatches, Mode mode, const char* fn);
   void agree_stages();
   void propagate_specs(const std::vector<Microbatch>& microbatches, Mode mode, const char* fn);
   void run_slots(StepState& state, const Plan& plan, const std::vector<Microbatch>& mbs);
