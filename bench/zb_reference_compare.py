@@ -8,7 +8,7 @@ A benchmark, never run in CI. It needs a checkout of sail-sg/zero-bubble-pipelin
         --tool build-minimal/tools/pipetrain-schedule
 
 For every P, M and set of costs it runs the repository's V-Half and V-Min (zbv_greedy.py), its
-ZB-V (zbv.py) and its ZB-H1/ZB-H2 heuristic (zb.py, without the ILP), turns their per-rank orders
+ZB-V (zbv.py) and its ZB-H1/ZB-H2 heuristic (zb.py's initial_solution), turns their per-rank orders
 into pipetrain's CSV form and has pipetrain-schedule simulate them, so that every makespan and
 peak below comes from one simulator. It cross-checks each makespan with the one the repository
 computes for its own schedule. Then it runs `pipetrain-schedule --search` with a memory cap equal
@@ -129,8 +129,8 @@ def repo_zbv(mods, p, m, stage_cost, latency, max_shares):
 
 
 def repo_zb(mods, p, m, stage_cost, latency, max_shares):
-    """ZB-H1 (max_shares = P) or ZB-H2 (2P) from zb.py's heuristic initial_solution (the
-    repository then refines it with an ILP, left out here). Returns (rows, repo_time)."""
+    """ZB-H1 (max_shares = P) or ZB-H2 (2P) from zb.py's heuristic initial_solution, which is
+    all its create_schedule runs. Returns (rows, repo_time)."""
     f, i, w = stage_cost
     zb = mods["zb"]
     config = mods["graph"].GraphConfig(
