@@ -1,13 +1,16 @@
 // bench_model: forward + backward throughput of the CPU GPT, next to OpenBLAS sgemm.
 //
-//   bench_model [--steps N] [--vocab V] [--optimizer] [--ab] [--dump DIR]
+//   bench_model [--steps N] [--vocab V] [--shape L,C,T,B,H] [--optimizer] [--ab] [--dump DIR]
 //
 // For each model size, times forward + backward (no optimizer step) on random byte batches and
-// reports tokens/s and GFLOP/s, counting only matrix-product FLOPs (2*m*n*k each; backward
-// counted as twice the forward). --optimizer times whole training steps instead: zero the
+// reports ms a step, the training forward's share of it ("fwd ms": logits and loss, activations
+// kept for backward), tokens/s and GFLOP/s, counting only matrix-product FLOPs (2*m*n*k each;
+// backward counted as twice the forward). --optimizer times whole training steps instead: zero the
 // gradients, forward + backward, gradient norm and finite check, clip to norm 1 and AdamW,
 // as the Executor's finish_step does them. --vocab sets the vocabulary (default 256, bytes;
-// 50257 is GPT-2's). "faults/step" counts the minor page faults of the timed steps (getrusage).
+// 50257 is GPT-2's). --shape replaces the two built-in configs by one of L layers, C channels,
+// sequence length T, batch B and H heads (bench/llmc_side_by_side.py uses it to match llm.c's
+// shape). "faults/step" counts the minor page faults of the timed steps (getrusage).
 // --ab then times 2N more steps alternating between the non-matrix kernels on one thread and on
 // the rank's share (OpenBLAS keeps its threads), and prints both medians: the kernels' threads
 // measured in one run, each step next to one of the other kind. --dump DIR (implies
@@ -67,6 +70,24 @@ double sgemm_gflops(int m, int n, int k, int reps) {
   return 2.0 * m * n * k / best / 1e9;
 }
 
+// "L,C,T,B,H" -> a config named "custom"; false (and a message on stderr) unless it holds five
+// positive integers with C divisible by H.
+bool parse_shape(const std::string& text, Config& out) {
+  int v[5];
+  char tail = 0;
+  if (std::sscanf(text.c_str(), "%d,%d,%d,%d,%d%c", &v[0], &v[1], &v[2], &v[3], &v[4], &tail) !=
+          5 ||
+      *std::min_element(v, v + 5) <= 0 || v[1] % v[4] != 0) {
+    std::fprintf(stderr,
+                 "bench_model: --shape '%s' must be L,C,T,B,H: five positive integers (layers, "
+                 "channels, sequence length, batch, heads) with C divisible by H\n",
+                 text.c_str());
+    return false;
+  }
+  out = Config{"custom", v[0], v[4], v[1], v[2], v[3]};
+  return true;
+}
+
 long minor_faults() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -81,12 +102,19 @@ int main(int argc, char** argv) {
   bool with_optimizer = false;
   bool ab = false;
   std::string dump;
+  std::vector<Config> configs = {
+      {"small", 2, 4, 64, 64, 8},
+      {"medium", 4, 8, 256, 128, 8},
+  };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--steps" && i + 1 < argc) {
       steps = std::max(1, std::atoi(argv[++i]));
     } else if (arg == "--vocab" && i + 1 < argc) {
       vocab = std::max(2, std::atoi(argv[++i]));
+    } else if (arg == "--shape" && i + 1 < argc) {
+      configs.resize(1);
+      if (!parse_shape(argv[++i], configs[0])) return 2;
     } else if (arg == "--optimizer") {
       with_optimizer = true;
     } else if (arg == "--ab") {
@@ -96,21 +124,19 @@ int main(int argc, char** argv) {
       with_optimizer = true;
     } else {
       std::fprintf(
-          stderr, "usage: bench_model [--steps N] [--vocab V] [--optimizer] [--ab] [--dump DIR]\n");
+          stderr,
+          "usage: bench_model [--steps N] [--vocab V] [--shape L,C,T,B,H] [--optimizer] [--ab] "
+          "[--dump DIR]\n");
       return 2;
     }
   }
-  const Config configs[] = {
-      {"small", 2, 4, 64, 64, 8},
-      {"medium", 4, 8, 256, 128, 8},
-  };
   std::printf("OpenBLAS %s, %d threads; %d timed %s steps per config, vocabulary %d\n\n",
               openblas_get_config(), openblas_get_num_threads(), steps,
               with_optimizer ? "training (forward+backward+norm+AdamW)" : "forward+backward",
               vocab);
-  std::printf("%-7s %6s %5s %8s %10s %12s %10s %12s %22s %10s %12s\n", "config", "layers", "heads",
-              "channels", "seq x B", "params", "ms/step", "tokens/s", "model GFLOP/s",
-              "sgemm GFLOP/s", "faults/step");
+  std::printf("%-7s %6s %5s %8s %10s %12s %10s %8s %12s %22s %10s %12s\n", "config", "layers",
+              "heads", "channels", "seq x B", "params", "ms/step", "fwd ms", "tokens/s",
+              "model GFLOP/s", "sgemm GFLOP/s", "faults/step");
   std::vector<std::string> ab_lines;
   for (const Config& c : configs) {
     bench_gpt::ModelShape shape;
@@ -153,22 +179,26 @@ int main(int argc, char** argv) {
         }
       }
     }
+    double forward_seconds = 0.0;
     auto step = [&] {
-      if (!with_optimizer) {
-        model->forward_backward(batch, 1.0);
-        return;
-      }
-      adamw.zero_grad();
-      losses.push_back(model->forward_backward(batch, 1.0));
+      if (with_optimizer) adamw.zero_grad();
+      const auto f = Clock::now();
+      const double loss = model->forward(batch);
+      forward_seconds += seconds_since(f);
+      model->backward(1.0);
+      if (!with_optimizer) return;
+      losses.push_back(loss);
       const double sumsq = pipetrain::optim::local_grad_sum_of_squares(adamw.parameters());
       if (!std::isfinite(sumsq)) return;  // the finite check: skip the update
       adamw.step(1e-4, pipetrain::optim::clip_coefficient(std::sqrt(sumsq), 1.0));
     };
     step();  // warm-up: first-touch allocations
     const long faults = minor_faults();
+    forward_seconds = 0.0;
     const auto t = Clock::now();
     for (int s = 0; s < steps; ++s) step();
     const double per_step = seconds_since(t) / steps;
+    const double forward_per_step = forward_seconds / steps;
     const double faults_per_step = static_cast<double>(minor_faults() - faults) / steps;
     const std::int64_t tokens = static_cast<std::int64_t>(c.batch) * c.seq;
     const double gflops = model->train_flops(tokens, c.seq) / per_step / 1e9;
@@ -201,10 +231,10 @@ int main(int argc, char** argv) {
     std::snprintf(blas_shape, sizeof blas_shape, "%.2f (%.0f%% of sgemm)", gflops,
                   100.0 * gflops / blas);
     std::printf(
-        "%-7s %6d %5d %8d %10s %12lld %10.1f %12.0f %22s %10.2f %12.0f  [sgemm %lldx%dx%d]\n",
+        "%-7s %6d %5d %8d %10s %12lld %10.1f %8.1f %12.0f %22s %10.2f %12.0f  [sgemm %lldx%dx%d]\n",
         c.name, c.layers, c.heads, c.channels, shape_text, static_cast<long long>(n_params),
-        per_step * 1e3, tokens / per_step, blas_shape, blas, faults_per_step,
-        static_cast<long long>(tokens), 4 * c.channels, c.channels);
+        per_step * 1e3, forward_per_step * 1e3, tokens / per_step, blas_shape, blas,
+        faults_per_step, static_cast<long long>(tokens), 4 * c.channels, c.channels);
   }
   if (ab) {
     std::printf("\nnon-matrix kernels on 1 thread vs on %d (alternate steps, median ms)\n",

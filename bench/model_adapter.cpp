@@ -21,14 +21,14 @@ class Gpt final : public LanguageModel {
     model_ = pipetrain::nn::make_model(config_);
   }
 
-  double forward_backward(const pipetrain::data::Batch& batch, double loss_scale) override {
-    // One microbatch in flight at a time, so a fixed id will do.
+  // One microbatch in flight at a time, so a fixed id will do.
+  double forward(const pipetrain::data::Batch& batch) override {
     const pipetrain::Microbatch mb = pipetrain::data::to_microbatch(batch);
     const pipetrain::TensorList logits = model_->forward(0, mb.inputs);
-    const double loss = loss_.forward(0, logits, mb.targets);
-    model_->backward(0, loss_.backward(0, loss_scale));
-    return loss;
+    return loss_.forward(0, logits, mb.targets);
   }
+
+  void backward(double loss_scale) override { model_->backward(0, loss_.backward(0, loss_scale)); }
 
   double evaluate(const pipetrain::data::Batch& batch) override {
     const pipetrain::Microbatch mb = pipetrain::data::to_microbatch(batch);

@@ -28,9 +28,20 @@ class LanguageModel {
  public:
   virtual ~LanguageModel() = default;
 
-  /// Forward and backward on one microbatch; gradients of loss_scale * mean loss are added to
-  /// the parameters' gradients. Returns the mean cross-entropy (nats/token), not scaled.
-  virtual double forward_backward(const pipetrain::data::Batch& batch, double loss_scale) = 0;
+  /// Training forward on one microbatch: logits and loss, activations kept for backward().
+  /// Returns the mean cross-entropy (nats/token).
+  virtual double forward(const pipetrain::data::Batch& batch) = 0;
+
+  /// Backward of the last forward(): gradients of loss_scale * mean loss are added to the
+  /// parameters' gradients. Expects exactly one forward() since the last backward().
+  virtual void backward(double loss_scale) = 0;
+
+  /// forward() then backward(loss_scale). Returns the mean cross-entropy, not scaled.
+  double forward_backward(const pipetrain::data::Batch& batch, double loss_scale) {
+    const double loss = forward(batch);
+    backward(loss_scale);
+    return loss;
+  }
 
   /// Mean cross-entropy (nats/token) of a batch, without touching gradients.
   virtual double evaluate(const pipetrain::data::Batch& batch) = 0;
