@@ -50,36 +50,45 @@ bool is_old_full_backward(std::string_view cell) {
   return digits(cell.substr(0, bw)) && digits(cell.substr(bw + 2));
 }
 
-// The actions of one cell. "(a;b;...)OVERLAP_F_B", PyTorch's composite action for a forward
-// and a backward run overlapped (DualPipeV), becomes its parts in order: pipetrain runs them one
-// after the other. In the old dialect, "B" is the input-gradient backward and "BW" the full one.
+// One action in the text's dialect: in the old one, "B" is the input-gradient backward and "BW"
+// the full one.
+Action parse_cell_action(std::string_view text, bool old_dialect) {
+  if (old_dialect && is_old_full_backward(text)) {
+    Action action = parse_action(std::string(text).erase(text.find("BW") + 1, 1));
+    action.kind = ActionKind::kBackward;
+    return action;
+  }
+  Action action = parse_action(text);
+  if (old_dialect && action.kind == ActionKind::kBackward) action.kind = ActionKind::kBackwardInput;
+  return action;
+}
+
+constexpr std::string_view kOverlapSuffix = ")OVERLAP_F_B";
+
+// The actions of one cell: one action, or the two of an overlapped slot,
+// "(a;b)OVERLAP_F_B" (PyTorch's composite action for DualPipeV's overlapped forward and
+// backward), which must be an F and a B or I of different microbatches. Throws ParseError
+// without a function name: from_csv puts its own, and the cell's place, in front.
 std::vector<Action> parse_cell(std::string_view body, bool old_dialect) {
-  constexpr std::string_view kOverlap = ")OVERLAP_F_B";
-  std::vector<std::string_view> parts;
-  if (body.front() == '(' && body.ends_with(kOverlap)) {
-    std::string_view inner = body.substr(1, body.size() - 1 - kOverlap.size());
-    while (true) {
-      const std::size_t semi = inner.find(';');
-      parts.push_back(trim_cell(inner.substr(0, semi)));
-      if (semi == std::string_view::npos) break;
-      inner.remove_prefix(semi + 1);
-    }
-  } else {
-    parts.push_back(body);
-  }
+  if (!(body.front() == '(' && body.ends_with(kOverlapSuffix)))
+    return {parse_cell_action(body, old_dialect)};
+  std::string_view inner = body.substr(1, body.size() - 1 - kOverlapSuffix.size());
   std::vector<Action> actions;
-  for (std::string_view part : parts) {
-    if (old_dialect && is_old_full_backward(part)) {
-      Action action = parse_action(std::string(part).erase(part.find("BW") + 1, 1));
-      action.kind = ActionKind::kBackward;
-      actions.push_back(action);
-      continue;
-    }
-    Action action = parse_action(part);
-    if (old_dialect && action.kind == ActionKind::kBackward)
-      action.kind = ActionKind::kBackwardInput;
-    actions.push_back(action);
+  while (true) {
+    const std::size_t semi = inner.find(';');
+    // Bounded: a third part is refused below whatever follows it.
+    if (actions.size() == 2)
+      throw ParseError("'" + std::string(body) +
+                       "' has more than two actions: an overlapped slot is an F and a B or I of "
+                       "different microbatches");
+    actions.push_back(parse_cell_action(trim_cell(inner.substr(0, semi)), old_dialect));
+    if (semi == std::string_view::npos) break;
+    inner.remove_prefix(semi + 1);
   }
+  if (actions.size() != 2 || !can_overlap(actions[0], actions[1]))
+    throw ParseError("'" + std::string(body) +
+                     "' is not an overlapped slot: expected an F and a B or I of different "
+                     "microbatches");
   return actions;
 }
 
@@ -268,9 +277,21 @@ std::string to_csv(const Schedule& schedule) {
       out += "\"\"\n";
       continue;
     }
+    const auto& marks = schedule.rank_overlaps(r);
+    std::size_t next_mark = 0;
     for (std::size_t i = 0; i < slots.size(); ++i) {
       if (i > 0) out += ',';
-      if (slots[i]) out += to_string(*slots[i]);
+      while (next_mark < marks.size() && marks[next_mark] < i) ++next_mark;
+      const bool pair = next_mark < marks.size() && marks[next_mark] == i && i + 1 < slots.size() &&
+                        slots[i] && slots[i + 1];
+      if (pair) {
+        // One cell for the slot, its actions in their order: PyTorch's spelling.
+        out += '(' + to_string(*slots[i]) + ';' + to_string(*slots[i + 1]) +
+               std::string(kOverlapSuffix);
+        ++i;
+      } else if (slots[i]) {
+        out += to_string(*slots[i]);
+      }
     }
     out += '\n';
   }
@@ -280,6 +301,7 @@ std::string to_csv(const Schedule& schedule) {
 Schedule from_csv(std::string_view text, std::string name) {
   // Rows: lines ending in "\n" or "\r\n"; a final line without a terminator still counts.
   std::vector<std::vector<std::optional<Action>>> rows;
+  std::vector<std::vector<std::size_t>> overlaps;  // per row: steps that begin an overlapped slot
   std::vector<CsvCell> cells;
   // A file with any "BW" cell comes from a PyTorch release in which "B" meant the
   // input-gradient backward; read its "B" as I and its "BW" as B.
@@ -317,6 +339,7 @@ Schedule from_csv(std::string_view text, std::string name) {
                                        ScheduleLimits::kMaxRanks,
                                        " rows (one per rank; ScheduleLimits::kMaxRanks)"));
     auto& slots = rows.emplace_back();
+    auto& marks = overlaps.emplace_back();
     if (line.empty()) continue;  // a rank with no slots, as csv.reader gives []
     std::size_t start = 0;
     for (int cell = 1;; ++cell) {
@@ -325,7 +348,7 @@ Schedule from_csv(std::string_view text, std::string name) {
       std::string_view body = trim_cell(line.substr(start, comma - start));
       if (body.size() >= 2 && body.front() == '"' && body.back() == '"')
         body = trim_cell(body.substr(1, body.size() - 2));
-      // Bounded before it grows: a cell holds one action, or two or three when overlapped.
+      // Bounded before it grows: a cell holds one action, or two when overlapped.
       if (++num_slots > ScheduleLimits::kMaxSlots)
         throw ParseError(detail::message("from_csv", where(row, cell), ": the text has more than ",
                                          ScheduleLimits::kMaxSlots,
@@ -334,7 +357,9 @@ Schedule from_csv(std::string_view text, std::string name) {
         slots.emplace_back(std::nullopt);
       } else {
         try {
-          for (const Action& action : parse_cell(body, old_dialect)) {
+          const std::vector<Action> actions = parse_cell(body, old_dialect);
+          if (actions.size() == 2) marks.push_back(slots.size());
+          for (const Action& action : actions) {
             slots.emplace_back(action);
             cells.push_back(CsvCell{row, cell, action});
           }
@@ -421,8 +446,10 @@ Schedule from_csv(std::string_view text, std::string name) {
     }
   }
   Schedule schedule(std::move(name), ranks, per_rank, static_cast<int>(microbatches), placement);
-  for (int r = 0; r < ranks; ++r)
+  for (int r = 0; r < ranks; ++r) {
     schedule.rank_slots(r) = std::move(rows[static_cast<std::size_t>(r)]);
+    for (std::size_t step : overlaps[static_cast<std::size_t>(r)]) schedule.mark_overlap(r, step);
+  }
   return schedule;
 }
 

@@ -291,18 +291,61 @@ std::string action_list(const Schedule& s, int rank) {
   return text;
 }
 
-TEST(Csv, OverlappedForwardBackwardCellBecomesItsActionsInOrder) {
+TEST(Csv, OverlappedForwardBackwardCellBecomesAMarkedPair) {
   // One rank holding both stages of a V: the shape DualPipeV's CSV has, in miniature.
-  const Schedule s = from_csv("0F0,1F0,(0F1;1B0)OVERLAP_F_B,1F1,0B0,( 1B1 ; 0F2 )OVERLAP_F_B,1F2,"
-                              "1B2,0B1,0B2\n",
-                              "overlap");
+  const std::string text =
+      "0F0,1F0,(0F1;1B0)OVERLAP_F_B,1F1,0B0,( 1B1 ; 0F2 )OVERLAP_F_B,1F2,1B2,0B1,0B2\n";
+  const Schedule s = from_csv(text, "overlap");
   EXPECT_EQ(s.num_stages(), 2);  // with one rank, the loop and V placements coincide
+  // Each cell is two slots, in the cell's order, the first marked.
   EXPECT_EQ(action_list(s, 0), "0F0 1F0 0F1 1B0 1F1 0B0 1B1 0F2 1F2 1B2 0B1 0B2");
-  EXPECT_TRUE(validate(s).ok()) << validate(s).format(s);
+  EXPECT_EQ(s.rank_overlaps(0), (std::vector<std::size_t>{2, 6}));
+  EXPECT_EQ(s.to_grid().find("0F1+ 1B0"), s.to_grid().find("0F1+"));
+  EXPECT_NE(s.to_grid().find("1B1+ 0F2"), std::string::npos);
+  // Written back as the same cells, without the spaces.
+  EXPECT_EQ(to_csv(s),
+            "0F0,1F0,(0F1;1B0)OVERLAP_F_B,1F1,0B0,(1B1;0F2)OVERLAP_F_B,1F2,1B2,0B1,0B2\n");
+  EXPECT_EQ(from_csv(to_csv(s), "overlap"), s);
+  // The runtime's order: the pairs in sequence, the F of each first.
+  const Schedule e = expand_overlap(s);
+  EXPECT_FALSE(e.has_overlap());
+  EXPECT_EQ(action_list(e, 0), "0F0 1F0 0F1 1B0 1F1 0B0 0F2 1B1 1F2 1B2 0B1 0B2");
+  EXPECT_TRUE(validate(e).ok()) << validate(e).format(e);
   EXPECT_EQ(error_of([] { from_csv("0F0,(0F1;1X0)OVERLAP_F_B\n"); }),
             "[from_csv] row 1 cell 2: [parse_action] '1X0' is not an action: expected "
             "<stage><kind><microbatch> with kind one of F B I W SEND_F RECV_F SEND_B RECV_B, e.g. "
             "2F0 or 1SEND_B3");
+}
+
+TEST(Csv, OverlappedCellMustBeAForwardAndABackwardOfDifferentMicrobatches) {
+  const std::string why =
+      "' is not an overlapped slot: expected an F and a B or I of different microbatches";
+  EXPECT_EQ(error_of([] { from_csv("0F0,0F1,(0F2;0B2)OVERLAP_F_B\n"); }),
+            "[from_csv] row 1 cell 3: '(0F2;0B2)OVERLAP_F_B" + why);
+  EXPECT_EQ(error_of([] { from_csv("0F0\n1F0,(1F1;1W0)OVERLAP_F_B\n"); }),
+            "[from_csv] row 2 cell 2: '(1F1;1W0)OVERLAP_F_B" + why);
+  EXPECT_EQ(error_of([] { from_csv("0F0,(0F1)OVERLAP_F_B\n"); }),
+            "[from_csv] row 1 cell 2: '(0F1)OVERLAP_F_B" + why);
+  EXPECT_EQ(error_of([] { from_csv("0F0,(0B0;0F1)OVERLAP_F_B,(0F2;0B1;0F3)OVERLAP_F_B\n"); }),
+            "[from_csv] row 1 cell 3: '(0F2;0B1;0F3)OVERLAP_F_B' has more than two actions: an "
+            "overlapped slot is an F and a B or I of different microbatches");
+}
+
+TEST(Csv, RoundTripsOverlappedSlotsWithIdleCellsAndCommunication) {
+  // Idle cells around pairs, a pair as the last cell, and communication next to a pair: a
+  // schedule written by hand (lower() refuses overlapped slots, see below) reads back equal.
+  const std::string text =
+      "0F0,0F1,,(0F2;0B0)OVERLAP_F_B,,0B1,0B2\n"
+      "1RECV_F0,1F0,1SEND_B0,1RECV_F1,(1F1;1I0)OVERLAP_F_B,1W0,1RECV_F2,1F2,1B1,1B2\n";
+  const Schedule s = from_csv(text, "hand");
+  EXPECT_EQ(s.rank_overlaps(0), std::vector<std::size_t>{3});
+  EXPECT_EQ(s.rank_overlaps(1), std::vector<std::size_t>{4});
+  EXPECT_EQ(to_csv(s), text);
+  EXPECT_EQ(from_csv(to_csv(s), "hand"), s);
+  // A pair at the end of a row, and one that starts the row.
+  const Schedule t = from_csv("(0F1;0B0)OVERLAP_F_B,(0F2;0B1)OVERLAP_F_B\n", "ends");
+  EXPECT_EQ(t.rank_overlaps(0), (std::vector<std::size_t>{0, 2}));
+  EXPECT_EQ(from_csv(to_csv(t), "ends"), t);
 }
 
 TEST(Csv, OldPyTorchDialectReadsBAsInputGradientAndBWAsFullBackward) {
