@@ -348,6 +348,28 @@ TEST(Csv, RoundTripsOverlappedSlotsWithIdleCellsAndCommunication) {
   EXPECT_EQ(from_csv(to_csv(t), "ends"), t);
 }
 
+TEST(Csv, RoundTripsOverlappedDualPipeVAndKeepsMarksThroughStripComm) {
+  // From P = 2: with one rank, from_csv reads the V placement as the loop one (they coincide).
+  for (int p = 2; p <= 5; ++p) {
+    const Schedule s = dualpipe_v(p, 2 * p + 1, DualPipeVOptions{.overlap = true});
+    ASSERT_TRUE(s.has_overlap());
+    EXPECT_EQ(from_csv(to_csv(s), s.name()), s) << p;
+    EXPECT_EQ(count(to_csv(s), ")OVERLAP_F_B"), count(s.to_grid(), "+")) << p;
+    // strip_comm() keeps the marks; its CSV reads back equal too.
+    const Schedule stripped = strip_comm(s);
+    EXPECT_TRUE(stripped.has_overlap());
+    EXPECT_EQ(from_csv(to_csv(stripped), s.name()), stripped) << p;
+  }
+  // lower() needs a schedule a runtime runs: it refuses overlapped slots and names the fix; the
+  // expanded schedule lowers, and its CSV has no overlapped cell.
+  const Schedule s = dualpipe_v(2, 4, DualPipeVOptions{.overlap = true});
+  const std::string why = error_of([&] { lower(s); });
+  EXPECT_NE(why.find("run expand_overlap() (passes.h) first"), std::string::npos) << why;
+  const Schedule lowered = lower(expand_overlap(s));
+  EXPECT_EQ(count(to_csv(lowered), "OVERLAP"), 0);
+  EXPECT_EQ(from_csv(to_csv(lowered), s.name()), lowered);
+}
+
 TEST(Csv, OldPyTorchDialectReadsBAsInputGradientAndBWAsFullBackward) {
   const Schedule s = from_csv("0F0,0F1,,0BW0,,0BW1\n,1F0,1B0,1F1,1B1,1W0,1W1\n", "old");
   EXPECT_EQ(action_list(s, 0), "0F0 0F1 0B0 0B1");
