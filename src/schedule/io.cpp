@@ -198,6 +198,25 @@ void check_result(const char* function, const Schedule& schedule, const Simulati
   }
 }
 
+// The other action of the overlapped slot that holds `t` (its step a mark, or the step after
+// one), or nothing. A result simulated from another schedule may name steps this one lacks.
+std::optional<Action> overlap_partner(const Schedule& schedule, const TimedAction& t) {
+  const auto& marks = schedule.rank_overlaps(t.rank);
+  const auto& slots = schedule.rank_slots(t.rank);
+  const auto step = static_cast<std::size_t>(t.step);
+  if (t.step < 0 || step >= slots.size()) return std::nullopt;
+  if (std::binary_search(marks.begin(), marks.end(), step) && step + 1 < slots.size())
+    return slots[step + 1];
+  if (step > 0 && std::binary_search(marks.begin(), marks.end(), step - 1)) return slots[step - 1];
+  return std::nullopt;
+}
+
+// True when `t` is the first action of its overlapped slot (drawn on top).
+bool overlap_first(const Schedule& schedule, const TimedAction& t) {
+  const auto& marks = schedule.rank_overlaps(t.rank);
+  return std::binary_search(marks.begin(), marks.end(), static_cast<std::size_t>(t.step));
+}
+
 // ---- SVG colours ----------------------------------------------------------------------------
 
 struct Rgb {
@@ -476,12 +495,17 @@ std::string to_chrome_trace(const Schedule& schedule, const SimulationResult& re
           ",\"tid\":0,\"args\":{\"name\":" + label + "}}");
   }
   for (const TimedAction& t : result.actions) {
+    // Both actions of an overlapped slot carry the slot's time; args name the partner.
+    const std::optional<Action> partner = overlap_partner(schedule, t);
+    const std::string overlap =
+        partner ? ",\"overlap\":true,\"partner\":" + json_string(to_string(*partner)) : "";
     event("{\"name\":" + json_string(to_string(t.action)) +
           ",\"cat\":" + json_string(to_string(t.action.kind)) + ",\"ph\":\"X\",\"pid\":" +
           std::to_string(t.rank) + ",\"tid\":0,\"ts\":" + json_number(t.start * time_scale) +
           ",\"dur\":" + json_number((t.end - t.start) * time_scale) +
           ",\"args\":{\"stage\":" + std::to_string(t.action.stage) + ",\"microbatch\":" +
-          std::to_string(t.action.microbatch) + ",\"step\":" + std::to_string(t.step) + "}}");
+          std::to_string(t.action.microbatch) + ",\"step\":" + std::to_string(t.step) + overlap +
+          "}}");
   }
   out +=
       "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"schedule\":" + json_string(schedule.name()) +
@@ -519,6 +543,7 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
 
   bool present[kNumActionKinds] = {};
   for (const TimedAction& t : result.actions) present[static_cast<int>(t.action.kind)] = true;
+  const bool any_overlap = schedule.has_overlap();
 
   // The local chunk of a stage: its position among the rank's stages.
   auto chunk_of = [&](int stage) {
@@ -593,27 +618,37 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
   out += "<g class=\"actions\" font-size=\"10\" text-anchor=\"middle\">\n";
   for (const TimedAction& t : result.actions) {
     const Rgb fill = shade(kind_colour(t.action.kind), chunk_of(t.action.stage), chunks);
+    // An overlapped slot is one slot holding two actions: two half-height boxes stacked in the
+    // rank's row over the slot's time, the slot's first action on top.
+    const std::optional<Action> partner = overlap_partner(schedule, t);
+    const double h = partner ? box_h / 2 : box_h;
     const double x = left + t.start * ppu;
     const double w = (t.end - t.start) * ppu;
-    const double y = top + row_h * t.rank + 2.0;
+    const double y =
+        top + row_h * t.rank + 2.0 + (partner && !overlap_first(schedule, t) ? h : 0.0);
     const std::string text = to_string(t.action);
-    out += "<rect class=\"action kind-" + std::string(to_string(t.action.kind)) + "\" x=\"" +
-           short_number(x) + "\" y=\"" + short_number(y) + "\" width=\"" + short_number(w) +
-           "\" height=\"" + short_number(box_h) + "\" rx=\"2\" fill=\"" + hex(fill) +
+    out += "<rect class=\"action kind-" + std::string(to_string(t.action.kind)) +
+           (partner ? " overlapped" : "") + "\" x=\"" + short_number(x) + "\" y=\"" +
+           short_number(y) + "\" width=\"" + short_number(w) + "\" height=\"" + short_number(h) +
+           "\" rx=\"2\" fill=\"" + hex(fill) +
            "\" stroke=\"#FFFFFF\" stroke-width=\"0.75\"><title>" + text + " on rank " +
            std::to_string(t.rank) + ": " + short_number(t.start) + " to " + short_number(t.end) +
-           "</title></rect>\n";
+           (partner ? ", overlapped with " + to_string(*partner) : "") + "</title></rect>\n";
     // The microbatch, with the stage as a subscript when the rank runs several stages; left
-    // out when the box is too narrow to hold it.
+    // out when the box is too narrow (or, stacked, too low) to hold it.
     const std::string mb = std::to_string(t.action.microbatch);
     const std::string st = chunks > 1 ? std::to_string(t.action.stage) : "";
+    const double scale = partner ? 0.8 : 1.0;
     const double need =
-        6.2 * static_cast<double>(mb.size()) + 5.0 * static_cast<double>(st.size()) + 3.0;
-    if (w < need) continue;
+        scale * (6.2 * static_cast<double>(mb.size()) + 5.0 * static_cast<double>(st.size())) + 3.0;
+    if (w < need || h < 9.0) continue;
     const std::string ink = is_light(fill) ? "#1F1F1F" : "#FFFFFF";
-    out += "<text x=\"" + short_number(x + w / 2) + "\" y=\"" + short_number(y + box_h / 2 + 3.5) +
-           "\" fill=\"" + ink + "\">" + mb;
-    if (!st.empty()) out += "<tspan font-size=\"7\" dy=\"2\">" + st + "</tspan>";
+    out += "<text x=\"" + short_number(x + w / 2) + "\" y=\"" +
+           short_number(y + h / 2 + 3.5 * scale) + "\" fill=\"" + ink + "\"" +
+           (partner ? " font-size=\"8\"" : "") + ">" + mb;
+    if (!st.empty())
+      out += "<tspan font-size=\"" + std::string(partner ? "6" : "7") + "\" dy=\"" +
+             (partner ? "1.5" : "2") + "\">" + st + "</tspan>";
     out += "</text>\n";
   }
   out += "</g>\n";
@@ -637,9 +672,10 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
              "</text>\n";
       x += 7.0 * std::strlen(kNames[k]) + 16.0;
     }
-    const std::string note = chunks > 1 ? "label: microbatch, subscript: stage; lighter: later "
-                                          "local stage"
-                                        : "label: microbatch";
+    std::string note = chunks > 1 ? "label: microbatch, subscript: stage; lighter: later "
+                                    "local stage"
+                                  : "label: microbatch";
+    if (any_overlap) note += "; stacked half boxes: one overlapped slot";
     out += "<text x=\"" + short_number(x) + "\" y=\"" + short_number(y) + "\" fill=\"#666666\">" +
            note + "</text>\n";
     out += "</g>\n";

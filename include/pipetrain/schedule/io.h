@@ -56,7 +56,9 @@ Schedule from_csv(std::string_view text, std::string name = "csv");
 /// shape, makespan, bubble_fraction}}. One process per rank (pid = rank, with process_name and
 /// thread_name metadata "rank r" and a process_sort_index), one complete event ("ph":"X") per
 /// simulated action: name = action text ("2F0"), cat = kind ("F"), ts and dur in microseconds =
-/// time units * time_scale, args = stage, microbatch and step. Opens in Perfetto and
+/// time units * time_scale, args = stage, microbatch and step. The two actions of an overlapped
+/// slot (schedule.h) both span the slot's time (as simulate() gives them) and their args add
+/// "overlap":true and "partner" (the other action's text). Opens in Perfetto and
 /// chrome://tracing. Throws InvalidArgument when time_scale is not finite and > 0, or when
 /// `result` holds a rank that `schedule` does not have.
 std::string to_chrome_trace(const Schedule& schedule, const SimulationResult& result,
@@ -75,7 +77,10 @@ struct SvgOptions {
 /// multi-stage ranks; no label when the box is too narrow), idle time left blank. The heading
 /// gives the title, then P, v and placement, M, the makespan and the bubble fraction; a legend
 /// below names the kinds present. Each action is a <rect class="action kind-F"> with a <title>
-/// tooltip. Self-contained; the size grows with the makespan. Throws InvalidArgument when
+/// tooltip. An overlapped slot (schedule.h) is drawn as what it is, one slot over the slot's
+/// time holding two actions: two half-height boxes stacked in the rank's row (the slot's first
+/// action on top), each <rect class="action kind-F overlapped"> labelled, its tooltip ending
+/// ", overlapped with 3B1". Self-contained; the size grows with the makespan. Throws InvalidArgument when
 /// pixels_per_time_unit is not finite and > 0, row_height < 8, or `result` holds a rank that
 /// `schedule` does not have.
 std::string to_svg(const Schedule& schedule, const SimulationResult& result,

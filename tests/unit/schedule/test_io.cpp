@@ -172,6 +172,28 @@ TEST(ChromeTrace, ExactEvents) {
       "\"num_stages\":2,\"num_microbatches\":1,\"makespan\":6,\"bubble_fraction\":0.5}}\n");
 }
 
+TEST(ChromeTrace, OverlappedSlotGivesBothEventsTheSlotsTimeAndNamesThePartner) {
+  const Schedule s = from_csv("0F0,0F1,(0F2;0B0)OVERLAP_F_B,0B1,0B2\n", "o");
+  CostModel costs = CostModel::uniform();
+  costs.overlap_overhead = 0.5;
+  const std::string trace = to_chrome_trace(s, simulate(s, costs));
+  // The slot runs [2, 4.5]: max(F = 1, B = 2) + 0.5.
+  EXPECT_NE(trace.find("{\"name\":\"0F2\",\"cat\":\"F\",\"ph\":\"X\",\"pid\":0,\"tid\":0,"
+                       "\"ts\":2,\"dur\":2.5,\"args\":{\"stage\":0,\"microbatch\":2,\"step\":2,"
+                       "\"overlap\":true,\"partner\":\"0B0\"}}"),
+            std::string::npos)
+      << trace;
+  EXPECT_NE(trace.find("{\"name\":\"0B0\",\"cat\":\"B\",\"ph\":\"X\",\"pid\":0,\"tid\":0,"
+                       "\"ts\":2,\"dur\":2.5,\"args\":{\"stage\":0,\"microbatch\":0,\"step\":3,"
+                       "\"overlap\":true,\"partner\":\"0F2\"}}"),
+            std::string::npos)
+      << trace;
+  EXPECT_EQ(count(trace, "\"overlap\":true"), 2u);
+  // Expanded, nothing is marked.
+  const Schedule e = expand_overlap(s);
+  EXPECT_EQ(count(to_chrome_trace(e, simulate(e, costs)), "overlap"), 0u);
+}
+
 TEST(ChromeTrace, FractionalTimesAndScale) {
   const Schedule s = make("t", 1, 1, 1, {"0F0 0I0 0W0"});
   CostModel c = CostModel::uniform(0.5);
@@ -248,6 +270,40 @@ TEST(Svg, OneBoxPerActionAndWellFormed) {
   // Time axis labels at 0, 2, 4, 6, 8 (24 px per unit, at least 48 px apart).
   for (const char* label : {">0</text>", ">2</text>", ">4</text>", ">6</text>", ">8</text>"})
     EXPECT_NE(svg.find(label), std::string::npos) << label;
+}
+
+TEST(Svg, OverlappedSlotIsTwoStackedHalfBoxesOverTheSlotsTime) {
+  const Schedule s = from_csv("0F0,0F1,(0F2;0B0)OVERLAP_F_B,0B1,0B2\n", "o");
+  CostModel costs = CostModel::uniform();
+  costs.overlap_overhead = 0.5;
+  const std::string svg = to_svg(s, simulate(s, costs));
+  EXPECT_EQ(xml_problem(svg), "");
+  EXPECT_EQ(count(svg, "<rect class=\"action "), 6u);
+  EXPECT_EQ(count(svg, " overlapped\""), 2u);
+  // The slot runs [2, 4.5]: x = 72 + 2 * 24, 2.5 * 24 wide; half of the 24-pixel box each, 0F2
+  // on top, 0B0 below, each labelled with its microbatch.
+  EXPECT_NE(svg.find("<rect class=\"action kind-F overlapped\" x=\"120\" y=\"54\" width=\"60\" "
+                     "height=\"12\""),
+            std::string::npos)
+      << svg;
+  EXPECT_NE(svg.find("<rect class=\"action kind-B overlapped\" x=\"120\" y=\"66\" width=\"60\" "
+                     "height=\"12\""),
+            std::string::npos);
+  EXPECT_NE(svg.find("<title>0F2 on rank 0: 2 to 4.5, overlapped with 0B0</title>"),
+            std::string::npos);
+  EXPECT_NE(svg.find("<title>0B0 on rank 0: 2 to 4.5, overlapped with 0F2</title>"),
+            std::string::npos);
+  EXPECT_NE(svg.find("<text x=\"150\" y=\"62.8\" fill=\"#FFFFFF\" font-size=\"8\">2</text>"),
+            std::string::npos);
+  EXPECT_NE(svg.find("<text x=\"150\" y=\"74.8\" fill=\"#FFFFFF\" font-size=\"8\">0</text>"),
+            std::string::npos);
+  EXPECT_NE(svg.find("stacked half boxes: one overlapped slot"), std::string::npos);
+  // The other actions are full boxes; expanded, none is stacked.
+  EXPECT_NE(svg.find("<rect class=\"action kind-B\" x=\"180\" y=\"54\" width=\"48\" "
+                     "height=\"24\""),
+            std::string::npos);
+  const Schedule e = expand_overlap(s);
+  EXPECT_EQ(count(to_svg(e, simulate(e, costs)), "overlapped"), 0u);
 }
 
 TEST(Svg, MultiStageRanksShadeAndLabelTheStage) {
