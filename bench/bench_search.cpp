@@ -1,12 +1,14 @@
 // bench_search: time of search_schedules() (every named schedule and knob, built, lowered,
 // validated, simulated and measured) for a few (P, M), best of a number of repeats. The goal of
-// the schedule search: P = 8, M = 32 in under 1 s.
+// the schedule search: P = 8, M = 32 in under 1 s. With --overlap-overhead X, the search also
+// tries dualpipe-v-overlap with slots of max(F, B) + X (SearchOptions::overlapped).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -16,7 +18,13 @@ int main(int argc, char** argv) {
   int repeats = 5;
   CLI::App app{"Times search_schedules() at a few sizes under uniform and 1:2:1 costs"};
   app.add_option("repeats", repeats, "repeats; the best is shown")->check(CLI::Range(1, 1000));
+  std::optional<double> overlap_overhead;
+  app.add_option("--overlap-overhead", overlap_overhead,
+                 "also try dualpipe-v-overlap, each overlapped slot max(F, B) + this")
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
+  pipetrain::SearchOptions options;
+  options.overlapped = overlap_overhead.has_value();
   pipetrain::CostModel uneven = pipetrain::CostModel::uniform();
   uneven.backward = 3.0;
   uneven.backward_input = 2.0;
@@ -26,13 +34,14 @@ int main(int argc, char** argv) {
               "winner", "");
   try {
     for (const auto& [p, m] : sizes) {
-      for (const auto& [label, costs] :
+      for (auto [label, costs] :
            {std::pair{"uniform", pipetrain::CostModel::uniform()}, std::pair{"1:2:1", uneven}}) {
+        costs.overlap_overhead = overlap_overhead.value_or(0.0);
         double best = 1e300;
         std::vector<pipetrain::SearchResult> results;
         for (int i = 0; i < repeats; ++i) {
           const auto start = std::chrono::steady_clock::now();
-          results = pipetrain::search_schedules(p, m, costs);
+          results = pipetrain::search_schedules(p, m, costs, options);
           const std::chrono::duration<double, std::milli> took =
               std::chrono::steady_clock::now() - start;
           best = std::min(best, took.count());

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 tool="${1:-build}/tools/pipetrain-schedule"
 out=docs/schedules
 mkdir -p "$out"
-for name in gpipe 1f1b zb-h1 zb-h2 zb-v dualpipe-v v-half v-min; do
+for name in gpipe 1f1b zb-h1 zb-h2 zb-v dualpipe-v dualpipe-v-overlap v-half v-min; do
   "$tool" --schedule "$name" --ranks 4 --microbatches 8 --quiet --svg "$out/$name.svg"
 done
 for name in interleaved-1f1b looped-bfs; do

@@ -411,6 +411,8 @@ std::unique_ptr<pipetrain::Pipeline> switch_schedule(
   std::int64_t kept = 0;
   for (const auto& p : profile) kept += static_cast<std::int64_t>(p.bytes_kept);
   pipetrain::SearchOptions search;
+  // search.overlapped stays false: the executor runs an overlapped slot's two actions in
+  // sequence, so an overlapped candidate's simulated time would not be this runtime's.
   search.activation_bytes = std::max<std::int64_t>(1, kept / opt.pipeline);
   search.memory_cap_bytes = opt.memory_cap_mb * (std::int64_t{1} << 20);
   const std::vector<pipetrain::SearchResult> ranked =

@@ -123,9 +123,11 @@ std::vector<RankMemory> estimate_memory(const std::vector<LayerProfile>& profile
 
 struct PipelineOptions {
   /// A make_schedule() name ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-v", ...),
-  /// ignored when `custom_schedule` is set.
+  /// ignored when `custom_schedule` is set. A schedule with overlapped slots
+  /// ("dualpipe-v-overlap") runs each slot's two actions in sequence (expand_overlap()), so it
+  /// trains, and takes the time of, the plain one ("dualpipe-v").
   std::string schedule = "1f1b";
-  /// A compute schedule of your own (lowered here); its ranks and microbatches win.
+  /// A compute schedule of your own (expanded and lowered here); its ranks and microbatches win.
   std::optional<Schedule> custom_schedule;
   int pipeline = 1;         ///< P: pipeline ranks
   int data_parallel = 1;    ///< D: replicas; the world has P x D ranks

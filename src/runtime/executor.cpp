@@ -304,7 +304,8 @@ bool same_parameters(std::span<nn::Parameter* const> a, const std::vector<nn::Pa
 Executor::Executor(Schedule schedule, Topology topology, Transport& transport,
                    std::vector<Stage*> stages, nn::Loss* loss, optim::Optimizer* optimizer,
                    ExecutorOptions options)
-    : schedule_(std::move(schedule)),
+    // One action at a time: an overlapped slot's two actions run in sequence, the F first.
+    : schedule_(expand_overlap(schedule)),
       train_(schedule_),
       eval_(forward_only(schedule_)),
       topology_(topology),

@@ -182,9 +182,10 @@ Pipeline::Pipeline(const ModelSpec& model, std::unique_ptr<nn::Loss> loss,
       static_cast<std::int64_t>(o.pipeline) * o.data_parallel, " ranks, the transport has ",
       transport.world_size());
   check_schedule_size(kFn, o.pipeline, o.stages_per_rank, o.microbatches);
-  Schedule compute = o.custom_schedule
-                         ? *o.custom_schedule
-                         : make_schedule(o.schedule, o.pipeline, o.microbatches, o.stages_per_rank);
+  // The executor runs one action at a time: overlapped slots run in sequence.
+  Schedule compute = expand_overlap(
+      o.custom_schedule ? *o.custom_schedule
+                        : make_schedule(o.schedule, o.pipeline, o.microbatches, o.stages_per_rank));
   PIPETRAIN_CHECK_ARG(compute.num_ranks() == o.pipeline, kFn, "the schedule has ",
                       compute.num_ranks(), " ranks, pipeline=", o.pipeline);
   Schedule schedule = compute.num_ranks() > 1 && !compute.has_comm() ? lower(compute) : compute;

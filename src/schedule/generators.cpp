@@ -433,14 +433,21 @@ Schedule zb_v(int num_ranks, int num_microbatches) {
 }
 
 Schedule dualpipe_v(int num_ranks, int num_microbatches) {
+  return dualpipe_v(num_ranks, num_microbatches, DualPipeVOptions{});
+}
+
+Schedule dualpipe_v(int num_ranks, int num_microbatches, const DualPipeVOptions& options) {
   check_common("dualpipe_v", num_ranks, num_microbatches, 2);
   const int p = num_ranks, m = num_microbatches;
   PIPETRAIN_CHECK_ARG(m >= 2 * p, "dualpipe_v", "num_microbatches=", m,
                       " must be >= 2*num_ranks=", 2 * p);
   Orders orders;
+  std::vector<std::vector<std::size_t>> overlapped;  // per rank: see `pairs`
   for (int r = 0; r < p; ++r) {
     const int s0 = r, s1 = 2 * p - 1 - r;
     std::vector<Action> order;
+    // Indices into `order` of the F that begins an overlapped pair with the next action.
+    std::vector<std::size_t> pairs;
     int f0 = 0, f1 = 0, b0 = 0, b1 = 0;
     std::deque<Action> deferred_w;
     auto forward = [&](int chunk) {
@@ -460,13 +467,28 @@ Schedule dualpipe_v(int num_ranks, int num_microbatches) {
       order.push_back(deferred_w.front());
       deferred_w.pop_front();
     };
+    // dualpipev.py's _forward_backward_chunk: the F of one chunk and the full B of the other.
+    auto forward_backward = [&](int f_chunk, int b_chunk) {
+      pairs.push_back(order.size());
+      forward(f_chunk);
+      backward(b_chunk, false);
+    };
+    const bool last = r == p - 1;
     for (int i = 0; i < 2 * (p - r - 1); ++i) forward(0);             // 1: nF0
     for (int i = 0; i < r + 1; ++i) forward(0), forward(1);             // 2: nF0F1
     for (int i = 0; i < p - r - 1; ++i) backward(1, true), pop_w(), forward(1);  // 3: nB1W1F1
-    for (int i = 0; i < m - 2 * p + r + 1; ++i)                         // 4: nF0B1F1B0
-      forward(0), backward(1, false), forward(1), backward(0, false);
+    for (int i = 0; i < m - 2 * p + r + 1; ++i) {                       // 4: nF0B1F1B0
+      // The last rank runs its first F0 and B1 apart: dualpipev.py leaves that pair
+      // unoverlapped to shorten the bubble.
+      if (i == 0 && last) {
+        forward(0), backward(1, false);
+      } else {
+        forward_backward(0, 1);
+      }
+      forward_backward(1, 0);
+    }
     for (int i = 0; i < p - r - 1; ++i)                                 // 5: nB1F1B0
-      backward(1, false), forward(1), backward(0, false);
+      backward(1, false), forward_backward(1, 0);
     bool zero_bubble = false;                                           // 6: nB1B0
     for (int i = 0; i < r + 1; ++i) {
       // The second half of step 6 splits its backwards; odd ranks start one backward earlier.
@@ -478,8 +500,27 @@ Schedule dualpipe_v(int num_ranks, int num_microbatches) {
     for (int i = 0; i < p - r - 1; ++i) pop_w(), backward(0, true);    // 7: nWB0
     for (int i = 0; i < r + 1; ++i) pop_w();                            // 8: nW
     orders.push_back(std::move(order));
+    overlapped.push_back(std::move(pairs));
   }
-  return lay_out(empty("dualpipe-v", p, 2, m, Placement::kV), orders);
+  Schedule out = lay_out(
+      empty(options.overlap ? "dualpipe-v-overlap" : "dualpipe-v", p, 2, m, Placement::kV), orders);
+  if (!options.overlap) return out;
+  // Mark the pairs on the laid-out grid: a rank's actions keep their order there, so the k-th
+  // action of a rank is its k-th non-empty slot.
+  for (int r = 0; r < p; ++r) {
+    const auto& slots = out.rank_slots(r);
+    std::vector<std::size_t> step_of;
+    for (std::size_t i = 0; i < slots.size(); ++i)
+      if (slots[i]) step_of.push_back(i);
+    for (std::size_t k : overlapped[static_cast<std::size_t>(r)]) {
+      // A pair is one slot: its B follows its F directly, so close the idle gap between them.
+      auto& row = out.rank_slots(r);
+      const std::size_t f = step_of[k], b = step_of[k + 1];
+      if (b != f + 1) std::swap(row[f + 1], row[b]);
+      out.mark_overlap(r, f);
+    }
+  }
+  return out;
 }
 
 Schedule v_half(int num_ranks, int num_microbatches) {
@@ -514,6 +555,11 @@ const std::vector<std::string>& schedule_names() {
   return names;
 }
 
+const std::vector<std::string>& overlapped_schedule_names() {
+  static const std::vector<std::string> names = {"dualpipe-v-overlap"};
+  return names;
+}
+
 bool takes_stages_per_rank(std::string_view name) {
   return name == "interleaved-1f1b" || name == "looped-bfs";
 }
@@ -521,9 +567,12 @@ bool takes_stages_per_rank(std::string_view name) {
 Schedule make_schedule(std::string_view name, int num_ranks, int num_microbatches,
                        int stages_per_rank) {
   const auto& names = schedule_names();
-  if (std::find(names.begin(), names.end(), name) == names.end()) {
+  const auto& overlapped = overlapped_schedule_names();
+  if (std::find(names.begin(), names.end(), name) == names.end() &&
+      std::find(overlapped.begin(), overlapped.end(), name) == overlapped.end()) {
     std::string known;
     for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    for (const auto& n : overlapped) known += ", " + n;
     throw InvalidArgument("[make_schedule] unknown schedule '" + std::string(name) +
                           "': expected one of " + known);
   }
@@ -540,6 +589,8 @@ Schedule make_schedule(std::string_view name, int num_ranks, int num_microbatche
   if (name == "zb-v") return zb_v(num_ranks, num_microbatches);
   if (name == "v-half") return v_half(num_ranks, num_microbatches);
   if (name == "v-min") return v_min(num_ranks, num_microbatches);
+  if (name == "dualpipe-v-overlap")
+    return dualpipe_v(num_ranks, num_microbatches, DualPipeVOptions{.overlap = true});
   return dualpipe_v(num_ranks, num_microbatches);
 }
 

@@ -50,36 +50,45 @@ bool is_old_full_backward(std::string_view cell) {
   return digits(cell.substr(0, bw)) && digits(cell.substr(bw + 2));
 }
 
-// The actions of one cell. "(a;b;...)OVERLAP_F_B", PyTorch's composite action for a forward
-// and a backward run overlapped (DualPipeV), becomes its parts in order: pipetrain runs them one
-// after the other. In the old dialect, "B" is the input-gradient backward and "BW" the full one.
+// One action in the text's dialect: in the old one, "B" is the input-gradient backward and "BW"
+// the full one.
+Action parse_cell_action(std::string_view text, bool old_dialect) {
+  if (old_dialect && is_old_full_backward(text)) {
+    Action action = parse_action(std::string(text).erase(text.find("BW") + 1, 1));
+    action.kind = ActionKind::kBackward;
+    return action;
+  }
+  Action action = parse_action(text);
+  if (old_dialect && action.kind == ActionKind::kBackward) action.kind = ActionKind::kBackwardInput;
+  return action;
+}
+
+constexpr std::string_view kOverlapSuffix = ")OVERLAP_F_B";
+
+// The actions of one cell: one action, or the two of an overlapped slot,
+// "(a;b)OVERLAP_F_B" (PyTorch's composite action for DualPipeV's overlapped forward and
+// backward), which must be an F and a B or I of different microbatches. Throws ParseError
+// without a function name: from_csv puts its own, and the cell's place, in front.
 std::vector<Action> parse_cell(std::string_view body, bool old_dialect) {
-  constexpr std::string_view kOverlap = ")OVERLAP_F_B";
-  std::vector<std::string_view> parts;
-  if (body.front() == '(' && body.ends_with(kOverlap)) {
-    std::string_view inner = body.substr(1, body.size() - 1 - kOverlap.size());
-    while (true) {
-      const std::size_t semi = inner.find(';');
-      parts.push_back(trim_cell(inner.substr(0, semi)));
-      if (semi == std::string_view::npos) break;
-      inner.remove_prefix(semi + 1);
-    }
-  } else {
-    parts.push_back(body);
-  }
+  if (!(body.front() == '(' && body.ends_with(kOverlapSuffix)))
+    return {parse_cell_action(body, old_dialect)};
+  std::string_view inner = body.substr(1, body.size() - 1 - kOverlapSuffix.size());
   std::vector<Action> actions;
-  for (std::string_view part : parts) {
-    if (old_dialect && is_old_full_backward(part)) {
-      Action action = parse_action(std::string(part).erase(part.find("BW") + 1, 1));
-      action.kind = ActionKind::kBackward;
-      actions.push_back(action);
-      continue;
-    }
-    Action action = parse_action(part);
-    if (old_dialect && action.kind == ActionKind::kBackward)
-      action.kind = ActionKind::kBackwardInput;
-    actions.push_back(action);
+  while (true) {
+    const std::size_t semi = inner.find(';');
+    // Bounded: a third part is refused below whatever follows it.
+    if (actions.size() == 2)
+      throw ParseError("'" + std::string(body) +
+                       "' has more than two actions: an overlapped slot is an F and a B or I of "
+                       "different microbatches");
+    actions.push_back(parse_cell_action(trim_cell(inner.substr(0, semi)), old_dialect));
+    if (semi == std::string_view::npos) break;
+    inner.remove_prefix(semi + 1);
   }
+  if (actions.size() != 2 || !can_overlap(actions[0], actions[1]))
+    throw ParseError("'" + std::string(body) +
+                     "' is not an overlapped slot: expected an F and a B or I of different "
+                     "microbatches");
   return actions;
 }
 
@@ -189,6 +198,25 @@ void check_result(const char* function, const Schedule& schedule, const Simulati
   }
 }
 
+// The other action of the overlapped slot that holds `t` (its step a mark, or the step after
+// one), or nothing. A result simulated from another schedule may name steps this one lacks.
+std::optional<Action> overlap_partner(const Schedule& schedule, const TimedAction& t) {
+  const auto& marks = schedule.rank_overlaps(t.rank);
+  const auto& slots = schedule.rank_slots(t.rank);
+  const auto step = static_cast<std::size_t>(t.step);
+  if (t.step < 0 || step >= slots.size()) return std::nullopt;
+  if (std::binary_search(marks.begin(), marks.end(), step) && step + 1 < slots.size())
+    return slots[step + 1];
+  if (step > 0 && std::binary_search(marks.begin(), marks.end(), step - 1)) return slots[step - 1];
+  return std::nullopt;
+}
+
+// True when `t` is the first action of its overlapped slot (drawn on top).
+bool overlap_first(const Schedule& schedule, const TimedAction& t) {
+  const auto& marks = schedule.rank_overlaps(t.rank);
+  return std::binary_search(marks.begin(), marks.end(), static_cast<std::size_t>(t.step));
+}
+
 // ---- SVG colours ----------------------------------------------------------------------------
 
 struct Rgb {
@@ -268,9 +296,21 @@ std::string to_csv(const Schedule& schedule) {
       out += "\"\"\n";
       continue;
     }
+    const auto& marks = schedule.rank_overlaps(r);
+    std::size_t next_mark = 0;
     for (std::size_t i = 0; i < slots.size(); ++i) {
       if (i > 0) out += ',';
-      if (slots[i]) out += to_string(*slots[i]);
+      while (next_mark < marks.size() && marks[next_mark] < i) ++next_mark;
+      const bool pair = next_mark < marks.size() && marks[next_mark] == i && i + 1 < slots.size() &&
+                        slots[i] && slots[i + 1];
+      if (pair) {
+        // One cell for the slot, its actions in their order: PyTorch's spelling.
+        out += '(' + to_string(*slots[i]) + ';' + to_string(*slots[i + 1]) +
+               std::string(kOverlapSuffix);
+        ++i;
+      } else if (slots[i]) {
+        out += to_string(*slots[i]);
+      }
     }
     out += '\n';
   }
@@ -280,6 +320,7 @@ std::string to_csv(const Schedule& schedule) {
 Schedule from_csv(std::string_view text, std::string name) {
   // Rows: lines ending in "\n" or "\r\n"; a final line without a terminator still counts.
   std::vector<std::vector<std::optional<Action>>> rows;
+  std::vector<std::vector<std::size_t>> overlaps;  // per row: steps that begin an overlapped slot
   std::vector<CsvCell> cells;
   // A file with any "BW" cell comes from a PyTorch release in which "B" meant the
   // input-gradient backward; read its "B" as I and its "BW" as B.
@@ -317,6 +358,7 @@ Schedule from_csv(std::string_view text, std::string name) {
                                        ScheduleLimits::kMaxRanks,
                                        " rows (one per rank; ScheduleLimits::kMaxRanks)"));
     auto& slots = rows.emplace_back();
+    auto& marks = overlaps.emplace_back();
     if (line.empty()) continue;  // a rank with no slots, as csv.reader gives []
     std::size_t start = 0;
     for (int cell = 1;; ++cell) {
@@ -325,7 +367,7 @@ Schedule from_csv(std::string_view text, std::string name) {
       std::string_view body = trim_cell(line.substr(start, comma - start));
       if (body.size() >= 2 && body.front() == '"' && body.back() == '"')
         body = trim_cell(body.substr(1, body.size() - 2));
-      // Bounded before it grows: a cell holds one action, or two or three when overlapped.
+      // Bounded before it grows: a cell holds one action, or two when overlapped.
       if (++num_slots > ScheduleLimits::kMaxSlots)
         throw ParseError(detail::message("from_csv", where(row, cell), ": the text has more than ",
                                          ScheduleLimits::kMaxSlots,
@@ -334,7 +376,9 @@ Schedule from_csv(std::string_view text, std::string name) {
         slots.emplace_back(std::nullopt);
       } else {
         try {
-          for (const Action& action : parse_cell(body, old_dialect)) {
+          const std::vector<Action> actions = parse_cell(body, old_dialect);
+          if (actions.size() == 2) marks.push_back(slots.size());
+          for (const Action& action : actions) {
             slots.emplace_back(action);
             cells.push_back(CsvCell{row, cell, action});
           }
@@ -421,8 +465,10 @@ Schedule from_csv(std::string_view text, std::string name) {
     }
   }
   Schedule schedule(std::move(name), ranks, per_rank, static_cast<int>(microbatches), placement);
-  for (int r = 0; r < ranks; ++r)
+  for (int r = 0; r < ranks; ++r) {
     schedule.rank_slots(r) = std::move(rows[static_cast<std::size_t>(r)]);
+    for (std::size_t step : overlaps[static_cast<std::size_t>(r)]) schedule.mark_overlap(r, step);
+  }
   return schedule;
 }
 
@@ -449,12 +495,17 @@ std::string to_chrome_trace(const Schedule& schedule, const SimulationResult& re
           ",\"tid\":0,\"args\":{\"name\":" + label + "}}");
   }
   for (const TimedAction& t : result.actions) {
+    // Both actions of an overlapped slot carry the slot's time; args name the partner.
+    const std::optional<Action> partner = overlap_partner(schedule, t);
+    const std::string overlap =
+        partner ? ",\"overlap\":true,\"partner\":" + json_string(to_string(*partner)) : "";
     event("{\"name\":" + json_string(to_string(t.action)) +
           ",\"cat\":" + json_string(to_string(t.action.kind)) + ",\"ph\":\"X\",\"pid\":" +
           std::to_string(t.rank) + ",\"tid\":0,\"ts\":" + json_number(t.start * time_scale) +
           ",\"dur\":" + json_number((t.end - t.start) * time_scale) +
           ",\"args\":{\"stage\":" + std::to_string(t.action.stage) + ",\"microbatch\":" +
-          std::to_string(t.action.microbatch) + ",\"step\":" + std::to_string(t.step) + "}}");
+          std::to_string(t.action.microbatch) + ",\"step\":" + std::to_string(t.step) + overlap +
+          "}}");
   }
   out +=
       "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"schedule\":" + json_string(schedule.name()) +
@@ -492,6 +543,7 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
 
   bool present[kNumActionKinds] = {};
   for (const TimedAction& t : result.actions) present[static_cast<int>(t.action.kind)] = true;
+  const bool any_overlap = schedule.has_overlap();
 
   // The local chunk of a stage: its position among the rank's stages.
   auto chunk_of = [&](int stage) {
@@ -566,27 +618,37 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
   out += "<g class=\"actions\" font-size=\"10\" text-anchor=\"middle\">\n";
   for (const TimedAction& t : result.actions) {
     const Rgb fill = shade(kind_colour(t.action.kind), chunk_of(t.action.stage), chunks);
+    // An overlapped slot is one slot holding two actions: two half-height boxes stacked in the
+    // rank's row over the slot's time, the slot's first action on top.
+    const std::optional<Action> partner = overlap_partner(schedule, t);
+    const double h = partner ? box_h / 2 : box_h;
     const double x = left + t.start * ppu;
     const double w = (t.end - t.start) * ppu;
-    const double y = top + row_h * t.rank + 2.0;
+    const double y =
+        top + row_h * t.rank + 2.0 + (partner && !overlap_first(schedule, t) ? h : 0.0);
     const std::string text = to_string(t.action);
-    out += "<rect class=\"action kind-" + std::string(to_string(t.action.kind)) + "\" x=\"" +
-           short_number(x) + "\" y=\"" + short_number(y) + "\" width=\"" + short_number(w) +
-           "\" height=\"" + short_number(box_h) + "\" rx=\"2\" fill=\"" + hex(fill) +
+    out += "<rect class=\"action kind-" + std::string(to_string(t.action.kind)) +
+           (partner ? " overlapped" : "") + "\" x=\"" + short_number(x) + "\" y=\"" +
+           short_number(y) + "\" width=\"" + short_number(w) + "\" height=\"" + short_number(h) +
+           "\" rx=\"2\" fill=\"" + hex(fill) +
            "\" stroke=\"#FFFFFF\" stroke-width=\"0.75\"><title>" + text + " on rank " +
            std::to_string(t.rank) + ": " + short_number(t.start) + " to " + short_number(t.end) +
-           "</title></rect>\n";
+           (partner ? ", overlapped with " + to_string(*partner) : "") + "</title></rect>\n";
     // The microbatch, with the stage as a subscript when the rank runs several stages; left
-    // out when the box is too narrow to hold it.
+    // out when the box is too narrow (or, stacked, too low) to hold it.
     const std::string mb = std::to_string(t.action.microbatch);
     const std::string st = chunks > 1 ? std::to_string(t.action.stage) : "";
+    const double scale = partner ? 0.8 : 1.0;
     const double need =
-        6.2 * static_cast<double>(mb.size()) + 5.0 * static_cast<double>(st.size()) + 3.0;
-    if (w < need) continue;
+        scale * (6.2 * static_cast<double>(mb.size()) + 5.0 * static_cast<double>(st.size())) + 3.0;
+    if (w < need || h < 9.0) continue;
     const std::string ink = is_light(fill) ? "#1F1F1F" : "#FFFFFF";
-    out += "<text x=\"" + short_number(x + w / 2) + "\" y=\"" + short_number(y + box_h / 2 + 3.5) +
-           "\" fill=\"" + ink + "\">" + mb;
-    if (!st.empty()) out += "<tspan font-size=\"7\" dy=\"2\">" + st + "</tspan>";
+    out += "<text x=\"" + short_number(x + w / 2) + "\" y=\"" +
+           short_number(y + h / 2 + 3.5 * scale) + "\" fill=\"" + ink + "\"" +
+           (partner ? " font-size=\"8\"" : "") + ">" + mb;
+    if (!st.empty())
+      out += "<tspan font-size=\"" + std::string(partner ? "6" : "7") + "\" dy=\"" +
+             (partner ? "1.5" : "2") + "\">" + st + "</tspan>";
     out += "</text>\n";
   }
   out += "</g>\n";
@@ -610,9 +672,10 @@ std::string to_svg(const Schedule& schedule, const SimulationResult& result,
              "</text>\n";
       x += 7.0 * std::strlen(kNames[k]) + 16.0;
     }
-    const std::string note = chunks > 1 ? "label: microbatch, subscript: stage; lighter: later "
-                                          "local stage"
-                                        : "label: microbatch";
+    std::string note = chunks > 1 ? "label: microbatch, subscript: stage; lighter: later "
+                                    "local stage"
+                                  : "label: microbatch";
+    if (any_overlap) note += "; stacked half boxes: one overlapped slot";
     out += "<text x=\"" + short_number(x) + "\" y=\"" + short_number(y) + "\" fill=\"#666666\">" +
            note + "</text>\n";
     out += "</g>\n";

@@ -94,6 +94,11 @@ Schedule build(const Candidate& c, int num_ranks, int num_microbatches, const Co
       zero_bubble_costs(shape, costs, activation_bytes, pending_w_bytes, limit));
 }
 
+bool is_overlapped(const std::string& name) {
+  const auto& names = overlapped_schedule_names();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
 // Ranking classes: feasible, built but over the cap, rejected.
 int rank_class(const SearchResult& r) { return r.feasible ? 0 : (r.built ? 1 : 2); }
 
@@ -107,6 +112,8 @@ SearchResult evaluate(const Candidate& c, int num_ranks, int num_microbatches,
     r.stages_per_rank_effective = c.knob;
     r.cost_aware = c.cost_aware;
     r.knob_cap_bytes = c.knob_cap;
+    r.overlapped = is_overlapped(c.name);
+    if (r.overlapped) r.knobs = "overlapped";
     if (takes_stages_per_rank(c.name)) r.knobs = "v=" + std::to_string(c.knob);
     if (c.cost_aware) r.knobs = "costs";
     if (c.knob_cap > 0)
@@ -119,9 +126,12 @@ SearchResult evaluate(const Candidate& c, int num_ranks, int num_microbatches,
     const Schedule schedule =
         build(c, num_ranks, num_microbatches, costs, activation_bytes, pending_w_bytes, cap);
     r.stages_per_rank_effective = schedule.stages_per_rank();
-    const Schedule lowered = lower(schedule);
+    // A runtime runs an overlapped schedule expanded: that is what must lower and validate;
+    // the time is the overlapped slots' (simulate() needs no communication actions).
+    const Schedule lowered = lower(expand_overlap(schedule));
     validate_or_throw(lowered);
-    const SimulationResult sim = simulate(lowered, stage_costs(costs, schedule));
+    const SimulationResult sim =
+        simulate(schedule.has_overlap() ? schedule : lowered, stage_costs(costs, schedule));
     r.peak_bytes_per_rank = peak_memory_bytes(schedule, activation_bytes, pending_w_bytes);
     r.makespan = sim.makespan;
     r.bubble_fraction = sim.bubble_fraction;
@@ -221,6 +231,9 @@ std::vector<SearchResult> search_schedules(int num_ranks, int num_microbatches,
       continue;
     }
     candidates.push_back({name, 1});
+    if (options.overlapped && name == "dualpipe-v")
+      for (const std::string& overlapped : overlapped_schedule_names())
+        candidates.push_back({overlapped, 1});
     if (!options.cost_aware || !is_cost_aware(name)) continue;
     candidates.push_back({name, 1, true});
     if (!options.memory_knobs || options.activation_bytes == 0) continue;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <exception>
 #include <new>
+#include <optional>
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
@@ -49,6 +50,7 @@ struct Options {
   bool table = false;
   std::vector<double> costs;  // F B I W
   double latency = 0.0;
+  std::optional<double> overlap_overhead;  // set: overlapped slots cost max(F, B or I) + it
   std::string csv;
   std::string svg;
   std::string trace;
@@ -126,6 +128,10 @@ CostModel cost_model(const Options& options) {
                       "pipetrain-schedule", "--latency=", options.latency,
                       " must be finite and >= 0");
   costs.latency = options.latency;
+  const double overhead = options.overlap_overhead.value_or(0.0);
+  PIPETRAIN_CHECK_ARG(std::isfinite(overhead) && overhead >= 0.0, "pipetrain-schedule",
+                      "--overlap-overhead=", overhead, " must be finite and >= 0");
+  costs.overlap_overhead = overhead;
   return costs;
 }
 
@@ -136,7 +142,7 @@ std::string join(const std::vector<int>& values) {
 }
 
 void print_summary(const Schedule& schedule, const SimulationResult& result,
-                   const MemoryProfile& memory) {
+                   const MemoryProfile& memory, const CostModel& costs) {
   std::cout << std::fixed << std::setprecision(4);
   std::cout << "schedule        " << schedule.name() << " (" << schedule.num_ranks() << " ranks, "
             << schedule.num_stages() << " stages, " << to_string(schedule.placement())
@@ -150,6 +156,13 @@ void print_summary(const Schedule& schedule, const SimulationResult& result,
             << join(memory.peak_activations)
             << "\npeak held incl. pending W per rank:                 " << join(memory.peak_held)
             << "\n";
+  if (!schedule.has_overlap()) return;
+  std::size_t pairs = 0;
+  for (int r = 0; r < schedule.num_ranks(); ++r) pairs += schedule.rank_overlaps(r).size();
+  std::cout << "overlapped slots " << pairs << ", each max(F, B or I) + " << costs.overlap_overhead
+            << " (--overlap-overhead): needs an executor that runs the two together\n"
+            << "run in sequence  makespan " << simulate(expand_overlap(schedule), costs).makespan
+            << "   (expand_overlap(): what pipetrain's executor runs)\n";
 }
 
 int max_of(const std::vector<int>& values) {
@@ -199,6 +212,9 @@ SearchOptions search_options(const Options& options) {
   search.pending_w_fraction = options.w_fraction;
   search.memory_cap_bytes = parse_bytes("--memory-cap", options.memory_cap);
   search.cost_aware = !options.named_only;
+  // Overlapped candidates only with a stated overhead: none is measured here, and their gain
+  // needs an executor that overlaps (pipetrain's runs a slot in sequence).
+  search.overlapped = options.overlap_overhead.has_value();
   return search;
 }
 
@@ -248,6 +264,10 @@ int run_search(const Options& options) {
       else
         std::cout << "| | | no: " << r.reason << " |\n";
     }
+    if (search.overlapped)
+      std::cout << "\noverlapped: each slot costs max(F, B or I) + " << costs.overlap_overhead
+                << "; needs an executor that runs the two together (pipetrain's runs them in "
+                   "sequence, as dualpipe-v)\n";
   }
   const SearchResult& best = results.front();
   if (!best.feasible) {
@@ -258,7 +278,8 @@ int run_search(const Options& options) {
   }
   Schedule schedule =
       make_candidate(best, options.ranks, options.microbatches, costs, search);
-  if (options.lower) schedule = lower(schedule);
+  // Lowering is for a runtime, which runs the overlapped slots expanded.
+  if (options.lower) schedule = lower(expand_overlap(schedule));
   const SimulationResult result = simulate(schedule, stage_costs(costs, schedule));
   if (!options.quiet) {
     std::cout << "\nwinner: " << best.name << (best.knobs.empty() ? "" : " ") << best.knobs
@@ -283,6 +304,8 @@ int run(const Options& options) {
     for (const std::string& name : schedule_names())
       std::cout << name << (takes_stages_per_rank(name) ? "  (takes --stages-per-rank)" : "")
                 << "\n";
+    for (const std::string& name : overlapped_schedule_names())
+      std::cout << name << "  (overlapped slots: validated, lowered and run expanded)\n";
     return 0;
   }
   // The costs are checked before anything is built or read.
@@ -292,9 +315,11 @@ int run(const Options& options) {
                                           options.stages_per_rank)
                           : from_csv(read_file(options.load), options.load);
   if (options.merge) schedule = merge_backward(schedule);
-  if (options.lower && !schedule.has_comm()) schedule = lower(schedule);
+  // A runtime runs overlapped slots in sequence: lowering (for a runtime) expands them, and
+  // validation checks the expanded order; the rest keeps the slots.
+  if (options.lower && !schedule.has_comm()) schedule = lower(expand_overlap(schedule));
 
-  const ValidationReport report = validate(schedule);
+  const ValidationReport report = validate(expand_overlap(schedule));
   if (!report.ok()) {
     std::cerr << "pipetrain-schedule: the schedule is invalid\n" << report.format(schedule);
     return 1;
@@ -304,7 +329,7 @@ int run(const Options& options) {
     std::cout << schedule.to_grid();
 
   const SimulationResult result = simulate(schedule, costs);
-  if (!options.quiet) print_summary(schedule, result, analyze_memory(schedule));
+  if (!options.quiet) print_summary(schedule, result, analyze_memory(schedule), costs);
   write_outputs(options, schedule, result);
   return 0;
 }
@@ -317,7 +342,7 @@ int main(int argc, char** argv) {
                "pipetrain-schedule"};
   app.add_option("-s,--schedule", options.schedule,
                  "Schedule to build: gpipe, 1f1b, interleaved-1f1b, looped-bfs, zb-h1, zb-h2, "
-                 "zb-v, dualpipe-v, v-half, v-min")
+                 "zb-v, dualpipe-v, v-half, v-min, dualpipe-v-overlap")
       ->capture_default_str();
   app.add_option("-p,--ranks", options.ranks, "Pipeline ranks P")->capture_default_str();
   app.add_option("-m,--microbatches", options.microbatches, "Microbatches M per batch")
@@ -345,6 +370,10 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--latency", options.latency, "Per-transfer latency between ranks")
       ->capture_default_str();
+  app.add_option("--overlap-overhead", options.overlap_overhead,
+                 "Time an overlapped slot takes beyond max(F, B or I) (default 0, perfect "
+                 "overlap); with --search, also try dualpipe-v-overlap, costed so (its gain "
+                 "needs an executor that overlaps; pipetrain's runs a slot in sequence)");
   app.add_option("--csv", options.csv, "Write the schedule as PyTorch pipelining CSV");
   app.add_option("--svg", options.svg, "Write an SVG picture of the simulated timeline");
   app.add_option("--trace", options.trace,

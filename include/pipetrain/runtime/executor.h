@@ -123,6 +123,8 @@ struct EvalStats {
 class Executor {
  public:
   /// `schedule` must be valid and lowered (or have a single rank); it is validated here.
+  /// Overlapped slots (schedule.h) run in sequence, the F first: the Executor runs (and
+  /// schedule() returns) expand_overlap() of `schedule` (passes.h).
   /// `rank` is transport.rank(); its pipeline position is topology.pp_index(rank). `stages` are
   /// this rank's stages in increasing stage order; `loss` is required on the rank holding the
   /// last stage (ignored elsewhere); `optimizer` (may be null: no update, for tests) updates the

@@ -69,6 +69,24 @@ Schedule zb_v(int num_ranks, int num_microbatches);
 /// Needs M >= 2P. Uniform costs: makespan 6M+P-1 (idle P-1 per rank); peak held 2P+1 stages.
 Schedule dualpipe_v(int num_ranks, int num_microbatches);
 
+struct DualPipeVOptions {
+  /// Mark the pairs that dualpipev.py runs overlapped (its _forward_backward_chunk calls: in step
+  /// 4 each F0 with the next B1, except the last rank's first, and each F1 with the next B0; in
+  /// step 5 each F1 with the next B0) as overlapped slots (schedule.h), as PyTorch's
+  /// ScheduleDualPipeV writes OVERLAP_F_B: rank r has 2(M-2P+r+1) + P-r-1 pairs, one fewer on the
+  /// last rank. The schedule is then named "dualpipe-v-overlap".
+  bool overlap = false;
+};
+
+/// DualPipeV with options. With overlap, each pair's B sits in the slot right after its F, and
+/// expand_overlap() of the result has every rank's actions in the order of dualpipe_v(P, M);
+/// validate() reports the overlapped slots (run expand_overlap() first, as pipetrain's runtime
+/// does). Uniform costs (F = 1, B = 2) and overlap_overhead = h in [0, 2] (measured, P <= 8,
+/// 2P <= M <= 4P): makespan 4M + 3P + (2M-P-2)h, against dualpipe_v()'s 6M+P-1
+/// (docs/schedules.md, "Overlapped slots (DualPipeV)"). Memory: dualpipe_v()'s (same order).
+/// Throws as dualpipe_v(P, M).
+Schedule dualpipe_v(int num_ranks, int num_microbatches, const DualPipeVOptions& options);
+
 /// V-Half (Qi et al., NeurIPS 2024, "Pipeline Parallelism with Controllable Memory"): V placement
 /// (as ZB-V), split backward, built by repeating the paper's V-Half building block every 6 unit
 /// steps; the block fixes each rank's order of F and I, and each W runs where its rank would
@@ -139,16 +157,23 @@ bool is_cost_aware(std::string_view name);
 Schedule make_cost_aware_schedule(std::string_view name, int num_ranks, int num_microbatches,
                                   const ZeroBubbleCosts& costs);
 
-/// Names accepted by make_schedule(), in presentation order:
+/// The schedules pipetrain's runtime runs as they are, in presentation order:
 /// "gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipe-v",
 /// "v-half", "v-min".
 const std::vector<std::string>& schedule_names();
 
+/// The schedules with overlapped slots (schedule.h): "dualpipe-v-overlap" (dualpipe_v() with
+/// DualPipeVOptions::overlap). make_schedule() builds them too; validate() reports their slots,
+/// so a runtime runs expand_overlap() of them (passes.h), and their simulated gain needs an
+/// executor that runs a slot's two actions together.
+const std::vector<std::string>& overlapped_schedule_names();
+
 /// True for the schedules that take stages_per_rank (interleaved-1f1b, looped-bfs).
 bool takes_stages_per_rank(std::string_view name);
 
-/// Builds a schedule by name. stages_per_rank is used by interleaved-1f1b and looped-bfs and
-/// must be 1 for the others (the V schedules fix it to 2).
+/// Builds a schedule by name, one of schedule_names() or overlapped_schedule_names().
+/// stages_per_rank is used by interleaved-1f1b and looped-bfs and must be 1 for the others (the
+/// V schedules fix it to 2).
 /// Throws InvalidArgument for an unknown name, listing the known ones.
 Schedule make_schedule(std::string_view name, int num_ranks, int num_microbatches,
                        int stages_per_rank = 1);

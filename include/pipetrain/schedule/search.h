@@ -79,17 +79,29 @@ struct SearchOptions {
   /// below memory_cap_bytes (at most 4 values of k per family, spread evenly over the range):
   /// knobs "costs, cap k shares".
   bool memory_knobs = true;
+  /// Also try the schedules with overlapped slots (overlapped_schedule_names():
+  /// dualpipe-v-overlap), simulated with each slot taking max(F, B or I) +
+  /// costs.overlap_overhead (in the time unit of `costs`, per slot, not divided by v): knobs
+  /// "overlapped". Its makespan holds only for an executor that runs a slot's two actions
+  /// together; pipetrain's executor runs them in sequence (the time of the plain dualpipe-v
+  /// candidate), so leave this off when choosing a schedule for pipetrain's runtime (train_gpt
+  /// --schedule auto does). Memory and validation are those of expand_overlap() of it.
+  bool overlapped = false;
 };
 
 struct SearchResult {
-  std::string name;         ///< a name of schedule_names()
+  std::string name;  ///< a name of schedule_names() or, overlapped, overlapped_schedule_names()
   int stages_per_rank = 1;  ///< the knob passed to make_schedule() (1 for the V schedules)
   int stages_per_rank_effective = 1;  ///< v of the built schedule (2 for the V schedules)
   /// "v=3" for the schedules that take stages_per_rank, "costs" for a cost-aware candidate,
-  /// "costs, cap 5 shares" for one under a memory knob; empty otherwise.
+  /// "costs, cap 5 shares" for one under a memory knob, "overlapped" for one with overlapped
+  /// slots; empty otherwise.
   std::string knobs;
   /// True for a cost-aware candidate (SearchOptions::cost_aware).
   bool cost_aware = false;
+  /// True for a candidate with overlapped slots (SearchOptions::overlapped): its makespan needs
+  /// an executor that overlaps them.
+  bool overlapped = false;
   /// The memory knob of the candidate in bytes per rank (what one rank's shares may keep), 0 for
   /// none; the candidate was generated under min(this, memory_cap_bytes).
   std::int64_t knob_cap_bytes = 0;
@@ -131,10 +143,11 @@ std::vector<std::int64_t> peak_memory_bytes(const Schedule& schedule,
 /// Tries every schedule of schedule_names() at (num_ranks, num_microbatches): the ones that
 /// take stages_per_rank once per value of options.stages_per_rank, the others once, each
 /// zero-bubble one also cost-aware and under the memory knobs (options.cost_aware,
-/// options.memory_knobs; right after the named one in presentation order). Each
+/// options.memory_knobs; right after the named one in presentation order), and with
+/// options.overlapped the overlapped schedules (right after dualpipe-v). Each
 /// candidate is built with make_schedule(), lowered, validated (validate_or_throw(): deadlock
-/// included), simulated under stage_costs(costs, schedule), and measured with
-/// peak_memory_bytes(). Any exception of one candidate (a generator's rejection of (P, M), a
+/// included; an overlapped one through expand_overlap()), simulated under stage_costs(costs,
+/// schedule) (an overlapped one with its slots), and measured with peak_memory_bytes(). Any exception of one candidate (a generator's rejection of (P, M), a
 /// size beyond ScheduleLimits, a failed validation, even std::bad_alloc) becomes that
 /// candidate's `reason`; it never stops the search.
 ///

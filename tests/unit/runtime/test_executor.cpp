@@ -104,8 +104,11 @@ struct RunSpec {
 };
 
 Outcome run_pipeline(const RunSpec& spec) {
-  const Schedule schedule =
-      lower(make_schedule(spec.schedule, spec.pipeline, spec.microbatches, spec.stages_per_rank));
+  const Schedule built =
+      make_schedule(spec.schedule, spec.pipeline, spec.microbatches, spec.stages_per_rank);
+  // One rank needs no lowering: an overlapped schedule then reaches the Executor with its marks
+  // (lower() refuses them), and the Executor runs it expanded.
+  const Schedule schedule = built.has_overlap() && spec.pipeline == 1 ? built : lower(built);
   const int world = spec.pipeline * spec.data_parallel;
   auto transports = make_inprocess_world(world, TransportOptions{spec.timeout});
   Outcome out;
@@ -227,7 +230,7 @@ INSTANTIATE_TEST_SUITE_P(
                       ScheduleCase{"zb-h2", 2, 4, 1}, ScheduleCase{"zb-v", 2, 4, 1},
                       ScheduleCase{"dualpipe-v", 2, 4, 1}, ScheduleCase{"v-half", 2, 4, 1},
                       ScheduleCase{"v-half", 3, 6, 1}, ScheduleCase{"v-min", 3, 6, 1},
-                      ScheduleCase{"gpipe", 1, 3, 1}),
+                      ScheduleCase{"gpipe", 1, 3, 1}, ScheduleCase{"dualpipe-v-overlap", 1, 4, 1}),
     [](const auto& info) {
       std::string n = info.param.name + "_P" + std::to_string(info.param.pipeline) + "_M" +
                       std::to_string(info.param.microbatches);

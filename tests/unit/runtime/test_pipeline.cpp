@@ -128,7 +128,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"zb-h1", 2, 2, 4, 1}, Case{"zb-h2", 2, 1, 4, 1},
                       Case{"zb-v", 2, 1, 4, 1}, Case{"zb-v", 4, 1, 4, 1},
                       Case{"v-half", 2, 2, 4, 1}, Case{"dualpipe-v", 2, 1, 4, 1},
-                      Case{"looped-bfs", 2, 1, 4, 2}),
+                      Case{"dualpipe-v-overlap", 2, 1, 4, 1}, Case{"looped-bfs", 2, 1, 4, 2}),
     [](const auto& info) {
       std::string n = info.param.schedule + "_P" + std::to_string(info.param.p) + "_D" +
                       std::to_string(info.param.d);
@@ -136,6 +136,45 @@ INSTANTIATE_TEST_SUITE_P(
         if (ch == '-') ch = '_';
       return n;
     });
+
+// An overlapped schedule runs its slots in sequence (the CPU executor runs one action at a time):
+// by name or as a custom schedule, on several ranks (lowered after expanding) and on one (the
+// Executor expands it), it trains exactly as the plain DualPipeV does.
+TEST(Pipeline, OverlappedDualPipeVTrainsAsThePlainOne) {
+  PipelineOptions plain;
+  plain.schedule = "dualpipe-v";
+  plain.pipeline = 2;
+  plain.microbatches = 4;
+  plain.optimizer.lr = 1e-2;
+  const TrainRun want = train(plain);
+  PipelineOptions overlapped = plain;
+  overlapped.schedule = "dualpipe-v-overlap";
+  const TrainRun by_name = train(overlapped);
+  EXPECT_EQ(by_name.losses, want.losses);
+  EXPECT_EQ(by_name.params, want.params);
+  overlapped.custom_schedule = dualpipe_v(2, 4, DualPipeVOptions{.overlap = true});
+  const TrainRun custom = train(overlapped);
+  EXPECT_EQ(custom.losses, want.losses);
+  EXPECT_EQ(custom.params, want.params);
+  EXPECT_LT(want.losses.back(), want.losses.front());
+
+  // One rank: the schedule reaches the Executor unlowered, with its marks.
+  PipelineOptions one = plain;
+  one.pipeline = 1;
+  one.custom_schedule = dualpipe_v(1, 4);
+  const TrainRun one_plain = train(one);
+  one.custom_schedule = dualpipe_v(1, 4, DualPipeVOptions{.overlap = true});
+  ASSERT_TRUE(one.custom_schedule->has_overlap());
+  const TrainRun one_overlapped = train(one);
+  EXPECT_EQ(one_overlapped.losses, one_plain.losses);
+  EXPECT_EQ(one_overlapped.params, one_plain.params);
+  runtime::set_logging(false);
+  launch(1, "inprocess", [&](Transport& t) {
+    const Pipeline pipe(mlp(), std::make_unique<nn::CrossEntropyLoss>(), one, t);
+    EXPECT_FALSE(pipe.schedule().has_overlap());
+    EXPECT_EQ(pipe.schedule(), expand_overlap(*one.custom_schedule));
+  });
+}
 
 TEST(Pipeline, EvalStepGivesTheSingleDeviceForward) {
   runtime::set_logging(false);

@@ -10,6 +10,8 @@
 
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/generators.h"
+#include "pipetrain/schedule/passes.h"
+#include "pipetrain/schedule/validate.h"
 
 namespace pipetrain {
 namespace {
@@ -245,6 +247,48 @@ TEST(Generators, DualPipeVFollowsTheEightSteps) {
   EXPECT_EQ(text, expected0);
 }
 
+// The pairs PyTorch's ScheduleDualPipeV writes as OVERLAP_F_B cells in its test artifact
+// dualpipev_4rank_10mb.csv (P = 4, M = 10), copied by hand: per rank, the F and B of each cell.
+TEST(Generators, DualPipeVOverlapMarksThePairsOfPyTorchsArtifact) {
+  const Schedule s = dualpipe_v(4, 10, DualPipeVOptions{.overlap = true});
+  EXPECT_EQ(s.name(), "dualpipe-v-overlap");
+  const std::vector<std::string> expected = {
+      "0F7+7B3 7F4+0B0 0F8+7B4 7F5+0B1 0F9+7B5 7F6+0B2 7F7+0B3 7F8+0B4 7F9+0B5",
+      "1F6+6B2 6F4+1B0 1F7+6B3 6F5+1B1 1F8+6B4 6F6+1B2 1F9+6B5 6F7+1B3 6F8+1B4 6F9+1B5",
+      "2F5+5B1 5F4+2B0 2F6+5B2 5F5+2B1 2F7+5B3 5F6+2B2 2F8+5B4 5F7+2B3 2F9+5B5 5F8+2B4 5F9+2B5",
+      "4F4+3B0 3F5+4B1 4F5+3B1 3F6+4B2 4F6+3B2 3F7+4B3 4F7+3B3 3F8+4B4 4F8+3B4 3F9+4B5 4F9+3B5"};
+  for (int r = 0; r < 4; ++r) {
+    std::string pairs;
+    const auto& slots = s.rank_slots(r);
+    for (std::size_t i : s.rank_overlaps(r))
+      pairs += (pairs.empty() ? "" : " ") + to_string(*slots[i]) + "+" + to_string(*slots[i + 1]);
+    EXPECT_EQ(pairs, expected[static_cast<std::size_t>(r)]) << "rank " << r;
+  }
+}
+
+// Expanded, the overlapped DualPipeV is the plain one, slot for slot; rank r has
+// 2(M-2P+r+1) + P-r-1 pairs, one fewer on the last rank (its first step-4 pair runs apart).
+TEST(Generators, DualPipeVOverlapExpandsToThePlainSchedule) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int m = 2 * p; m <= 4 * p; ++m) {
+      SCOPED_TRACE("P=" + std::to_string(p) + " M=" + std::to_string(m));
+      const Schedule plain = dualpipe_v(p, m);
+      const Schedule overlapped = dualpipe_v(p, m, DualPipeVOptions{.overlap = true});
+      EXPECT_EQ(dualpipe_v(p, m, DualPipeVOptions{}), plain);
+      const Schedule expanded = expand_overlap(overlapped);
+      EXPECT_FALSE(expanded.has_overlap());
+      for (int r = 0; r < p; ++r) {
+        EXPECT_EQ(expanded.rank_slots(r), plain.rank_slots(r)) << "rank " << r;
+        const std::size_t pairs = 2 * (m - 2 * p + r + 1) + p - r - 1 - (r == p - 1 ? 1 : 0);
+        EXPECT_EQ(overlapped.rank_overlaps(r).size(), pairs) << "rank " << r;
+      }
+      EXPECT_TRUE(validate(expanded).ok());
+      // Every pair is reported until expanded.
+      EXPECT_FALSE(validate(overlapped).ok());
+    }
+  }
+}
+
 TEST(Generators, MakeScheduleByName) {
   EXPECT_EQ(make_schedule("gpipe", 3, 5), gpipe(3, 5));
   EXPECT_EQ(make_schedule("1f1b", 3, 5), one_f_one_b(3, 5));
@@ -254,6 +298,10 @@ TEST(Generators, MakeScheduleByName) {
   EXPECT_EQ(make_schedule("zb-h2", 3, 5), zb_h2(3, 5));
   EXPECT_EQ(make_schedule("zb-v", 3, 5), zb_v(3, 5));
   EXPECT_EQ(make_schedule("dualpipe-v", 3, 6), dualpipe_v(3, 6));
+  EXPECT_EQ(make_schedule("dualpipe-v-overlap", 3, 6),
+            dualpipe_v(3, 6, DualPipeVOptions{.overlap = true}));
+  EXPECT_EQ(overlapped_schedule_names(), std::vector<std::string>{"dualpipe-v-overlap"});
+  EXPECT_FALSE(takes_stages_per_rank("dualpipe-v-overlap"));
   EXPECT_EQ(make_schedule("v-half", 3, 5), v_half(3, 5));
   EXPECT_EQ(make_schedule("v-min", 3, 5), v_min(3, 5));
   const std::vector<std::string> names = {"gpipe",  "1f1b",       "interleaved-1f1b", "looped-bfs",
@@ -277,7 +325,8 @@ void expect_invalid(const std::function<void()>& call, const std::string& messag
 TEST(Generators, MakeScheduleRejections) {
   expect_invalid([] { make_schedule("foo", 2, 2); },
                  "[make_schedule] unknown schedule 'foo': expected one of gpipe, 1f1b, "
-                 "interleaved-1f1b, looped-bfs, zb-h1, zb-h2, zb-v, dualpipe-v, v-half, v-min");
+                 "interleaved-1f1b, looped-bfs, zb-h1, zb-h2, zb-v, dualpipe-v, v-half, v-min, "
+                 "dualpipe-v-overlap");
   expect_invalid([] { make_schedule("gpipe", 2, 2, 2); },
                  "[make_schedule] stages_per_rank=2 must be 1 for schedule 'gpipe' (only "
                  "interleaved-1f1b and looped-bfs take it)");

@@ -172,6 +172,28 @@ TEST(ChromeTrace, ExactEvents) {
       "\"num_stages\":2,\"num_microbatches\":1,\"makespan\":6,\"bubble_fraction\":0.5}}\n");
 }
 
+TEST(ChromeTrace, OverlappedSlotGivesBothEventsTheSlotsTimeAndNamesThePartner) {
+  const Schedule s = from_csv("0F0,0F1,(0F2;0B0)OVERLAP_F_B,0B1,0B2\n", "o");
+  CostModel costs = CostModel::uniform();
+  costs.overlap_overhead = 0.5;
+  const std::string trace = to_chrome_trace(s, simulate(s, costs));
+  // The slot runs [2, 4.5]: max(F = 1, B = 2) + 0.5.
+  EXPECT_NE(trace.find("{\"name\":\"0F2\",\"cat\":\"F\",\"ph\":\"X\",\"pid\":0,\"tid\":0,"
+                       "\"ts\":2,\"dur\":2.5,\"args\":{\"stage\":0,\"microbatch\":2,\"step\":2,"
+                       "\"overlap\":true,\"partner\":\"0B0\"}}"),
+            std::string::npos)
+      << trace;
+  EXPECT_NE(trace.find("{\"name\":\"0B0\",\"cat\":\"B\",\"ph\":\"X\",\"pid\":0,\"tid\":0,"
+                       "\"ts\":2,\"dur\":2.5,\"args\":{\"stage\":0,\"microbatch\":0,\"step\":3,"
+                       "\"overlap\":true,\"partner\":\"0F2\"}}"),
+            std::string::npos)
+      << trace;
+  EXPECT_EQ(count(trace, "\"overlap\":true"), 2u);
+  // Expanded, nothing is marked.
+  const Schedule e = expand_overlap(s);
+  EXPECT_EQ(count(to_chrome_trace(e, simulate(e, costs)), "overlap"), 0u);
+}
+
 TEST(ChromeTrace, FractionalTimesAndScale) {
   const Schedule s = make("t", 1, 1, 1, {"0F0 0I0 0W0"});
   CostModel c = CostModel::uniform(0.5);
@@ -250,6 +272,40 @@ TEST(Svg, OneBoxPerActionAndWellFormed) {
     EXPECT_NE(svg.find(label), std::string::npos) << label;
 }
 
+TEST(Svg, OverlappedSlotIsTwoStackedHalfBoxesOverTheSlotsTime) {
+  const Schedule s = from_csv("0F0,0F1,(0F2;0B0)OVERLAP_F_B,0B1,0B2\n", "o");
+  CostModel costs = CostModel::uniform();
+  costs.overlap_overhead = 0.5;
+  const std::string svg = to_svg(s, simulate(s, costs));
+  EXPECT_EQ(xml_problem(svg), "");
+  EXPECT_EQ(count(svg, "<rect class=\"action "), 6u);
+  EXPECT_EQ(count(svg, " overlapped\""), 2u);
+  // The slot runs [2, 4.5]: x = 72 + 2 * 24, 2.5 * 24 wide; half of the 24-pixel box each, 0F2
+  // on top, 0B0 below, each labelled with its microbatch.
+  EXPECT_NE(svg.find("<rect class=\"action kind-F overlapped\" x=\"120\" y=\"54\" width=\"60\" "
+                     "height=\"12\""),
+            std::string::npos)
+      << svg;
+  EXPECT_NE(svg.find("<rect class=\"action kind-B overlapped\" x=\"120\" y=\"66\" width=\"60\" "
+                     "height=\"12\""),
+            std::string::npos);
+  EXPECT_NE(svg.find("<title>0F2 on rank 0: 2 to 4.5, overlapped with 0B0</title>"),
+            std::string::npos);
+  EXPECT_NE(svg.find("<title>0B0 on rank 0: 2 to 4.5, overlapped with 0F2</title>"),
+            std::string::npos);
+  EXPECT_NE(svg.find("<text x=\"150\" y=\"62.8\" fill=\"#FFFFFF\" font-size=\"8\">2</text>"),
+            std::string::npos);
+  EXPECT_NE(svg.find("<text x=\"150\" y=\"74.8\" fill=\"#FFFFFF\" font-size=\"8\">0</text>"),
+            std::string::npos);
+  EXPECT_NE(svg.find("stacked half boxes: one overlapped slot"), std::string::npos);
+  // The other actions are full boxes; expanded, none is stacked.
+  EXPECT_NE(svg.find("<rect class=\"action kind-B\" x=\"180\" y=\"54\" width=\"48\" "
+                     "height=\"24\""),
+            std::string::npos);
+  const Schedule e = expand_overlap(s);
+  EXPECT_EQ(count(to_svg(e, simulate(e, costs)), "overlapped"), 0u);
+}
+
 TEST(Svg, MultiStageRanksShadeAndLabelTheStage) {
   const Schedule s = make("v", 2, 2, 1, {"0F0 3F0 3I0 3W0 0I0 0W0", "1F0 2F0 2I0 2W0 1I0 1W0"},
                           Placement::kV);
@@ -291,18 +347,83 @@ std::string action_list(const Schedule& s, int rank) {
   return text;
 }
 
-TEST(Csv, OverlappedForwardBackwardCellBecomesItsActionsInOrder) {
+TEST(Csv, OverlappedForwardBackwardCellBecomesAMarkedPair) {
   // One rank holding both stages of a V: the shape DualPipeV's CSV has, in miniature.
-  const Schedule s = from_csv("0F0,1F0,(0F1;1B0)OVERLAP_F_B,1F1,0B0,( 1B1 ; 0F2 )OVERLAP_F_B,1F2,"
-                              "1B2,0B1,0B2\n",
-                              "overlap");
+  const std::string text =
+      "0F0,1F0,(0F1;1B0)OVERLAP_F_B,1F1,0B0,( 1B1 ; 0F2 )OVERLAP_F_B,1F2,1B2,0B1,0B2\n";
+  const Schedule s = from_csv(text, "overlap");
   EXPECT_EQ(s.num_stages(), 2);  // with one rank, the loop and V placements coincide
+  // Each cell is two slots, in the cell's order, the first marked.
   EXPECT_EQ(action_list(s, 0), "0F0 1F0 0F1 1B0 1F1 0B0 1B1 0F2 1F2 1B2 0B1 0B2");
-  EXPECT_TRUE(validate(s).ok()) << validate(s).format(s);
+  EXPECT_EQ(s.rank_overlaps(0), (std::vector<std::size_t>{2, 6}));
+  EXPECT_NE(s.to_grid().find("0F1+ 1B0"), std::string::npos);
+  EXPECT_NE(s.to_grid().find("1B1+ 0F2"), std::string::npos);
+  // Written back as the same cells, without the spaces.
+  EXPECT_EQ(to_csv(s),
+            "0F0,1F0,(0F1;1B0)OVERLAP_F_B,1F1,0B0,(1B1;0F2)OVERLAP_F_B,1F2,1B2,0B1,0B2\n");
+  EXPECT_EQ(from_csv(to_csv(s), "overlap"), s);
+  // The runtime's order: the pairs in sequence, the F of each first.
+  const Schedule e = expand_overlap(s);
+  EXPECT_FALSE(e.has_overlap());
+  EXPECT_EQ(action_list(e, 0), "0F0 1F0 0F1 1B0 1F1 0B0 0F2 1B1 1F2 1B2 0B1 0B2");
+  EXPECT_TRUE(validate(e).ok()) << validate(e).format(e);
   EXPECT_EQ(error_of([] { from_csv("0F0,(0F1;1X0)OVERLAP_F_B\n"); }),
             "[from_csv] row 1 cell 2: [parse_action] '1X0' is not an action: expected "
             "<stage><kind><microbatch> with kind one of F B I W SEND_F RECV_F SEND_B RECV_B, e.g. "
             "2F0 or 1SEND_B3");
+}
+
+TEST(Csv, OverlappedCellMustBeAForwardAndABackwardOfDifferentMicrobatches) {
+  const std::string why =
+      "' is not an overlapped slot: expected an F and a B or I of different microbatches";
+  EXPECT_EQ(error_of([] { from_csv("0F0,0F1,(0F2;0B2)OVERLAP_F_B\n"); }),
+            "[from_csv] row 1 cell 3: '(0F2;0B2)OVERLAP_F_B" + why);
+  EXPECT_EQ(error_of([] { from_csv("0F0\n1F0,(1F1;1W0)OVERLAP_F_B\n"); }),
+            "[from_csv] row 2 cell 2: '(1F1;1W0)OVERLAP_F_B" + why);
+  EXPECT_EQ(error_of([] { from_csv("0F0,(0F1)OVERLAP_F_B\n"); }),
+            "[from_csv] row 1 cell 2: '(0F1)OVERLAP_F_B" + why);
+  EXPECT_EQ(error_of([] { from_csv("0F0,(0B0;0F1)OVERLAP_F_B,(0F2;0B1;0F3)OVERLAP_F_B\n"); }),
+            "[from_csv] row 1 cell 3: '(0F2;0B1;0F3)OVERLAP_F_B' has more than two actions: an "
+            "overlapped slot is an F and a B or I of different microbatches");
+}
+
+TEST(Csv, RoundTripsOverlappedSlotsWithIdleCellsAndCommunication) {
+  // Idle cells around pairs, a pair as the last cell, and communication next to a pair: a
+  // schedule written by hand (lower() refuses overlapped slots, see below) reads back equal.
+  const std::string text =
+      "0F0,0F1,,(0F2;0B0)OVERLAP_F_B,,0B1,0B2\n"
+      "1RECV_F0,1F0,1SEND_B0,1RECV_F1,(1F1;1I0)OVERLAP_F_B,1W0,1RECV_F2,1F2,1B1,1B2\n";
+  const Schedule s = from_csv(text, "hand");
+  EXPECT_EQ(s.rank_overlaps(0), std::vector<std::size_t>{3});
+  EXPECT_EQ(s.rank_overlaps(1), std::vector<std::size_t>{4});
+  EXPECT_EQ(to_csv(s), text);
+  EXPECT_EQ(from_csv(to_csv(s), "hand"), s);
+  // A pair at the end of a row, and one that starts the row.
+  const Schedule t = from_csv("(0F1;0B0)OVERLAP_F_B,(0F2;0B1)OVERLAP_F_B\n", "ends");
+  EXPECT_EQ(t.rank_overlaps(0), (std::vector<std::size_t>{0, 2}));
+  EXPECT_EQ(from_csv(to_csv(t), "ends"), t);
+}
+
+TEST(Csv, RoundTripsOverlappedDualPipeVAndKeepsMarksThroughStripComm) {
+  // From P = 2: with one rank, from_csv reads the V placement as the loop one (they coincide).
+  for (int p = 2; p <= 5; ++p) {
+    const Schedule s = dualpipe_v(p, 2 * p + 1, DualPipeVOptions{.overlap = true});
+    ASSERT_TRUE(s.has_overlap());
+    EXPECT_EQ(from_csv(to_csv(s), s.name()), s) << p;
+    EXPECT_EQ(count(to_csv(s), ")OVERLAP_F_B"), count(s.to_grid(), "+")) << p;
+    // strip_comm() keeps the marks; its CSV reads back equal too.
+    const Schedule stripped = strip_comm(s);
+    EXPECT_TRUE(stripped.has_overlap());
+    EXPECT_EQ(from_csv(to_csv(stripped), s.name()), stripped) << p;
+  }
+  // lower() needs a schedule a runtime runs: it refuses overlapped slots and names the fix; the
+  // expanded schedule lowers, and its CSV has no overlapped cell.
+  const Schedule s = dualpipe_v(2, 4, DualPipeVOptions{.overlap = true});
+  const std::string why = error_of([&] { lower(s); });
+  EXPECT_NE(why.find("run expand_overlap() (passes.h) first"), std::string::npos) << why;
+  const Schedule lowered = lower(expand_overlap(s));
+  EXPECT_EQ(count(to_csv(lowered), "OVERLAP"), 0);
+  EXPECT_EQ(from_csv(to_csv(lowered), s.name()), lowered);
 }
 
 TEST(Csv, OldPyTorchDialectReadsBAsInputGradientAndBWAsFullBackward) {

@@ -122,7 +122,10 @@ TEST(Limits, OldDialectScanIsLinear) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
   // The dialect is still recognised.
   EXPECT_EQ(from_csv("0F0, 0BW0 \n").rank_actions(0)[1].kind, ActionKind::kBackward);
-  EXPECT_EQ(from_csv("0F0,(0B0;0BW0)OVERLAP_F_B").rank_actions(0)[1].kind,
+  // Inside an overlapped cell too.
+  EXPECT_EQ(from_csv("0F0,(0F1;0BW0)OVERLAP_F_B,0B1").rank_actions(0)[2].kind,
+            ActionKind::kBackward);
+  EXPECT_EQ(from_csv("0F0,(0F1;0BW0)OVERLAP_F_B,0B1").rank_actions(0)[3].kind,
             ActionKind::kBackwardInput);
 }
 

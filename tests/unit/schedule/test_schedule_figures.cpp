@@ -221,6 +221,32 @@ TEST(ScheduleFigures, DualPipeV) {
   }
 }
 
+// DualPipeV with its overlapped slots (DualPipeVOptions::overlap), each slot taking
+// max(F, B) + h = 2 + h: makespan 4M + 3P + (2M - P - 2) h for 0 <= h <= 2, against the plain
+// schedule's 6M + P - 1; so the overlap gains 2M - 2P - 1 at h = 0 and pays off while
+// h < (2M - 2P - 1) / (2M - P - 2), just under one F. Memory is the plain schedule's.
+TEST(ScheduleFigures, DualPipeVOverlapped) {
+  for (int p = 1; p <= 8; ++p) {
+    for (int m = 2 * p; m <= 4 * p; ++m) {
+      SCOPED_TRACE(spec(p, m));
+      const Schedule s = dualpipe_v(p, m, DualPipeVOptions{.overlap = true});
+      CostModel costs = CostModel::uniform();
+      for (const double h : {0.0, 0.25, 1.0, 2.0}) {
+        costs.overlap_overhead = h;
+        EXPECT_NEAR(simulate(s, costs).makespan, 4.0 * m + 3 * p + (2.0 * m - p - 2) * h, kTol)
+            << "h=" << h;
+      }
+      costs.overlap_overhead = 0.0;
+      EXPECT_LT(simulate(s, costs).makespan, simulate(dualpipe_v(p, m), costs).makespan);
+      const MemoryProfile mem = analyze_memory(s);
+      const MemoryProfile plain = analyze_memory(dualpipe_v(p, m));
+      EXPECT_EQ(mem.peak_held, plain.peak_held);
+      EXPECT_EQ(mem.peak_activations, plain.peak_activations);
+      EXPECT_EQ(mem.peak_pending_w, plain.peak_pending_w);
+    }
+  }
+}
+
 // V-Half and V-Min (Qi et al., NeurIPS 2024, "Pipeline Parallelism with Controllable Memory"),
 // derived in docs/schedules.md. V placement, per-stage costs F = I = W = 1: a rank works 6M, and
 // 1F1B for the same model (stages twice as large) idles 6(P-1) per rank in these units.

@@ -134,6 +134,43 @@ TEST(Search, UniformP4M8WinnerIsZbvByMemoryTieBreak) {
   EXPECT_EQ(find(results, "zb-v").stages_per_rank_effective, 2);
 }
 
+TEST(Search, OverlappedDualPipeVIsACandidateOnlyWhenAskedAndCostedWithTheOverhead) {
+  // By default (what train_gpt --schedule auto searches) no candidate has overlapped slots.
+  for (const SearchResult& r : search_schedules(4, 8, CostModel::uniform())) {
+    EXPECT_FALSE(r.overlapped) << r.name;
+    EXPECT_NE(r.name, "dualpipe-v-overlap");
+  }
+  SearchOptions options;
+  options.activation_bytes = 1000;
+  options.cost_aware = false;
+  options.overlapped = true;
+  CostModel costs = CostModel::uniform();
+  // A share costs F = 1, B = 2; a stage of dualpipe-v half that. Uniform per-stage units give
+  // 4M + 3P + (2M - P - 2) h (test_schedule_figures), so in shares: (44 + 10 h') / 2 with h' the
+  // overhead in stage units, i.e. 22 + 10 h for an overhead h in the time unit of `costs`.
+  for (const double h : {0.0, 0.25, 1.0}) {
+    costs.overlap_overhead = h;
+    const std::vector<SearchResult> results = search_schedules(4, 8, costs, options);
+    expect_ranked(results);
+    const auto it = std::find_if(results.begin(), results.end(),
+                                 [](const SearchResult& r) { return r.overlapped; });
+    ASSERT_NE(it, results.end());
+    EXPECT_EQ(it->name, "dualpipe-v-overlap");
+    EXPECT_EQ(it->knobs, "overlapped");
+    EXPECT_TRUE(it->feasible) << it->reason;
+    EXPECT_DOUBLE_EQ(it->makespan, 22.0 + 10.0 * h) << "h=" << h;
+    // Memory is the plain DualPipeV's.
+    EXPECT_EQ(it->peak_bytes, find(results, "dualpipe-v").peak_bytes);
+    // Rebuilt with its marks.
+    EXPECT_TRUE(make_candidate(*it, 4, 8, costs, options).has_overlap());
+  }
+  // Perfect overlap wins at P = 4, M = 8 (22 < 25.5); an overhead of one F loses to zb-v.
+  costs.overlap_overhead = 0.0;
+  EXPECT_EQ(search_schedules(4, 8, costs, options).front().name, "dualpipe-v-overlap");
+  costs.overlap_overhead = 1.0;
+  EXPECT_EQ(search_schedules(4, 8, costs, options).front().name, "zb-v");
+}
+
 TEST(Search, CapBetweenVMinAndOneFOneB) {
   // P = 8, M = 32, 1 GiB per share: V-Min holds 4 shares, V-Half 5, 1F1B 8 (docs/schedules.md).
   const std::int64_t gib = std::int64_t{1} << 30;
