@@ -14,13 +14,18 @@
 
 int main(int argc, char** argv) {
   int repeats = 5;
+  bool no_squeeze = false;
   CLI::App app{"Times search_schedules() at a few sizes under uniform and 1:2:1 costs"};
   app.add_option("repeats", repeats, "repeats; the best is shown")->check(CLI::Range(1, 1000));
+  app.add_flag("--no-squeeze", no_squeeze,
+               "without the squeezed candidates (SearchOptions::squeeze = false)");
   CLI11_PARSE(app, argc, argv);
   pipetrain::CostModel uneven = pipetrain::CostModel::uniform();
   uneven.backward = 3.0;
   uneven.backward_input = 2.0;
   uneven.backward_weight = 1.0;
+  pipetrain::SearchOptions options;
+  options.squeeze = !no_squeeze;
   const std::vector<std::pair<int, int>> sizes = {{4, 16}, {8, 32}, {16, 64}, {32, 128}};
   std::printf("%4s %6s %12s %10s %12s %10s  %s\n", "P", "M", "costs", "candidates", "best ms",
               "winner", "");
@@ -32,7 +37,7 @@ int main(int argc, char** argv) {
         std::vector<pipetrain::SearchResult> results;
         for (int i = 0; i < repeats; ++i) {
           const auto start = std::chrono::steady_clock::now();
-          results = pipetrain::search_schedules(p, m, costs);
+          results = pipetrain::search_schedules(p, m, costs, options);
           const std::chrono::duration<double, std::milli> took =
               std::chrono::steady_clock::now() - start;
           best = std::min(best, took.count());
