@@ -119,9 +119,9 @@ constexpr Id kNone = std::numeric_limits<Id>::max();
 
 struct Event {
   double time;
-  Id seq;   // ties in creation order: the run is deterministic
+  Id seq;    // ties in creation order: the run is deterministic
   int rank;  // the rank to wake
-  Id id;    // the action that becomes ready, or kNone (the rank became free)
+  Id id;     // the action that becomes ready, or kNone (the rank became free)
   friend bool operator>(const Event& a, const Event& b) {
     return a.time != b.time ? a.time > b.time : a.seq > b.seq;
   }
@@ -227,7 +227,8 @@ std::optional<std::vector<std::vector<Action>>> list_schedule(
   std::priority_queue<Event, std::vector<Event>, std::greater<>> events;
   Id seq = 0;
   for (std::size_t id = 0; id < total; ++id)
-    if (progress[id].waiting == 0) events.push({0.0, seq++, flat.nodes[id].rank, static_cast<Id>(id)});
+    if (progress[id].waiting == 0)
+      events.push({0.0, seq++, flat.nodes[id].rank, static_cast<Id>(id)});
 
   const auto kind_of = [](const Action& a) { return static_cast<std::size_t>(a.kind); };
   // Runs rank r's best action at time t, if any; true when one ran.
@@ -268,8 +269,7 @@ std::optional<std::vector<std::vector<Action>>> list_schedule(
       const std::size_t due = base + k;
       const Action& x = flat.nodes[base + p].action;
       const double end = t + costs.compute_time(x);
-      if (patient && p != k && progress[due].waiting == 0 && end > progress[due].ready_at)
-        continue;
+      if (patient && p != k && progress[due].waiting == 0 && end > progress[due].ready_at) continue;
       if (w_patient && blocked_f == kNone && x.kind == ActionKind::kBackwardWeight) {
         while (!st.announced.empty() && st.announced.top() <= t) st.announced.pop();
         if (!st.announced.empty() && st.announced.top() < end) continue;
@@ -317,10 +317,9 @@ std::optional<std::vector<std::vector<Action>>> list_schedule(
       const Event e = events.top();
       events.pop();
       if (e.id != kNone) {
+        RankState& st = ranks[static_cast<std::size_t>(e.rank)];
         const std::size_t base = flat.begin[static_cast<std::size_t>(e.rank)];
-        ranks[static_cast<std::size_t>(e.rank)]
-            .ready[kind_of(flat.nodes[e.id].action)]
-            .push(e.id - base);
+        st.ready[kind_of(flat.nodes[e.id].action)].push(e.id - base);
       }
       if (!woken[static_cast<std::size_t>(e.rank)]) {
         woken[static_cast<std::size_t>(e.rank)] = 1;
@@ -340,14 +339,13 @@ std::optional<std::vector<std::vector<Action>>> list_schedule(
 
 }  // namespace
 
-Schedule squeeze(const Schedule& schedule, const CostModel& costs,
-                 const SqueezeOptions& options) {
+Schedule squeeze(const Schedule& schedule, const CostModel& costs, const SqueezeOptions& options) {
   PIPETRAIN_CHECK_ARG(!schedule.has_comm(), kFunction, "schedule '", schedule.name(),
                       "' has communication actions; expected a compute-only schedule "
                       "(strip_comm() first)");
   PIPETRAIN_CHECK_ARG(options.activation_bytes >= 0 && options.activation_bytes <= kMaxBytes,
-                      kFunction, "activation_bytes=", options.activation_bytes,
-                      " must be in [0, ", kMaxBytes, "]");
+                      kFunction, "activation_bytes=", options.activation_bytes, " must be in [0, ",
+                      kMaxBytes, "]");
   PIPETRAIN_CHECK_ARG(options.pending_w_bytes >= 0 && options.pending_w_bytes <= kMaxBytes,
                       kFunction, "pending_w_bytes=", options.pending_w_bytes, " must be in [0, ",
                       kMaxBytes, "]");

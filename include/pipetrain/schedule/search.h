@@ -143,9 +143,9 @@ std::vector<std::int64_t> peak_memory_bytes(const Schedule& schedule,
 /// zero-bubble one also cost-aware and under the memory knobs (options.cost_aware,
 /// options.memory_knobs), v-half and v-min also squeezed (options.squeeze with
 /// options.cost_aware; each right after the one it squeezes), all right after the named one in
-/// presentation order. Each candidate is built with make_schedule(), lowered, validated (validate_or_throw(): deadlock
-/// included), simulated under stage_costs(costs, schedule), and measured with
-/// peak_memory_bytes(). Any exception of one candidate (a generator's rejection of (P, M), a
+/// presentation order. Each candidate is built with make_schedule(), lowered, validated
+/// (validate_or_throw(): deadlock included), simulated under stage_costs(costs, schedule), and
+/// measured with peak_memory_bytes(). Any exception of one candidate (a generator's rejection of (P, M), a
 /// size beyond ScheduleLimits, a failed validation, even std::bad_alloc) becomes that
 /// candidate's `reason`; it never stops the search.
 ///

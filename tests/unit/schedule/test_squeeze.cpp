@@ -32,9 +32,8 @@ CostModel share_costs(double f, double i, double w, double latency = 0.0) {
 }
 
 const std::vector<CostModel> kCosts = {
-    share_costs(1, 1, 1),           share_costs(1, 2, 1),
-    share_costs(1.6, 2.72, 1.26),   share_costs(1, 1.184, 0.42),
-    share_costs(1, 0.5, 2),         share_costs(1, 2, 1, 0.3),
+    share_costs(1, 1, 1),        share_costs(1, 2, 1),   share_costs(1.6, 2.72, 1.26),
+    share_costs(1, 1.184, 0.42), share_costs(1, 0.5, 2), share_costs(1, 2, 1, 0.3),
 };
 
 std::vector<std::int64_t> peaks(const Schedule& s, std::int64_t act, std::int64_t pend) {
@@ -58,7 +57,8 @@ double check(const Schedule& input, const CostModel& costs, const SqueezeOptions
   EXPECT_EQ(out.num_actions(), input.num_actions()) << what;
   const std::vector<std::int64_t> in_peaks =
       peaks(input, options.activation_bytes, options.pending_w_bytes);
-  const std::int64_t cap = options.memory_cap_bytes > 0 ? options.memory_cap_bytes : max_of(in_peaks);
+  const std::int64_t cap =
+      options.memory_cap_bytes > 0 ? options.memory_cap_bytes : max_of(in_peaks);
   for (std::int64_t p : peaks(out, options.activation_bytes, options.pending_w_bytes))
     EXPECT_LE(p, cap) << what;
   const double before = simulate(input, costs).makespan;
@@ -176,8 +176,9 @@ TEST(Squeeze, BadInputsAreRefused) {
   broken.append(0, {0, ActionKind::kForward, 0});
   broken.append(0, {0, ActionKind::kBackwardWeight, 0});
   broken.append(0, {0, ActionKind::kBackwardInput, 0});
-  EXPECT_NE(error_of<ScheduleError>([&] { squeeze(broken, CostModel::uniform()); })
-                .find("[validate_or_throw] schedule 'broken'"),
+  EXPECT_NE(error_of<ScheduleError>([&] {
+              squeeze(broken, CostModel::uniform());
+            }).find("[validate_or_throw] schedule 'broken'"),
             std::string::npos);
 }
 
