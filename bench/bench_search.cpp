@@ -16,15 +16,19 @@
 
 int main(int argc, char** argv) {
   int repeats = 5;
+  bool no_squeeze = false;
   CLI::App app{"Times search_schedules() at a few sizes under uniform and 1:2:1 costs"};
   app.add_option("repeats", repeats, "repeats; the best is shown")->check(CLI::Range(1, 1000));
   std::optional<double> overlap_overhead;
   app.add_option("--overlap-overhead", overlap_overhead,
                  "also try dualpipe-v-overlap, each overlapped slot max(F, B) + this")
       ->check(CLI::NonNegativeNumber);
+  app.add_flag("--no-squeeze", no_squeeze,
+               "without the squeezed candidates (SearchOptions::squeeze = false)");
   CLI11_PARSE(app, argc, argv);
   pipetrain::SearchOptions options;
   options.overlapped = overlap_overhead.has_value();
+  options.squeeze = !no_squeeze;
   pipetrain::CostModel uneven = pipetrain::CostModel::uniform();
   uneven.backward = 3.0;
   uneven.backward_input = 2.0;

@@ -64,7 +64,14 @@ struct Candidate {
   int knob = 1;
   bool cost_aware = false;
   std::int64_t knob_cap = 0;  // bytes per rank, 0 for none
+  bool squeezed = false;
 };
+
+// The families whose squeezed version the search tries: V-Half and V-Min, whose fixed block
+// leaves idle steps in the warm-up and cool-down (docs/schedules.md, "Against the zero-bubble
+// repository"). Squeezing ZB-V, named or cost-aware, gained nothing at P in {4, 8, 16},
+// M in {2P, 4P} under the four cost sets of that section.
+bool squeezable(const std::string& name) { return name == "v-half" || name == "v-min"; }
 
 // The per-stage ZeroBubbleCosts of a cost-aware candidate: stage costs of the shape, and the
 // bytes of one share with the cap scaled by v (a stage keeps 1/v of a share's bytes, so
@@ -81,8 +88,9 @@ ZeroBubbleCosts zero_bubble_costs(const Schedule& shape, const CostModel& costs,
   return zc;
 }
 
-Schedule build(const Candidate& c, int num_ranks, int num_microbatches, const CostModel& costs,
-               std::int64_t activation_bytes, std::int64_t pending_w_bytes, std::int64_t cap) {
+Schedule build_unsqueezed(const Candidate& c, int num_ranks, int num_microbatches,
+                          const CostModel& costs, std::int64_t activation_bytes,
+                          std::int64_t pending_w_bytes, std::int64_t cap) {
   if (!c.cost_aware) return make_schedule(c.name, num_ranks, num_microbatches, c.knob);
   const bool v_shape = c.name != "zb-h1" && c.name != "zb-h2";
   const Schedule shape(c.name, num_ranks, v_shape ? 2 : 1, num_microbatches,
@@ -97,6 +105,16 @@ Schedule build(const Candidate& c, int num_ranks, int num_microbatches, const Co
 bool is_overlapped(const std::string& name) {
   const auto& names = overlapped_schedule_names();
   return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+Schedule build(const Candidate& c, int num_ranks, int num_microbatches, const CostModel& costs,
+               std::int64_t activation_bytes, std::int64_t pending_w_bytes, std::int64_t cap) {
+  Schedule schedule = build_unsqueezed(c, num_ranks, num_microbatches, costs, activation_bytes,
+                                       pending_w_bytes, cap);
+  if (!c.squeezed) return schedule;
+  // The share's bytes weigh a stage's F and W as peak_memory_bytes() does (the 1/v is common).
+  return squeeze(schedule, stage_costs(costs, schedule),
+                 SqueezeOptions{activation_bytes, pending_w_bytes, 0});
 }
 
 // Ranking classes: feasible, built but over the cap, rejected.
@@ -119,6 +137,8 @@ SearchResult evaluate(const Candidate& c, int num_ranks, int num_microbatches,
     if (c.knob_cap > 0)
       r.knobs += ", cap " + std::to_string(c.knob_cap / std::max<std::int64_t>(activation_bytes, 1)) +
                  " shares";
+    r.squeezed = c.squeezed;
+    if (c.squeezed) r.knobs += r.knobs.empty() ? "squeezed" : ", squeezed";
     return r;
   };
   SearchResult r = base();
@@ -235,7 +255,10 @@ std::vector<SearchResult> search_schedules(int num_ranks, int num_microbatches,
       for (const std::string& overlapped : overlapped_schedule_names())
         candidates.push_back({overlapped, 1});
     if (!options.cost_aware || !is_cost_aware(name)) continue;
+    const bool squeezed = options.squeeze && squeezable(name);
+    if (squeezed) candidates.push_back({name, 1, false, 0, true});
     candidates.push_back({name, 1, true});
+    if (squeezed) candidates.push_back({name, 1, true, 0, true});
     if (!options.memory_knobs || options.activation_bytes == 0) continue;
     // Caps of k shares' activations between the families' memories, below the user's cap.
     int low = 0, high = -1;
@@ -298,7 +321,7 @@ Schedule make_candidate(const SearchResult& candidate, int num_ranks, int num_mi
           ? *options.pending_w_bytes
           : std::llround(options.pending_w_fraction * static_cast<double>(options.activation_bytes));
   return build({candidate.name, candidate.stages_per_rank, candidate.cost_aware,
-                candidate.knob_cap_bytes},
+                candidate.knob_cap_bytes, candidate.squeezed},
                num_ranks, num_microbatches, costs, options.activation_bytes, pending_w_bytes,
                options.memory_cap_bytes);
 }

@@ -215,6 +215,7 @@ SearchOptions search_options(const Options& options) {
   // Overlapped candidates only with a stated overhead: none is measured here, and their gain
   // needs an executor that overlaps (pipetrain's runs a slot in sequence).
   search.overlapped = options.overlap_overhead.has_value();
+  search.squeeze = !options.named_only;
   return search;
 }
 
@@ -380,10 +381,10 @@ int main(int argc, char** argv) {
                  "Write the simulated timeline as Chrome trace JSON (Perfetto)");
   app.add_flag("--search", options.search,
                "Try every schedule (interleaved-1f1b and looped-bfs with v = 2, 3, 4; the "
-               "zero-bubble ones also cost-aware and under memory knobs) at "
-               "--ranks/--microbatches under --costs/--latency, print them ranked (fastest "
-               "that fits --memory-cap first) and the winner's grid; --csv/--svg/--trace write "
-               "the winner");
+               "zero-bubble ones also cost-aware and under memory knobs, v-half and v-min also "
+               "squeezed) at --ranks/--microbatches under --costs/--latency, print them ranked "
+               "(fastest that fits --memory-cap first) and the winner's grid; "
+               "--csv/--svg/--trace write the winner");
   app.add_option("--activation-bytes", options.activation_bytes,
                  "--search: bytes one rank's share keeps per microbatch from F to B/I "
                  "(suffixes K, M, G, T: powers of 1024; with the default 1G, a peak in GiB "
@@ -397,7 +398,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--named-only", options.named_only,
                "--search: only the named schedules, not their cost-aware versions (planned for "
-               "--costs/--latency/--memory-cap) and memory knobs");
+               "--costs/--latency/--memory-cap), memory knobs and squeezed versions");
   app.add_option("--memory-cap", options.memory_cap,
                  "--search: per-rank cap on those bytes, e.g. 512M, 2G; 0 = no cap")
       ->capture_default_str();

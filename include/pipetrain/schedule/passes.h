@@ -1,7 +1,10 @@
 // pipetrain/schedule/passes.h: transformations of a schedule.
 #pragma once
 
+#include <cstdint>
+
 #include "pipetrain/schedule/schedule.h"
+#include "pipetrain/schedule/simulate.h"
 
 namespace pipetrain {
 
@@ -56,5 +59,40 @@ Schedule expand_overlap(const Schedule& schedule);
 /// Forward dependencies are a subset of the input's, so a valid, deadlock-free input gives a
 /// deadlock-free result. Never throws.
 Schedule forward_only(const Schedule& schedule);
+
+/// What squeeze() may hold on a rank. A rank's memory at a point of its order is
+/// activation_bytes x (stage-microbatches between F and B/I) + pending_w_bytes x (those between
+/// I and W), as peak_stage_bytes() (generators.h) counts it; with both 1, analyze_memory()'s
+/// held count.
+struct SqueezeOptions {
+  std::int64_t activation_bytes = 1;  ///< in [0, 2^39]
+  std::int64_t pending_w_bytes = 1;   ///< in [0, 2^39]
+  /// Per-rank cap on that memory; 0: the input's peak on its highest rank (so a rank below
+  /// it may grow up to it, and the schedule's peak never grows). Must be >= every rank's peak
+  /// in the input.
+  std::int64_t memory_cap_bytes = 0;
+};
+
+/// Re-orders each rank's compute actions by list scheduling on simulate()'s clock under `costs`
+/// (per-stage times, as simulate() takes them): whenever a rank is free it runs, of its actions
+/// whose inputs have arrived, the one that comes first in the input's order among those that
+/// keep its memory within the cap. An action runs out of order (an F of the warm-up while the
+/// next action in order waits for its input; an I or W of the cool-down) only when the rest of
+/// the input's order stays within the cap after it, so the input's own order can always go on
+/// and the result never gets stuck. Tried twice: as above, and holding back an out-of-order
+/// action that would end after the action due in order becomes ready. Returns the fastest
+/// (simulated) of the two and the input, the input on ties; the result is laid out on the step
+/// grid with the input's name, sizes and placement, and validates (lower() makes it
+/// deadlock-free like any valid schedule). This is the "squeeze" of the zero-bubble
+/// repository's V-Half and V-Min (Qi et al. 2024, "Pipeline parallelism with controllable
+/// memory"), done on the clock rather than on the unit grid (docs/schedules.md, "Cost-aware
+/// generation"). Time O(A log A) for A actions.
+/// Throws InvalidArgument ("[squeeze] ...") when `schedule` has communication actions (run
+/// strip_comm() first), a byte count is out of range, memory_cap_bytes is below a rank's peak in
+/// the input, or costs.check() fails or a per-stage vector does not have num_stages entries;
+/// ScheduleError with validate()'s report when `schedule` does not validate (overlapped slots
+/// included: run expand_overlap() first).
+Schedule squeeze(const Schedule& schedule, const CostModel& costs,
+                 const SqueezeOptions& options = {});
 
 }  // namespace pipetrain

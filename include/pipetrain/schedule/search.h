@@ -87,6 +87,12 @@ struct SearchOptions {
   /// candidate), so leave this off when choosing a schedule for pipetrain's runtime (train_gpt
   /// --schedule auto does). Memory and validation are those of expand_overlap() of it.
   bool overlapped = false;
+  /// With cost_aware, also try v-half and v-min, named and cost-aware, re-ordered by
+  /// squeeze() (passes.h) under the costs and their own peak memory: knobs "squeezed" and
+  /// "costs, squeezed" (SearchResult::cost_aware false and true). Each is the faster of the
+  /// squeezed order and its input, so it never loses to the candidate it comes from, and its
+  /// peak never exceeds that candidate's.
+  bool squeeze = true;
 };
 
 struct SearchResult {
@@ -94,11 +100,14 @@ struct SearchResult {
   int stages_per_rank = 1;  ///< the knob passed to make_schedule() (1 for the V schedules)
   int stages_per_rank_effective = 1;  ///< v of the built schedule (2 for the V schedules)
   /// "v=3" for the schedules that take stages_per_rank, "costs" for a cost-aware candidate,
-  /// "costs, cap 5 shares" for one under a memory knob, "overlapped" for one with overlapped
-  /// slots; empty otherwise.
+  /// "costs, cap 5 shares" for one under a memory knob, "squeezed" or "costs, squeezed" for a
+  /// squeezed one, "overlapped" for one with overlapped slots; empty otherwise.
   std::string knobs;
   /// True for a cost-aware candidate (SearchOptions::cost_aware).
   bool cost_aware = false;
+  /// True for a squeezed candidate (SearchOptions::squeeze): squeeze() of the candidate with
+  /// the same name and other knobs, under that candidate's own peak.
+  bool squeezed = false;
   /// True for a candidate with overlapped slots (SearchOptions::overlapped): its makespan needs
   /// an executor that overlaps them.
   bool overlapped = false;
@@ -143,11 +152,13 @@ std::vector<std::int64_t> peak_memory_bytes(const Schedule& schedule,
 /// Tries every schedule of schedule_names() at (num_ranks, num_microbatches): the ones that
 /// take stages_per_rank once per value of options.stages_per_rank, the others once, each
 /// zero-bubble one also cost-aware and under the memory knobs (options.cost_aware,
-/// options.memory_knobs; right after the named one in presentation order), and with
-/// options.overlapped the overlapped schedules (right after dualpipe-v). Each
-/// candidate is built with make_schedule(), lowered, validated (validate_or_throw(): deadlock
-/// included; an overlapped one through expand_overlap()), simulated under stage_costs(costs,
-/// schedule) (an overlapped one with its slots), and measured with peak_memory_bytes(). Any exception of one candidate (a generator's rejection of (P, M), a
+/// options.memory_knobs), v-half and v-min also squeezed (options.squeeze with
+/// options.cost_aware; each right after the one it squeezes), all right after the named one in
+/// presentation order, and with options.overlapped the overlapped schedules (right after
+/// dualpipe-v). Each candidate is built with make_schedule(), lowered, validated
+/// (validate_or_throw(): deadlock included; an overlapped one through expand_overlap()),
+/// simulated under stage_costs(costs, schedule) (an overlapped one with its slots), and
+/// measured with peak_memory_bytes(). Any exception of one candidate (a generator's rejection of (P, M), a
 /// size beyond ScheduleLimits, a failed validation, even std::bad_alloc) becomes that
 /// candidate's `reason`; it never stops the search.
 ///

@@ -61,7 +61,7 @@ std::vector<Reference> simulate_each(int ranks, int microbatches, double f, doub
 const SearchResult& find(const std::vector<SearchResult>& results, const std::string& name,
                          int v = 1) {
   for (const SearchResult& r : results)
-    if (r.name == name && r.stages_per_rank == v && !r.cost_aware) return r;
+    if (r.name == name && r.stages_per_rank == v && !r.cost_aware && !r.squeezed) return r;
   ADD_FAILURE() << "no candidate " << name << " v=" << v;
   return results.front();
 }
@@ -220,8 +220,9 @@ TEST(Search, CapBetweenVMinAndOneFOneB) {
 }
 
 TEST(Search, CostAwareCandidatesAreNeverWorseAndRebuildExactly) {
-  // 1:2:1 at P = 8, M = 32 (docs/schedules.md): under a cap of 5 shares, the cost-aware V-Half
-  // (149) wins over the named V-Half (162) and 1F1B (156, over the cap anyway).
+  // 1:2:1 at P = 8, M = 32 (docs/schedules.md): under a cap of 5 shares, the squeezed V-Half
+  // (145) wins over the cost-aware V-Half (149), the named V-Half (162) and 1F1B (156, over the
+  // cap anyway).
   CostModel skewed;
   skewed.forward = 1;
   skewed.backward = 3;
@@ -234,22 +235,40 @@ TEST(Search, CostAwareCandidatesAreNeverWorseAndRebuildExactly) {
   const std::vector<SearchResult> results = search_schedules(8, 32, skewed, options);
   expect_ranked(results);
   EXPECT_EQ(results.front().name, "v-half");
-  EXPECT_EQ(results.front().knobs, "costs");
-  EXPECT_TRUE(results.front().cost_aware);
-  EXPECT_DOUBLE_EQ(results.front().makespan, 149.0);
+  EXPECT_EQ(results.front().knobs, "squeezed");
+  EXPECT_TRUE(results.front().squeezed);
+  EXPECT_FALSE(results.front().cost_aware);
+  EXPECT_DOUBLE_EQ(results.front().makespan, 145.0);
   EXPECT_DOUBLE_EQ(find(results, "v-half").makespan, 162.0);
+  const auto find_knobs = [&](const std::string& name, const std::string& knobs) {
+    for (const SearchResult& r : results)
+      if (r.name == name && r.knobs == knobs) return r;
+    ADD_FAILURE() << "no candidate " << name << " " << knobs;
+    return results.front();
+  };
+  EXPECT_DOUBLE_EQ(find_knobs("v-half", "costs").makespan, 149.0);
+  EXPECT_TRUE(find_knobs("v-half", "costs").cost_aware);
+  int squeezed = 0;
   for (const SearchResult& r : results) {
-    if (!r.cost_aware) continue;
+    if (!r.cost_aware && !r.squeezed) continue;
     ASSERT_TRUE(r.built) << r.name << " " << r.knobs << ": " << r.reason;
     const SearchResult& named = find(results, r.name);
     if (named.feasible && r.knob_cap_bytes == 0)  // no slower than the named one when it fits
       EXPECT_LE(r.makespan, named.makespan * (1 + 1e-12)) << r.name << " " << r.knobs;
-    EXPECT_TRUE(r.feasible) << r.name << " " << r.knobs;  // planned under the cap
+    if (r.squeezed) {  // no slower and no larger than the candidate it squeezes
+      ++squeezed;
+      const SearchResult& from = find_knobs(r.name, r.cost_aware ? "costs" : "");
+      EXPECT_LE(r.makespan, from.makespan * (1 + 1e-12)) << r.name << " " << r.knobs;
+      EXPECT_LE(r.peak_bytes, from.peak_bytes) << r.name << " " << r.knobs;
+    }
+    if (r.cost_aware)
+      EXPECT_TRUE(r.feasible) << r.name << " " << r.knobs;  // planned under the cap
     // make_candidate() gives the schedule the search measured.
     const Schedule s = make_candidate(r, 8, 32, skewed, options);
     EXPECT_DOUBLE_EQ(simulate(s, stage_costs(skewed, s)).makespan, r.makespan) << r.knobs;
     EXPECT_EQ(peak_memory_bytes(s, gib, gib), r.peak_bytes_per_rank);
   }
+  EXPECT_EQ(squeezed, 4);  // v-half and v-min, named and cost-aware
   // Without a cap, the memory knobs lie between V-Min's and ZB-V's (4..7 shares) and between
   // ZB-H1's and ZB-H2's (8..14), at most four each, and each fits its own cap.
   options.memory_cap_bytes = 0;
