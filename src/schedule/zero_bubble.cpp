@@ -157,13 +157,14 @@ struct Placed {
 template <class Visit>
 bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
                std::vector<int>& sequence, Visit&& visit) {
-  using Wake = std::pair<double, int>;  // (time, rank), a min-heap on the time
+  using Wake = std::pair<double, int>;  // (time, rank), in a min-heap on the time
   const auto later = [](const Wake& a, const Wake& b) { return a.first > b.first; };
   std::vector<Wake> wakes;
   for (int r = 0; r < num_ranks; ++r) wakes.push_back({0.0, r});
   std::vector<int> pass;  // the ranks to call at t, in rank order
   std::vector<int> next_pass;
   std::vector<char> in_pass(static_cast<std::size_t>(num_ranks), 0);
+  std::vector<double> free_at(static_cast<std::size_t>(num_ranks), 0.0);
   const auto enter = [&](std::vector<int>& list, int r) {
     if (!in_pass[static_cast<std::size_t>(r)]) {
       in_pass[static_cast<std::size_t>(r)] = 1;
@@ -180,7 +181,7 @@ bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
       wakes.pop_back();
     }
     while (!pass.empty()) {
-      std::sort(pass.begin(), pass.end());
+      if (pass.size() > 1) std::sort(pass.begin(), pass.end());
       for (std::size_t i = 0; i < pass.size(); ++i) {
         const int r = pass[i];
         in_pass[static_cast<std::size_t>(r)] = 0;
@@ -188,8 +189,13 @@ bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
         if (!placed.action) continue;
         --remaining;
         sequence.push_back(r);
-        // Who can act on it, and when: this rank once free, the consumers once it arrived.
+        free_at[static_cast<std::size_t>(r)] = placed.end;
+        // Who can act on it, and when: this rank once free, the consumers once it arrived (a
+        // consumer busy until then is called when it is free).
+        const Action& a = *placed.action;
         const auto wake = [&](int rank, double when) {
+          const double busy_until = free_at[static_cast<std::size_t>(rank)];
+          if (rank != r && busy_until > t && busy_until >= when) return;
           if (when > t) {
             wakes.push_back({when, rank});
             std::push_heap(wakes.begin(), wakes.end(), later);
@@ -204,7 +210,6 @@ bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
             next_pass.push_back(rank);
           }
         };
-        const Action& a = *placed.action;
         wake(r, placed.end);
         if (a.kind == kF && a.stage + 1 < stages.num_stages())
           wake(stages.rank(a.stage + 1), stages.arrival(a.stage, placed.end, stages.rank(a.stage + 1)));
@@ -259,6 +264,9 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
   };
 
   Orders orders(static_cast<std::size_t>(num_ranks));
+  for (int r = 0; r < num_ranks; ++r)
+    orders[static_cast<std::size_t>(r)].reserve(3 * ranks[static_cast<std::size_t>(r)].stages.size() *
+                                                 static_cast<std::size_t>(num_mb));
   const auto visit = [&](int r, double t) -> Placed {
     const auto ru = static_cast<std::size_t>(r);
     RankState& st = ranks[ru];
@@ -371,15 +379,15 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
 // order satisfies both limits, so the rank never waits for memory that only it can free: the
 // result finishes whenever `base` does. Gives no orders when it cannot finish (a cap below
 // `base`'s own peak); `mattered` holds kLongGapsOnly when that switch changed a decision.
-Run retime_w(const Schedule& base, const Stages& stages, const ZeroBubbleCosts& zc,
-             bool long_gaps_only) {
+// `memory` is analyze_memory(base).
+Run retime_w(const Schedule& base, const MemoryProfile& memory, const Stages& stages,
+             const ZeroBubbleCosts& zc, bool long_gaps_only) {
   Run run;
   const int num_ranks = base.num_ranks();
   const int num_stages = base.num_stages();
   const int num_mb = base.num_microbatches();
   const std::int64_t cap = zc.memory_cap_bytes;
   const std::int64_t unit = std::max(zc.activation_bytes, zc.pending_w_bytes);
-  const MemoryProfile memory = analyze_memory(base);
   Ends ends(num_stages, num_mb);
   struct RankState {
     std::vector<Action> order;  // F and I of base, in order
@@ -410,6 +418,8 @@ Run retime_w(const Schedule& base, const Stages& stages, const ZeroBubbleCosts& 
     return stages.arrival(producer.stage, end, r);
   };
   Orders orders(static_cast<std::size_t>(num_ranks));
+  for (int r = 0; r < num_ranks; ++r)
+    orders[static_cast<std::size_t>(r)].reserve(ranks[static_cast<std::size_t>(r)].order.size() * 3 / 2);
   const auto visit = [&](int r, double t) -> Placed {
     const auto ru = static_cast<std::size_t>(r);
     RankState& st = ranks[ru];
@@ -612,9 +622,10 @@ Schedule cost_aware(std::string_view name, int num_ranks, int num_microbatches,
       return ((run.first ^ switches) & run.second) == 0;
     });
   };
+  const MemoryProfile grid_memory = analyze_memory(grid);
   for (unsigned switches : {0u, unsigned{kLongGapsOnly}}) {
     if (repeats_a_run(switches)) continue;
-    Run run = retime_w(grid, stages, zc, switches != 0);
+    Run run = retime_w(grid, grid_memory, stages, zc, switches != 0);
     runs.emplace_back(switches, run.mattered);
     consider(std::move(run), false);
   }
