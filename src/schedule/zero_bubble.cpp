@@ -135,6 +135,57 @@ class Ends {
   std::vector<double> table_;
 };
 
+// Pending calls of ranks at given times, earliest first: each rank's few pending times, and a
+// tournament tree over the ranks of each one's earliest, so that a call costs log2(ranks)
+// comparisons whatever the number of calls pending.
+class Calls {
+ public:
+  explicit Calls(int num_ranks)
+      : pending_(static_cast<std::size_t>(num_ranks)),
+        earliest_(static_cast<std::size_t>(num_ranks) + 1, kNever) {
+    while (leaves_ < static_cast<std::size_t>(num_ranks)) leaves_ *= 2;
+    tree_.assign(2 * leaves_, num_ranks);
+    for (int r = 0; r < num_ranks; ++r) tree_[leaves_ + static_cast<std::size_t>(r)] = r;
+    for (std::size_t i = leaves_ - 1; i > 0; --i) tree_[i] = tree_[2 * i];
+  }
+  bool empty() const { return first_time() == kNever; }
+  double first_time() const { return earliest_[static_cast<std::size_t>(tree_[1])]; }
+  void push(int rank, double time) {
+    const auto r = static_cast<std::size_t>(rank);
+    pending_[r].push_back(time);
+    if (time < earliest_[r]) {
+      earliest_[r] = time;
+      update(r);
+    }
+  }
+  // Removes the earliest call and returns its rank.
+  int pop() {
+    const int rank = tree_[1];
+    const auto r = static_cast<std::size_t>(rank);
+    std::vector<double>& times = pending_[r];
+    const auto it = std::find(times.begin(), times.end(), earliest_[r]);
+    *it = times.back();
+    times.pop_back();
+    earliest_[r] = times.empty() ? kNever : *std::min_element(times.begin(), times.end());
+    update(r);
+    return rank;
+  }
+
+ private:
+  void update(std::size_t rank) {
+    for (std::size_t i = (leaves_ + rank) / 2; i > 0; i /= 2) {
+      const int a = tree_[2 * i], b = tree_[2 * i + 1];
+      tree_[i] = earliest_[static_cast<std::size_t>(b)] < earliest_[static_cast<std::size_t>(a)]
+                     ? b
+                     : a;
+    }
+  }
+  std::size_t leaves_ = 1;
+  std::vector<std::vector<double>> pending_;
+  std::vector<double> earliest_;  // per rank, and kNever for the rank num_ranks filling the tree
+  std::vector<int> tree_;         // node i: the rank with the earliest call below it
+};
+
 // An action a list scheduler placed on a rank: it ends at `end`.
 struct Placed {
   std::optional<Action> action;
@@ -157,10 +208,8 @@ struct Placed {
 template <class Visit>
 bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
                std::vector<int>& sequence, Visit&& visit) {
-  using Wake = std::pair<double, int>;  // (time, rank), in a min-heap on the time
-  const auto later = [](const Wake& a, const Wake& b) { return a.first > b.first; };
-  std::vector<Wake> wakes;
-  for (int r = 0; r < num_ranks; ++r) wakes.push_back({0.0, r});
+  Calls wakes(num_ranks);
+  for (int r = 0; r < num_ranks; ++r) wakes.push(r, 0.0);
   std::vector<int> pass;  // the ranks to call at t, in rank order
   std::vector<int> next_pass;
   std::vector<char> in_pass(static_cast<std::size_t>(num_ranks), 0);
@@ -174,12 +223,8 @@ bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
   sequence.reserve(remaining);
   while (remaining > 0) {
     if (wakes.empty()) return false;
-    const double t = wakes.front().first;
-    while (!wakes.empty() && wakes.front().first <= t) {
-      enter(pass, wakes.front().second);
-      std::pop_heap(wakes.begin(), wakes.end(), later);
-      wakes.pop_back();
-    }
+    const double t = wakes.first_time();
+    while (wakes.first_time() <= t) enter(pass, wakes.pop());
     while (!pass.empty()) {
       if (pass.size() > 1) std::sort(pass.begin(), pass.end());
       for (std::size_t i = 0; i < pass.size(); ++i) {
@@ -197,8 +242,7 @@ bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
           const double busy_until = free_at[static_cast<std::size_t>(rank)];
           if (rank != r && busy_until > t && busy_until >= when) return;
           if (when > t) {
-            wakes.push_back({when, rank});
-            std::push_heap(wakes.begin(), wakes.end(), later);
+            wakes.push(rank, when);
           } else if (rank > r) {  // after an action that took no time: later in this pass
             if (!in_pass[static_cast<std::size_t>(rank)]) {
               in_pass[static_cast<std::size_t>(rank)] = 1;
@@ -231,6 +275,8 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
   const bool long_gaps_only = (variant & kLongGapsOnly) != 0;
   const bool greedy_other = (variant & kGreedyOther) != 0;
   Run run;
+  // Whether a switch's condition is needed: it is on, or whether it matters is not known yet.
+  const auto consults = [&](unsigned bit, bool on) { return on || (run.mattered & bit) == 0; };
   const int num_ranks = shape.num_ranks();
   const int num_stages = shape.num_stages();
   const int num_mb = shape.num_microbatches();
@@ -320,7 +366,8 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
         pick = make(*k, kI);
       } else if (auto k = ready(kF)) {
         const Action f = make(*k, kF);
-        const bool guarded = next_ready(kI) < t + stages.time(f);
+        const bool guarded =
+            consults(kWarmupGuard, warmup_guard) && next_ready(kI) < t + stages.time(f);
         if (guarded) run.mattered |= kWarmupGuard;
         if (!warmup_guard || !guarded) pick = f;
       }
@@ -341,13 +388,14 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
         }
       }
       // ready() may set f_blocked_by_memory, which nothing reads from here on.
-      if (!pick && other_left > 0) {
+      if (!pick && other_left > 0 && consults(kGreedyOther, greedy_other)) {
         if (auto k = ready(other)) {
           run.mattered |= kGreedyOther;
           if (greedy_other) pick = make(*k, other);
         }
       }
-      if (!pick && left > 0) due_ready = next_ready(want);
+      if (!pick && left > 0 && consults(kLongGapsOnly, long_gaps_only))
+        due_ready = next_ready(want);
     }
     if (!pick && !st.pending_w.empty()) {
       const Action& w = st.pending_w.front();
