@@ -136,54 +136,55 @@ class Ends {
 };
 
 // Pending calls of ranks at given times, earliest first: each rank's few pending times, and a
-// tournament tree over the ranks of each one's earliest, so that a call costs log2(ranks)
-// comparisons whatever the number of calls pending.
+// tournament tree over the ranks of each one's earliest, so that a call costs at most
+// log2(ranks) comparisons whatever the number of calls pending.
 class Calls {
  public:
-  explicit Calls(int num_ranks)
-      : pending_(static_cast<std::size_t>(num_ranks)),
-        earliest_(static_cast<std::size_t>(num_ranks) + 1, kNever) {
+  explicit Calls(int num_ranks) : pending_(static_cast<std::size_t>(num_ranks)) {
     while (leaves_ < static_cast<std::size_t>(num_ranks)) leaves_ *= 2;
-    tree_.assign(2 * leaves_, num_ranks);
-    for (int r = 0; r < num_ranks; ++r) tree_[leaves_ + static_cast<std::size_t>(r)] = r;
-    for (std::size_t i = leaves_ - 1; i > 0; --i) tree_[i] = tree_[2 * i];
+    tree_.assign(2 * leaves_, Node{kNever, num_ranks});
+    for (int r = 0; r < num_ranks; ++r) tree_[leaves_ + static_cast<std::size_t>(r)].rank = r;
   }
-  bool empty() const { return first_time() == kNever; }
-  double first_time() const { return earliest_[static_cast<std::size_t>(tree_[1])]; }
+  bool empty() const { return tree_[1].time == kNever; }
+  double first_time() const { return tree_[1].time; }
   void push(int rank, double time) {
-    const auto r = static_cast<std::size_t>(rank);
-    pending_[r].push_back(time);
-    if (time < earliest_[r]) {
-      earliest_[r] = time;
-      update(r);
+    const std::size_t leaf = leaves_ + static_cast<std::size_t>(rank);
+    pending_[static_cast<std::size_t>(rank)].push_back(time);
+    if (time < tree_[leaf].time) {
+      tree_[leaf].time = time;
+      update(leaf);
     }
   }
   // Removes the earliest call and returns its rank.
   int pop() {
-    const int rank = tree_[1];
-    const auto r = static_cast<std::size_t>(rank);
-    std::vector<double>& times = pending_[r];
-    const auto it = std::find(times.begin(), times.end(), earliest_[r]);
-    *it = times.back();
+    const int rank = tree_[1].rank;
+    const std::size_t leaf = leaves_ + static_cast<std::size_t>(rank);
+    std::vector<double>& times = pending_[static_cast<std::size_t>(rank)];
+    *std::find(times.begin(), times.end(), tree_[leaf].time) = times.back();
     times.pop_back();
-    earliest_[r] = times.empty() ? kNever : *std::min_element(times.begin(), times.end());
-    update(r);
+    tree_[leaf].time = times.empty() ? kNever : *std::min_element(times.begin(), times.end());
+    update(leaf);
     return rank;
   }
 
  private:
-  void update(std::size_t rank) {
-    for (std::size_t i = (leaves_ + rank) / 2; i > 0; i /= 2) {
-      const int a = tree_[2 * i], b = tree_[2 * i + 1];
-      tree_[i] = earliest_[static_cast<std::size_t>(b)] < earliest_[static_cast<std::size_t>(a)]
-                     ? b
-                     : a;
+  struct Node {
+    double time;  // the earliest pending call below the node
+    int rank;     // whose; num_ranks for the leaves that fill the tree
+    bool operator==(const Node& o) const { return time == o.time && rank == o.rank; }
+  };
+  void update(std::size_t leaf) {
+    for (std::size_t i = leaf / 2; i > 0; i /= 2) {
+      const Node& a = tree_[2 * i];
+      const Node& b = tree_[2 * i + 1];
+      const Node winner = b.time < a.time ? b : a;
+      if (tree_[i] == winner) break;  // the nodes above are unchanged too
+      tree_[i] = winner;
     }
   }
   std::size_t leaves_ = 1;
-  std::vector<std::vector<double>> pending_;
-  std::vector<double> earliest_;  // per rank, and kNever for the rank num_ranks filling the tree
-  std::vector<int> tree_;         // node i: the rank with the earliest call below it
+  std::vector<std::vector<double>> pending_;  // per rank
+  std::vector<Node> tree_;                    // node i has children 2i and 2i+1; leaves per rank
 };
 
 // An action a list scheduler placed on a rank: it ends at `end`.
