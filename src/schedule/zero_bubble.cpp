@@ -115,19 +115,24 @@ class Stages {
   std::vector<double> time_;
 };
 
-// End times of the placed actions per (stage, microbatch, kind); kNever until placed.
+// End times of the placed F and I per (stage, microbatch); kNever until placed. Nothing
+// consumes a W, so its end is not kept (a smaller table: fewer cache misses).
 class Ends {
  public:
   Ends(int num_stages, int num_microbatches)
       : mb_(num_microbatches),
         table_(static_cast<std::size_t>(num_stages) * static_cast<std::size_t>(num_microbatches) *
-                   3,
+                   2,
                kNever) {}
+  // The end of the F or I (`kind`) of (stage, mb).
   double& at(ActionKind kind, int stage, int mb) {
     return table_[(static_cast<std::size_t>(stage) * static_cast<std::size_t>(mb_) +
                    static_cast<std::size_t>(mb)) *
-                      3 +
-                  kind_index(kind)];
+                      2 +
+                  (kind == kF ? 0 : 1)];
+  }
+  void record(const Action& a, double end) {
+    if (a.kind != kW) at(a.kind, a.stage, a.microbatch) = end;
   }
 
  private:
@@ -187,11 +192,29 @@ class Calls {
   std::vector<Node> tree_;                    // node i has children 2i and 2i+1; leaves per rank
 };
 
-// An action a list scheduler placed on a rank: it ends at `end`.
-struct Placed {
-  std::optional<Action> action;
+// What a rank decided: to run `action` (ok), which ends at `end`, or to wait (!ok). Plain
+// fields rather than std::optional<Action>: built field by field and copied whole, the optional
+// stalled store forwarding on the hottest path.
+struct Pick {
+  Action action{};
+  bool ok = false;
   double end = 0.0;
+  explicit operator bool() const { return ok; }
+  Pick& operator=(const Action& a) {
+    action = a;
+    ok = true;
+    return *this;
+  }
 };
+
+// Appends `a` field by field: a copy of the whole Action, whose fields were just written one by
+// one, waited for them (store forwarding) on the schedulers' hottest line.
+void append(std::vector<Action>& order, const Action& a) {
+  Action& out = order.emplace_back();
+  out.stage = a.stage;
+  out.kind = a.kind;
+  out.microbatch = a.microbatch;
+}
 
 // Runs a list scheduler's decisions: visit(r, t) is rank r's decision at time t, which places
 // an action (and returns it) or waits. It is called as a loop over every event time t (an action
@@ -231,14 +254,14 @@ bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
       for (std::size_t i = 0; i < pass.size(); ++i) {
         const int r = pass[i];
         in_pass[static_cast<std::size_t>(r)] = 0;
-        const Placed placed = visit(r, t);
-        if (!placed.action) continue;
+        const Pick placed = visit(r, t);
+        if (!placed) continue;
         --remaining;
         sequence.push_back(r);
         free_at[static_cast<std::size_t>(r)] = placed.end;
         // Who can act on it, and when: this rank once free, the consumers once it arrived (a
         // consumer busy until then is called when it is free).
-        const Action& a = *placed.action;
+        const Action& a = placed.action;
         const auto wake = [&](int rank, double when) {
           const double busy_until = free_at[static_cast<std::size_t>(rank)];
           if (rank != r && busy_until > t && busy_until >= when) return;
@@ -314,7 +337,7 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
   for (int r = 0; r < num_ranks; ++r)
     orders[static_cast<std::size_t>(r)].reserve(3 * ranks[static_cast<std::size_t>(r)].stages.size() *
                                                  static_cast<std::size_t>(num_mb));
-  const auto visit = [&](int r, double t) -> Placed {
+  const auto visit = [&](int r, double t) -> Pick {
     const auto ru = static_cast<std::size_t>(r);
     RankState& st = ranks[ru];
     if (st.free_at > t) return {};
@@ -359,7 +382,7 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
     const auto make = [&](std::size_t k, ActionKind kind) {
       return Action{st.stages[k], kind, kind == kF ? st.next_f[k] : st.next_i[k]};
     };
-    std::optional<Action> pick;
+    Pick pick;
     bool memory_wants_w = false;
     double due_ready = kNever;  // when the action due is known to be ready
     if (!st.warm) {
@@ -408,14 +431,15 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
         if (!long_gaps_only || long_gap) pick = w;
       }
     }
-    if (!pick) return {};
+    if (!pick) return pick;
     // Place it.
-    const double end = t + stages.time(*pick);
-    orders[ru].push_back(*pick);
-    ends.at(pick->kind, pick->stage, pick->microbatch) = end;
-    st.free_at = end;
-    st.place(*pick);
-    return {pick, end};
+    const Action& a = pick.action;
+    pick.end = t + stages.time(a);
+    append(orders[ru], a);
+    ends.record(a, pick.end);
+    st.free_at = pick.end;
+    st.place(a);
+    return pick;
   };
   if (run_ranks(stages, num_ranks, remaining, run.sequence, visit)) run.orders = std::move(orders);
   return run;
@@ -469,11 +493,11 @@ Run retime_w(const Schedule& base, const MemoryProfile& memory, const Stages& st
   Orders orders(static_cast<std::size_t>(num_ranks));
   for (int r = 0; r < num_ranks; ++r)
     orders[static_cast<std::size_t>(r)].reserve(ranks[static_cast<std::size_t>(r)].order.size() * 3 / 2);
-  const auto visit = [&](int r, double t) -> Placed {
+  const auto visit = [&](int r, double t) -> Pick {
     const auto ru = static_cast<std::size_t>(r);
     RankState& st = ranks[ru];
     if (st.free_at > t) return {};
-    std::optional<Action> pick;
+    Pick pick;
     bool memory_blocked = false;
     double due_ready = kNever;
     if (st.next < st.order.size()) {
@@ -494,24 +518,25 @@ Run retime_w(const Schedule& base, const MemoryProfile& memory, const Stages& st
       if (!long_gap) run.mattered |= kLongGapsOnly;
       if (!long_gaps_only || long_gap) pick = w;
     }
-    if (!pick) return {};
-    const double end = t + stages.time(*pick);
-    orders[ru].push_back(*pick);
-    ends.at(pick->kind, pick->stage, pick->microbatch) = end;
-    st.free_at = end;
-    if (pick->kind == kF) {
+    if (!pick) return pick;
+    const Action& placed = pick.action;
+    pick.end = t + stages.time(placed);
+    append(orders[ru], placed);
+    ends.record(placed, pick.end);
+    st.free_at = pick.end;
+    if (placed.kind == kF) {
       ++st.next;
       ++st.activations;
       ++st.held;
-    } else if (pick->kind == kI) {
+    } else if (placed.kind == kI) {
       ++st.next;
       --st.activations;
-      st.pending_w.push_back({pick->stage, kW, pick->microbatch});
+      st.pending_w.push_back({placed.stage, kW, placed.microbatch});
     } else {
       st.pending_w.pop_front();
       --st.held;
     }
-    return {pick, end};
+    return pick;
   };
   if (run_ranks(stages, num_ranks, remaining, run.sequence, visit))
     run.orders = std::move(orders);
@@ -628,7 +653,7 @@ double makespan(const Stages& stages, int num_microbatches, const Run& run) {
                                              r));
     }
     const double end = start + stages.time(a);
-    ends.at(a.kind, a.stage, a.microbatch) = end;
+    ends.record(a, end);
     free_at[ru] = end;
     result = std::max(result, end);
   }
