@@ -36,7 +36,6 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <limits>
 #include <optional>
@@ -465,7 +464,7 @@ Run retime_w(const Schedule& base, const MemoryProfile& memory, const Stages& st
   struct RankState {
     std::vector<Action> order;  // F and I of base, in order
     std::size_t next = 0;
-    std::deque<Action> pending_w;
+    detail::ActionQueue pending_w;
     int activations = 0, held = 0;
     double free_at = 0.0;
   };
