@@ -59,8 +59,7 @@ Timing measure(const std::string& name, Generate&& generate_schedule,
       std::exit(1);
     }
     t = Clock::now();
-    const pipetrain::SimulationResult result =
-        pipetrain::simulate(lowered, costs);
+    const pipetrain::SimulationResult result = pipetrain::simulate(lowered, costs);
     const double simulate = ms_since(t);
     const double total = ms_since(t0);
     if (total < best.total) {
@@ -100,18 +99,17 @@ int run_cost_aware(int P, int M, int repeats) {
                              {"1.6:2.72:1.26", zero_bubble_costs(1.6, 2.72, 1.26, 0)},
                              {"1:2:1 cap=P", zero_bubble_costs(1, 2, 1, 0)}};
   cases.back().costs.memory_cap_bytes = P;  // activation_bytes = pending_w_bytes = 1
-  std::printf("cost-aware generate + lower + validate + simulate, P=%d M=%d, best of %d\n\n", P,
-              M, repeats);
-  std::printf("%-22s %10s %10s %10s %10s %10s %10s %8s\n", "schedule, F:I:W", "actions",
-              "generate", "lower", "validate", "simulate", "total ms", "bubble");
+  std::printf("cost-aware generate + lower + validate + simulate, P=%d M=%d, best of %d\n\n", P, M,
+              repeats);
+  std::printf("%-22s %10s %10s %10s %10s %10s %10s %8s\n", "schedule, F:I:W", "actions", "generate",
+              "lower", "validate", "simulate", "total ms", "bubble");
   int status = 0;
   for (const Case& c : cases) {
     for (const std::string& name : pipetrain::schedule_names()) {
       if (!pipetrain::is_cost_aware(name)) continue;
       try {
         const Timing t = measure(
-            name,
-            [&] { return pipetrain::make_cost_aware_schedule(name, P, M, c.costs); },
+            name, [&] { return pipetrain::make_cost_aware_schedule(name, P, M, c.costs); },
             c.costs.costs, repeats);
         print_row(name + " " + c.label, t);
       } catch (const std::exception& e) {

@@ -27,7 +27,8 @@
 // A second candidate generator, retime_w(), keeps the unit-grid schedule's order of F and I and
 // places only its W on the clock (the V-Half and V-Min blocks fix that order; it gains most
 // there). Each generator simulates the unit-grid schedule (when it fits the cap), both retimings
-// and every list variant that finishes, and keeps the fastest, the unit-grid one on ties. Under
+// and every list variant that finishes, and keeps the fastest, the unit-grid one on ties (a run
+// that would repeat an earlier one decision for decision is skipped: see Run). Under
 // costs where the unit grid is the clock (F = I = W on every stage, free transfers) it keeps the
 // unit-grid schedule outright when it fits the cap: the list heuristic is faster there only
 // for ZB-V with M < 2P-1 and V-Half with small M (see docs/schedules.md), and the published
@@ -36,11 +37,10 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <optional>
-#include <queue>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layout.h"
@@ -120,9 +120,9 @@ class Ends {
  public:
   Ends(int num_stages, int num_microbatches)
       : mb_(num_microbatches),
-        table_(static_cast<std::size_t>(num_stages) * static_cast<std::size_t>(num_microbatches) *
-                   2,
-               kNever) {}
+        table_(
+            static_cast<std::size_t>(num_stages) * static_cast<std::size_t>(num_microbatches) * 2,
+            kNever) {}
   // The end of the F or I (`kind`) of (stage, mb).
   double& at(ActionKind kind, int stage, int mb) {
     return table_[(static_cast<std::size_t>(stage) * static_cast<std::size_t>(mb_) +
@@ -279,9 +279,11 @@ bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
         };
         wake(r, placed.end);
         if (a.kind == kF && a.stage + 1 < stages.num_stages())
-          wake(stages.rank(a.stage + 1), stages.arrival(a.stage, placed.end, stages.rank(a.stage + 1)));
+          wake(stages.rank(a.stage + 1),
+               stages.arrival(a.stage, placed.end, stages.rank(a.stage + 1)));
         if (a.kind == kI && a.stage > 0)
-          wake(stages.rank(a.stage - 1), stages.arrival(a.stage, placed.end, stages.rank(a.stage - 1)));
+          wake(stages.rank(a.stage - 1),
+               stages.arrival(a.stage, placed.end, stages.rank(a.stage - 1)));
       }
       pass.clear();
       for (int r : next_pass) enter(pass, r);
@@ -334,8 +336,8 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
 
   Orders orders(static_cast<std::size_t>(num_ranks));
   for (int r = 0; r < num_ranks; ++r)
-    orders[static_cast<std::size_t>(r)].reserve(3 * ranks[static_cast<std::size_t>(r)].stages.size() *
-                                                 static_cast<std::size_t>(num_mb));
+    orders[static_cast<std::size_t>(r)].reserve(
+        3 * ranks[static_cast<std::size_t>(r)].stages.size() * static_cast<std::size_t>(num_mb));
   const auto visit = [&](int r, double t) -> Pick {
     const auto ru = static_cast<std::size_t>(r);
     RankState& st = ranks[ru];
@@ -422,8 +424,7 @@ Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limit
     }
     if (!pick && !st.pending_w.empty()) {
       const Action& w = st.pending_w.front();
-      const bool long_gap = !st.warm || memory_wants_w ||
-                            st.forwards_left + st.inputs_left == 0 ||
+      const bool long_gap = !st.warm || memory_wants_w || st.forwards_left + st.inputs_left == 0 ||
                             !(due_ready < t + stages.time(w));
       if (ends.at(kI, w.stage, w.microbatch) <= t) {
         if (!long_gap) run.mattered |= kLongGapsOnly;
@@ -491,7 +492,8 @@ Run retime_w(const Schedule& base, const MemoryProfile& memory, const Stages& st
   };
   Orders orders(static_cast<std::size_t>(num_ranks));
   for (int r = 0; r < num_ranks; ++r)
-    orders[static_cast<std::size_t>(r)].reserve(ranks[static_cast<std::size_t>(r)].order.size() * 3 / 2);
+    orders[static_cast<std::size_t>(r)].reserve(ranks[static_cast<std::size_t>(r)].order.size() *
+                                                3 / 2);
   const auto visit = [&](int r, double t) -> Pick {
     const auto ru = static_cast<std::size_t>(r);
     RankState& st = ranks[ru];
@@ -512,8 +514,8 @@ Run retime_w(const Schedule& base, const MemoryProfile& memory, const Stages& st
     }
     if (!pick && !st.pending_w.empty()) {
       const Action& w = st.pending_w.front();
-      const bool long_gap = memory_blocked || st.next == st.order.size() ||
-                            !(due_ready < t + stages.time(w));
+      const bool long_gap =
+          memory_blocked || st.next == st.order.size() || !(due_ready < t + stages.time(w));
       if (!long_gap) run.mattered |= kLongGapsOnly;
       if (!long_gaps_only || long_gap) pick = w;
     }
@@ -537,8 +539,7 @@ Run retime_w(const Schedule& base, const MemoryProfile& memory, const Stages& st
     }
     return pick;
   };
-  if (run_ranks(stages, num_ranks, remaining, run.sequence, visit))
-    run.orders = std::move(orders);
+  if (run_ranks(stages, num_ranks, remaining, run.sequence, visit)) run.orders = std::move(orders);
   return run;
 }
 
@@ -646,10 +647,9 @@ double makespan(const Stages& stages, int num_microbatches, const Run& run) {
         producer = {a.stage, kF, a.microbatch};
       else if (a.kind == kI)
         producer = {a.stage + 1, kI, a.microbatch};
-      start = std::max(start, stages.arrival(producer.stage,
-                                             ends.at(producer.kind, producer.stage,
-                                                     producer.microbatch),
-                                             r));
+      start = std::max(
+          start, stages.arrival(producer.stage,
+                                ends.at(producer.kind, producer.stage, producer.microbatch), r));
     }
     const double end = start + stages.time(a);
     ends.record(a, end);

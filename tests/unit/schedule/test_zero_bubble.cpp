@@ -203,7 +203,8 @@ TEST(CostAware, ResultsArePinned) {
       {"v-min", 0, 0x4d3561b2a692aeadull, 446.00000000000074},
       {"v-min", 1, 0x3fd9150c44e4a4bdull, 542.66000000000236},
       {"v-min", 2, 0x0d9c8aaaf0ff3f45ull, 396},
-      {"v-min", 3, 0x8d8d0b6ea8472a47ull, 307.4000000000002}};
+      {"v-min", 3, 0x8d8d0b6ea8472a47ull, 307.4000000000002},
+  };
   for (const Pinned& p : pinned) {
     ZeroBubbleCosts zc = p.costs == 0   ? costs_of(1, 2, 1, 0.3)
                          : p.costs == 1 ? costs_of(1.6, 2.72, 1.26)
