@@ -187,7 +187,7 @@ Schedule v_block_schedule(Schedule schedule, const std::vector<VBlock>& blocks) 
   struct RankState {
     std::vector<Action> order;  // F and I in block order
     std::size_t next = 0;
-    std::deque<Action> pending_w;
+    detail::ActionQueue pending_w;
     int held = 0, cap = 0;
   };
   std::vector<RankState> ranks(static_cast<std::size_t>(p));

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <utility>
 #include <vector>
 
@@ -19,11 +18,32 @@
 
 namespace pipetrain::detail {
 
+/// A FIFO of actions (a rank's pending W) on one vector, emptied in place whenever it runs dry: a
+/// std::deque allocated and freed a block every few dozen actions on the schedulers' hottest
+/// path.
+class ActionQueue {
+ public:
+  bool empty() const { return head_ == items_.size(); }
+  const Action& front() const { return items_[head_]; }
+  void push_back(const Action& a) {
+    if (empty()) {
+      items_.clear();
+      head_ = 0;
+    }
+    items_.push_back(a);
+  }
+  void pop_front() { ++head_; }
+
+ private:
+  std::vector<Action> items_;
+  std::size_t head_ = 0;  // items_ before it are done
+};
+
 /// One rank's state in a list scheduler of F, I and W.
 struct ListRank {
   std::vector<int> stages;          // the rank's stages, later stage first
   std::vector<int> next_f, next_i;  // per local stage: the next microbatch to run
-  std::deque<Action> pending_w;     // I done, W not yet, oldest first
+  ActionQueue pending_w;            // I done, W not yet, oldest first
   int activations = 0;              // F done, I not yet
   int held = 0;                     // F done, W not yet
   int forwards_left = 0, inputs_left = 0;

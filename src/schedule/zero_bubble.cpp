@@ -27,7 +27,8 @@
 // A second candidate generator, retime_w(), keeps the unit-grid schedule's order of F and I and
 // places only its W on the clock (the V-Half and V-Min blocks fix that order; it gains most
 // there). Each generator simulates the unit-grid schedule (when it fits the cap), both retimings
-// and every list variant that finishes, and keeps the fastest, the unit-grid one on ties. Under
+// and every list variant that finishes, and keeps the fastest, the unit-grid one on ties (a run
+// that would repeat an earlier one decision for decision is skipped: see Run). Under
 // costs where the unit grid is the clock (F = I = W on every stage, free transfers) it keeps the
 // unit-grid schedule outright when it fits the cap: the list heuristic is faster there only
 // for ZB-V with M < 2P-1 and V-Half with small M (see docs/schedules.md), and the published
@@ -36,12 +37,10 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <deque>
-#include <functional>
 #include <limits>
 #include <optional>
-#include <queue>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layout.h"
@@ -67,26 +66,72 @@ struct Limits {
   std::vector<int> max_held;         // F done, W not yet
 };
 
-struct Variant {
-  bool warmup_guard = false;
-  bool long_gaps_only = false;
-  bool greedy_other = false;
+// The switches of the list heuristic, one bit each (the variants are the 8 combinations).
+enum VariantBit : unsigned {
+  kWarmupGuard = 1,   // no F in the warm-up whose end comes after the rank's next I is ready
+  kLongGapsOnly = 2,  // a W only in a gap at least as long as the W
+  kGreedyOther = 4,   // the other kind of F/I when the one due is not ready
 };
 
-// End times of the placed actions per (stage, microbatch, kind); kNever until placed.
+// What a run of a list scheduler gives: each rank's order (nothing when it got stuck) and the
+// switches whose other setting would have changed some decision of this run. A run whose
+// switches differ from this one's only outside `mattered` makes the same decisions at every
+// step, so it gives the same orders (or gets stuck the same way) and need not run.
+struct Run {
+  std::optional<Orders> orders;
+  std::vector<int> sequence;  // the rank of each action in the order they were placed
+  unsigned mattered = 0;
+};
+
+// Index of F, I, W in per-action tables.
+std::size_t kind_index(ActionKind kind) { return kind == kF ? 0 : kind == kW ? 2 : 1; }
+
+// What the schedulers and makespan() look up per action, computed once per generation: the
+// rank of each stage and each stage's F, I and W times (CostModel::compute_time's values, so
+// the same doubles).
+class Stages {
+ public:
+  Stages(const Schedule& shape, const CostModel& costs) : transfer_(costs.transfer_time()) {
+    for (int s = 0; s < shape.num_stages(); ++s) {
+      rank_.push_back(shape.rank_of_stage(s));
+      for (ActionKind kind : {kF, kI, kW}) time_.push_back(costs.compute_time({s, kind, 0}));
+    }
+  }
+  int num_stages() const { return static_cast<int>(rank_.size()); }
+  int rank(int stage) const { return rank_[static_cast<std::size_t>(stage)]; }
+  double transfer() const { return transfer_; }
+  double time(const Action& a) const {
+    return time_[static_cast<std::size_t>(a.stage) * 3 + kind_index(a.kind)];
+  }
+  // When an output of `stage` that was ready at `end` is on `rank`.
+  double arrival(int stage, double end, int rank) const {
+    return rank_[static_cast<std::size_t>(stage)] == rank ? end : end + transfer_;
+  }
+
+ private:
+  double transfer_;
+  std::vector<int> rank_;
+  std::vector<double> time_;
+};
+
+// End times of the placed F and I per (stage, microbatch); kNever until placed. Nothing
+// consumes a W, so its end is not kept (a smaller table: fewer cache misses).
 class Ends {
  public:
   Ends(int num_stages, int num_microbatches)
       : mb_(num_microbatches),
-        table_(static_cast<std::size_t>(num_stages) * static_cast<std::size_t>(num_microbatches) *
-                   3,
-               kNever) {}
+        table_(
+            static_cast<std::size_t>(num_stages) * static_cast<std::size_t>(num_microbatches) * 2,
+            kNever) {}
+  // The end of the F or I (`kind`) of (stage, mb).
   double& at(ActionKind kind, int stage, int mb) {
-    const std::size_t k = kind == kF ? 0 : kind == kW ? 2 : 1;
     return table_[(static_cast<std::size_t>(stage) * static_cast<std::size_t>(mb_) +
                    static_cast<std::size_t>(mb)) *
-                      3 +
-                  k];
+                      2 +
+                  (kind == kF ? 0 : 1)];
+  }
+  void record(const Action& a, double end) {
+    if (a.kind != kW) at(a.kind, a.stage, a.microbatch) = end;
   }
 
  private:
@@ -94,15 +139,173 @@ class Ends {
   std::vector<double> table_;
 };
 
-// The timed list scheduler. Returns each rank's order, or nothing when the variant gets stuck.
-std::optional<Orders> timed_list_schedule(const Schedule& shape, const Limits& limits,
-                                          const ZeroBubbleCosts& zc, Variant variant) {
+// Pending calls of ranks at given times, earliest first: each rank's few pending times, and a
+// tournament tree over the ranks of each one's earliest, so that a call costs at most
+// log2(ranks) comparisons whatever the number of calls pending.
+class Calls {
+ public:
+  explicit Calls(int num_ranks) : pending_(static_cast<std::size_t>(num_ranks)) {
+    while (leaves_ < static_cast<std::size_t>(num_ranks)) leaves_ *= 2;
+    tree_.assign(2 * leaves_, Node{kNever, num_ranks});
+    for (int r = 0; r < num_ranks; ++r) tree_[leaves_ + static_cast<std::size_t>(r)].rank = r;
+  }
+  bool empty() const { return tree_[1].time == kNever; }
+  double first_time() const { return tree_[1].time; }
+  void push(int rank, double time) {
+    const std::size_t leaf = leaves_ + static_cast<std::size_t>(rank);
+    pending_[static_cast<std::size_t>(rank)].push_back(time);
+    if (time < tree_[leaf].time) {
+      tree_[leaf].time = time;
+      update(leaf);
+    }
+  }
+  // Removes the earliest call and returns its rank.
+  int pop() {
+    const int rank = tree_[1].rank;
+    const std::size_t leaf = leaves_ + static_cast<std::size_t>(rank);
+    std::vector<double>& times = pending_[static_cast<std::size_t>(rank)];
+    *std::find(times.begin(), times.end(), tree_[leaf].time) = times.back();
+    times.pop_back();
+    tree_[leaf].time = times.empty() ? kNever : *std::min_element(times.begin(), times.end());
+    update(leaf);
+    return rank;
+  }
+
+ private:
+  struct Node {
+    double time;  // the earliest pending call below the node
+    int rank;     // whose; num_ranks for the leaves that fill the tree
+    bool operator==(const Node& o) const { return time == o.time && rank == o.rank; }
+  };
+  void update(std::size_t leaf) {
+    for (std::size_t i = leaf / 2; i > 0; i /= 2) {
+      const Node& a = tree_[2 * i];
+      const Node& b = tree_[2 * i + 1];
+      const Node winner = b.time < a.time ? b : a;
+      if (tree_[i] == winner) break;  // the nodes above are unchanged too
+      tree_[i] = winner;
+    }
+  }
+  std::size_t leaves_ = 1;
+  std::vector<std::vector<double>> pending_;  // per rank
+  std::vector<Node> tree_;                    // node i has children 2i and 2i+1; leaves per rank
+};
+
+// What a rank decided: to run `action` (ok), which ends at `end`, or to wait (!ok). Plain
+// fields rather than std::optional<Action>: built field by field and copied whole, the optional
+// stalled store forwarding on the hottest path.
+struct Pick {
+  Action action{};
+  bool ok = false;
+  double end = 0.0;
+  explicit operator bool() const { return ok; }
+  Pick& operator=(const Action& a) {
+    action = a;
+    ok = true;
+    return *this;
+  }
+};
+
+// Appends `a` field by field: a copy of the whole Action, whose fields were just written one by
+// one, waited for them (store forwarding) on the schedulers' hottest line.
+void append(std::vector<Action>& order, const Action& a) {
+  Action& out = order.emplace_back();
+  out.stage = a.stage;
+  out.kind = a.kind;
+  out.microbatch = a.microbatch;
+}
+
+// Runs a list scheduler's decisions: visit(r, t) is rank r's decision at time t, which places
+// an action (and returns it) or waits. It is called as a loop over every event time t (an action
+// ended, or an output arrived at another rank) would call it, for each rank free at t in rank
+// order, the ranks again at the same t while actions that take no time ran, but only for the
+// ranks whose decision can have changed since their last call: a rank that waited is called
+// again when its own action ends or an output it consumes arrives. Both schedulers here decide
+// so that nothing else can make a waiting rank act: an action becomes ready only when its
+// input arrives, and what else a decision reads (the time, when the next input is expected)
+// only makes the waits (warm-up guard, W only in long gaps) longer as time passes. So the calls
+// left out are ones that would have waited, and the result is the step-by-step loop's. Each
+// rank's call count is about its number of actions, instead of the number of event times.
+// Appends the rank of each placed action to `sequence`. Returns false when the ranks wait for
+// nothing that can come (stuck) before `remaining` actions are placed.
+template <class Visit>
+bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
+               std::vector<int>& sequence, Visit&& visit) {
+  Calls wakes(num_ranks);
+  for (int r = 0; r < num_ranks; ++r) wakes.push(r, 0.0);
+  std::vector<int> pass;  // the ranks to call at t, in rank order
+  std::vector<int> next_pass;
+  std::vector<char> in_pass(static_cast<std::size_t>(num_ranks), 0);
+  std::vector<double> free_at(static_cast<std::size_t>(num_ranks), 0.0);
+  const auto enter = [&](std::vector<int>& list, int r) {
+    if (!in_pass[static_cast<std::size_t>(r)]) {
+      in_pass[static_cast<std::size_t>(r)] = 1;
+      list.push_back(r);
+    }
+  };
+  sequence.reserve(remaining);
+  while (remaining > 0) {
+    if (wakes.empty()) return false;
+    const double t = wakes.first_time();
+    while (wakes.first_time() <= t) enter(pass, wakes.pop());
+    while (!pass.empty()) {
+      if (pass.size() > 1) std::sort(pass.begin(), pass.end());
+      for (std::size_t i = 0; i < pass.size(); ++i) {
+        const int r = pass[i];
+        in_pass[static_cast<std::size_t>(r)] = 0;
+        const Pick placed = visit(r, t);
+        if (!placed) continue;
+        --remaining;
+        sequence.push_back(r);
+        free_at[static_cast<std::size_t>(r)] = placed.end;
+        // Who can act on it, and when: this rank once free, the consumers once it arrived (a
+        // consumer busy until then is called when it is free).
+        const Action& a = placed.action;
+        const auto wake = [&](int rank, double when) {
+          const double busy_until = free_at[static_cast<std::size_t>(rank)];
+          if (rank != r && busy_until > t && busy_until >= when) return;
+          if (when > t) {
+            wakes.push(rank, when);
+          } else if (rank > r) {  // after an action that took no time: later in this pass
+            if (!in_pass[static_cast<std::size_t>(rank)]) {
+              in_pass[static_cast<std::size_t>(rank)] = 1;
+              pass.insert(std::upper_bound(pass.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                                           pass.end(), rank),
+                          rank);
+            }
+          } else {
+            next_pass.push_back(rank);
+          }
+        };
+        wake(r, placed.end);
+        if (a.kind == kF && a.stage + 1 < stages.num_stages())
+          wake(stages.rank(a.stage + 1),
+               stages.arrival(a.stage, placed.end, stages.rank(a.stage + 1)));
+        if (a.kind == kI && a.stage > 0)
+          wake(stages.rank(a.stage - 1),
+               stages.arrival(a.stage, placed.end, stages.rank(a.stage - 1)));
+      }
+      pass.clear();
+      for (int r : next_pass) enter(pass, r);
+      next_pass.clear();
+    }
+  }
+  return true;
+}
+
+// The timed list scheduler with the switches `variant` (VariantBit).
+Run timed_list_schedule(const Schedule& shape, const Stages& stages, const Limits& limits,
+                        const ZeroBubbleCosts& zc, unsigned variant) {
+  const bool warmup_guard = (variant & kWarmupGuard) != 0;
+  const bool long_gaps_only = (variant & kLongGapsOnly) != 0;
+  const bool greedy_other = (variant & kGreedyOther) != 0;
+  Run run;
+  // Whether a switch's condition is needed: it is on, or whether it matters is not known yet.
+  const auto consults = [&](unsigned bit, bool on) { return on || (run.mattered & bit) == 0; };
   const int num_ranks = shape.num_ranks();
   const int num_stages = shape.num_stages();
   const int num_mb = shape.num_microbatches();
   const bool v_shape = shape.placement() == Placement::kV;
-  const CostModel& costs = zc.costs;
-  const double transfer = costs.transfer_time();
   const std::int64_t cap = zc.memory_cap_bytes;
   const std::int64_t unit = std::max(zc.activation_bytes, zc.pending_w_bytes);
   Ends ends(num_stages, num_mb);
@@ -128,119 +331,118 @@ std::optional<Orders> timed_list_schedule(const Schedule& shape, const Limits& l
     }
     const double end = ends.at(producer.kind, producer.stage, producer.microbatch);
     if (end == kNever) return kNever;
-    return shape.rank_of_stage(producer.stage) == r ? end : end + transfer;
+    return stages.arrival(producer.stage, end, r);
   };
 
   Orders orders(static_cast<std::size_t>(num_ranks));
-  std::priority_queue<double, std::vector<double>, std::greater<>> events;
-  double t = 0.0;
-  while (remaining > 0) {
-    bool progress = true;
-    while (progress) {  // more than one pass at a time only for actions that take no time
-      progress = false;
-      for (int r = 0; r < num_ranks; ++r) {
-        RankState& st = ranks[static_cast<std::size_t>(r)];
-        if (st.free_at > t) continue;
-        const auto ru = static_cast<std::size_t>(r);
-        // Whether an F of local stage k fits the limits and the cap.
-        const auto admits = [&](std::size_t k) {
-          const int reserve = v_shape && st.stages[k] < num_ranks ? 1 : 0;
-          if (st.activations + 1 > limits.max_activations[ru]) return false;
-          if (st.held + 1 + reserve > limits.max_held[ru]) return false;
-          if (cap > 0) {
-            const std::int64_t waiting_w = st.held - st.activations;
-            if ((st.activations + 1 + reserve) * unit + waiting_w * zc.pending_w_bytes > cap)
-              return false;
-          }
-          return true;
-        };
-        bool f_blocked_by_memory = false;
-        // The local stage whose next action of `kind` is ready at t (F: and admitted).
-        const auto ready = [&](ActionKind kind) -> std::optional<std::size_t> {
-          for (std::size_t k = 0; k < st.stages.size(); ++k) {
-            const int mb = kind == kF ? st.next_f[k] : st.next_i[k];
-            if (mb >= num_mb) continue;
-            if (kind == kI && mb >= st.next_f[k]) continue;
-            if (available({st.stages[k], kind, mb}, r) > t) continue;
-            if (kind == kF && !admits(k)) {
-              f_blocked_by_memory = true;
-              continue;
-            }
-            return k;
-          }
-          return std::nullopt;
-        };
-        // The earliest known time the next action of `kind` is ready (kNever: not known).
-        const auto next_ready = [&](ActionKind kind) {
-          double best = kNever;
-          for (std::size_t k = 0; k < st.stages.size(); ++k) {
-            const int mb = kind == kF ? st.next_f[k] : st.next_i[k];
-            if (mb >= num_mb || (kind == kI && mb >= st.next_f[k])) continue;
-            best = std::min(best, available({st.stages[k], kind, mb}, r));
-          }
-          return best;
-        };
-        const auto make = [&](std::size_t k, ActionKind kind) {
-          return Action{st.stages[k], kind, kind == kF ? st.next_f[k] : st.next_i[k]};
-        };
-        std::optional<Action> pick;
-        bool memory_wants_w = false;
-        double due_ready = kNever;  // when the action due is known to be ready
-        if (!st.warm) {
-          if (auto k = ready(kI)) {
-            pick = make(*k, kI);
-          } else if (auto k = ready(kF)) {
-            const Action f = make(*k, kF);
-            const double first_i = next_ready(kI);
-            if (!variant.warmup_guard || !(first_i < t + costs.compute_time(f))) pick = f;
-          }
-        } else {
-          if (st.forwards_left == 0) st.want_forward = false;
-          if (st.inputs_left == 0) st.want_forward = true;
-          const ActionKind want = st.want_forward ? kF : kI;
-          const ActionKind other = st.want_forward ? kI : kF;
-          const int left = st.want_forward ? st.forwards_left : st.inputs_left;
-          const int other_left = st.want_forward ? st.inputs_left : st.forwards_left;
-          if (left > 0) {
-            if (auto k = ready(want)) pick = make(*k, want);
-          }
-          if (!pick && want == kF && f_blocked_by_memory) {
-            memory_wants_w = true;
-            if (st.pending_w.empty() && other_left > 0) {
-              if (auto k = ready(kI)) pick = make(*k, kI);
-            }
-          }
-          if (!pick && variant.greedy_other && other_left > 0) {
-            if (auto k = ready(other)) pick = make(*k, other);
-          }
-          if (!pick && left > 0) due_ready = next_ready(want);
+  for (int r = 0; r < num_ranks; ++r)
+    orders[static_cast<std::size_t>(r)].reserve(
+        3 * ranks[static_cast<std::size_t>(r)].stages.size() * static_cast<std::size_t>(num_mb));
+  const auto visit = [&](int r, double t) -> Pick {
+    const auto ru = static_cast<std::size_t>(r);
+    RankState& st = ranks[ru];
+    if (st.free_at > t) return {};
+    // Whether an F of local stage k fits the limits and the cap.
+    const auto admits = [&](std::size_t k) {
+      const int reserve = v_shape && st.stages[k] < num_ranks ? 1 : 0;
+      if (st.activations + 1 > limits.max_activations[ru]) return false;
+      if (st.held + 1 + reserve > limits.max_held[ru]) return false;
+      if (cap > 0) {
+        const std::int64_t waiting_w = st.held - st.activations;
+        if ((st.activations + 1 + reserve) * unit + waiting_w * zc.pending_w_bytes > cap)
+          return false;
+      }
+      return true;
+    };
+    bool f_blocked_by_memory = false;
+    // The local stage whose next action of `kind` is ready at t (F: and admitted).
+    const auto ready = [&](ActionKind kind) -> std::optional<std::size_t> {
+      for (std::size_t k = 0; k < st.stages.size(); ++k) {
+        const int mb = kind == kF ? st.next_f[k] : st.next_i[k];
+        if (mb >= num_mb) continue;
+        if (kind == kI && mb >= st.next_f[k]) continue;
+        if (available({st.stages[k], kind, mb}, r) > t) continue;
+        if (kind == kF && !admits(k)) {
+          f_blocked_by_memory = true;
+          continue;
         }
-        if (!pick && !st.pending_w.empty()) {
-          const Action& w = st.pending_w.front();
-          const bool in_gap = !variant.long_gaps_only || !st.warm || memory_wants_w ||
-                              st.forwards_left + st.inputs_left == 0 ||
-                              !(due_ready < t + costs.compute_time(w));
-          if (in_gap && ends.at(kI, w.stage, w.microbatch) <= t) pick = w;
+        return k;
+      }
+      return std::nullopt;
+    };
+    // The earliest known time the next action of `kind` is ready (kNever: not known).
+    const auto next_ready = [&](ActionKind kind) {
+      double best = kNever;
+      for (std::size_t k = 0; k < st.stages.size(); ++k) {
+        const int mb = kind == kF ? st.next_f[k] : st.next_i[k];
+        if (mb >= num_mb || (kind == kI && mb >= st.next_f[k])) continue;
+        best = std::min(best, available({st.stages[k], kind, mb}, r));
+      }
+      return best;
+    };
+    const auto make = [&](std::size_t k, ActionKind kind) {
+      return Action{st.stages[k], kind, kind == kF ? st.next_f[k] : st.next_i[k]};
+    };
+    Pick pick;
+    bool memory_wants_w = false;
+    double due_ready = kNever;  // when the action due is known to be ready
+    if (!st.warm) {
+      if (auto k = ready(kI)) {
+        pick = make(*k, kI);
+      } else if (auto k = ready(kF)) {
+        const Action f = make(*k, kF);
+        const bool guarded =
+            consults(kWarmupGuard, warmup_guard) && next_ready(kI) < t + stages.time(f);
+        if (guarded) run.mattered |= kWarmupGuard;
+        if (!warmup_guard || !guarded) pick = f;
+      }
+    } else {
+      if (st.forwards_left == 0) st.want_forward = false;
+      if (st.inputs_left == 0) st.want_forward = true;
+      const ActionKind want = st.want_forward ? kF : kI;
+      const ActionKind other = st.want_forward ? kI : kF;
+      const int left = st.want_forward ? st.forwards_left : st.inputs_left;
+      const int other_left = st.want_forward ? st.inputs_left : st.forwards_left;
+      if (left > 0) {
+        if (auto k = ready(want)) pick = make(*k, want);
+      }
+      if (!pick && want == kF && f_blocked_by_memory) {
+        memory_wants_w = true;
+        if (st.pending_w.empty() && other_left > 0) {
+          if (auto k = ready(kI)) pick = make(*k, kI);
         }
-        if (!pick) continue;
-        // Place it.
-        const double end = t + costs.compute_time(*pick);
-        orders[ru].push_back(*pick);
-        ends.at(pick->kind, pick->stage, pick->microbatch) = end;
-        st.free_at = end;
-        events.push(end);
-        if (transfer > 0.0) events.push(end + transfer);
-        --remaining;
-        progress = progress || end <= t;
-        st.place(*pick);
+      }
+      // ready() may set f_blocked_by_memory, which nothing reads from here on.
+      if (!pick && other_left > 0 && consults(kGreedyOther, greedy_other)) {
+        if (auto k = ready(other)) {
+          run.mattered |= kGreedyOther;
+          if (greedy_other) pick = make(*k, other);
+        }
+      }
+      if (!pick && left > 0 && consults(kLongGapsOnly, long_gaps_only))
+        due_ready = next_ready(want);
+    }
+    if (!pick && !st.pending_w.empty()) {
+      const Action& w = st.pending_w.front();
+      const bool long_gap = !st.warm || memory_wants_w || st.forwards_left + st.inputs_left == 0 ||
+                            !(due_ready < t + stages.time(w));
+      if (ends.at(kI, w.stage, w.microbatch) <= t) {
+        if (!long_gap) run.mattered |= kLongGapsOnly;
+        if (!long_gaps_only || long_gap) pick = w;
       }
     }
-    if (remaining == 0) break;
-    while (!events.empty() && events.top() <= t) events.pop();
-    if (events.empty()) return std::nullopt;  // nothing left to wait for: stuck
-    t = events.top();
-  }
-  return orders;
+    if (!pick) return pick;
+    // Place it.
+    const Action& a = pick.action;
+    pick.end = t + stages.time(a);
+    append(orders[ru], a);
+    ends.record(a, pick.end);
+    st.free_at = pick.end;
+    st.place(a);
+    return pick;
+  };
+  if (run_ranks(stages, num_ranks, remaining, run.sequence, visit)) run.orders = std::move(orders);
+  return run;
 }
 
 // Keeps each rank's order of F and I from `base` and places its W on the clock: a rank runs its
@@ -248,22 +450,22 @@ std::optional<Orders> timed_list_schedule(const Schedule& shape, const Limits& l
 // with long_gaps_only, not known to be ready within the W's time), or when the F would raise the
 // rank's held stage-microbatches above `base`'s peak or its bytes above the cap. `base`'s own
 // order satisfies both limits, so the rank never waits for memory that only it can free: the
-// result finishes whenever `base` does. Returns nothing when it cannot finish (a cap below
-// `base`'s own peak).
-std::optional<Orders> retime_w(const Schedule& base, const ZeroBubbleCosts& zc,
-                               bool long_gaps_only) {
+// result finishes whenever `base` does. Gives no orders when it cannot finish (a cap below
+// `base`'s own peak); `mattered` holds kLongGapsOnly when that switch changed a decision.
+// `memory` is analyze_memory(base).
+Run retime_w(const Schedule& base, const MemoryProfile& memory, const Stages& stages,
+             const ZeroBubbleCosts& zc, bool long_gaps_only) {
+  Run run;
   const int num_ranks = base.num_ranks();
   const int num_stages = base.num_stages();
   const int num_mb = base.num_microbatches();
-  const double transfer = zc.costs.transfer_time();
   const std::int64_t cap = zc.memory_cap_bytes;
   const std::int64_t unit = std::max(zc.activation_bytes, zc.pending_w_bytes);
-  const MemoryProfile memory = analyze_memory(base);
   Ends ends(num_stages, num_mb);
   struct RankState {
     std::vector<Action> order;  // F and I of base, in order
     std::size_t next = 0;
-    std::deque<Action> pending_w;
+    detail::ActionQueue pending_w;
     int activations = 0, held = 0;
     double free_at = 0.0;
   };
@@ -286,69 +488,59 @@ std::optional<Orders> retime_w(const Schedule& base, const ZeroBubbleCosts& zc,
     }
     const double end = ends.at(producer.kind, producer.stage, producer.microbatch);
     if (end == kNever) return kNever;
-    return base.rank_of_stage(producer.stage) == r ? end : end + transfer;
+    return stages.arrival(producer.stage, end, r);
   };
   Orders orders(static_cast<std::size_t>(num_ranks));
-  std::priority_queue<double, std::vector<double>, std::greater<>> events;
-  double t = 0.0;
-  while (remaining > 0) {
-    bool progress = true;
-    while (progress) {
-      progress = false;
-      for (int r = 0; r < num_ranks; ++r) {
-        const auto ru = static_cast<std::size_t>(r);
-        RankState& st = ranks[ru];
-        if (st.free_at > t) continue;
-        std::optional<Action> pick;
-        bool memory_blocked = false;
-        double due_ready = kNever;
-        if (st.next < st.order.size()) {
-          const Action& a = st.order[st.next];
-          due_ready = available(a, r);
-          if (a.kind == kF) {
-            const std::int64_t waiting_w = st.held - st.activations;
-            memory_blocked = st.held + 1 > memory.peak_held[ru] ||
-                             (cap > 0 && (st.activations + 1) * unit +
-                                                 waiting_w * zc.pending_w_bytes >
-                                             cap);
-          }
-          if (due_ready <= t && !memory_blocked) pick = a;
-        }
-        if (!pick && !st.pending_w.empty()) {
-          const Action& w = st.pending_w.front();
-          const bool in_gap = !long_gaps_only || memory_blocked || st.next == st.order.size() ||
-                              !(due_ready < t + zc.costs.compute_time(w));
-          if (in_gap) pick = w;
-        }
-        if (!pick) continue;
-        const double end = t + zc.costs.compute_time(*pick);
-        orders[ru].push_back(*pick);
-        ends.at(pick->kind, pick->stage, pick->microbatch) = end;
-        st.free_at = end;
-        events.push(end);
-        if (transfer > 0.0) events.push(end + transfer);
-        --remaining;
-        progress = progress || end <= t;
-        if (pick->kind == kF) {
-          ++st.next;
-          ++st.activations;
-          ++st.held;
-        } else if (pick->kind == kI) {
-          ++st.next;
-          --st.activations;
-          st.pending_w.push_back({pick->stage, kW, pick->microbatch});
-        } else {
-          st.pending_w.pop_front();
-          --st.held;
-        }
+  for (int r = 0; r < num_ranks; ++r)
+    orders[static_cast<std::size_t>(r)].reserve(ranks[static_cast<std::size_t>(r)].order.size() *
+                                                3 / 2);
+  const auto visit = [&](int r, double t) -> Pick {
+    const auto ru = static_cast<std::size_t>(r);
+    RankState& st = ranks[ru];
+    if (st.free_at > t) return {};
+    Pick pick;
+    bool memory_blocked = false;
+    double due_ready = kNever;
+    if (st.next < st.order.size()) {
+      const Action& a = st.order[st.next];
+      due_ready = available(a, r);
+      if (a.kind == kF) {
+        const std::int64_t waiting_w = st.held - st.activations;
+        memory_blocked =
+            st.held + 1 > memory.peak_held[ru] ||
+            (cap > 0 && (st.activations + 1) * unit + waiting_w * zc.pending_w_bytes > cap);
       }
+      if (due_ready <= t && !memory_blocked) pick = a;
     }
-    if (remaining == 0) break;
-    while (!events.empty() && events.top() <= t) events.pop();
-    if (events.empty()) return std::nullopt;
-    t = events.top();
-  }
-  return orders;
+    if (!pick && !st.pending_w.empty()) {
+      const Action& w = st.pending_w.front();
+      const bool long_gap =
+          memory_blocked || st.next == st.order.size() || !(due_ready < t + stages.time(w));
+      if (!long_gap) run.mattered |= kLongGapsOnly;
+      if (!long_gaps_only || long_gap) pick = w;
+    }
+    if (!pick) return pick;
+    const Action& placed = pick.action;
+    pick.end = t + stages.time(placed);
+    append(orders[ru], placed);
+    ends.record(placed, pick.end);
+    st.free_at = pick.end;
+    if (placed.kind == kF) {
+      ++st.next;
+      ++st.activations;
+      ++st.held;
+    } else if (placed.kind == kI) {
+      ++st.next;
+      --st.activations;
+      st.pending_w.push_back({placed.stage, kW, placed.microbatch});
+    } else {
+      st.pending_w.pop_front();
+      --st.held;
+    }
+    return pick;
+  };
+  if (run_ranks(stages, num_ranks, remaining, run.sequence, visit)) run.orders = std::move(orders);
+  return run;
 }
 
 Limits family_limits(std::string_view name, int p) {
@@ -395,6 +587,78 @@ std::int64_t max_of(const std::vector<std::int64_t>& values) {
   return best;
 }
 
+// The unit-grid schedule as a candidate: each rank's compute actions in order, and their ranks
+// step by step (each action's producer is at an earlier step).
+Run run_of(const Schedule& schedule) {
+  Run run;
+  run.orders.emplace(static_cast<std::size_t>(schedule.num_ranks()));
+  for (std::size_t step = 0; step < schedule.num_steps(); ++step) {
+    for (int r = 0; r < schedule.num_ranks(); ++r) {
+      const auto& slots = schedule.rank_slots(r);
+      if (step < slots.size() && slots[step] && is_compute(slots[step]->kind)) {
+        (*run.orders)[static_cast<std::size_t>(r)].push_back(*slots[step]);
+        run.sequence.push_back(r);
+      }
+    }
+  }
+  return run;
+}
+
+// The highest bytes any rank of `orders` holds, counted as peak_stage_bytes() counts them.
+std::int64_t peak_bytes(const Orders& orders, const ZeroBubbleCosts& zc) {
+  std::int64_t best = 0;
+  for (const std::vector<Action>& order : orders) {
+    std::int64_t a = 0, w = 0;
+    for (const Action& action : order) {
+      if (action.kind == kF) {
+        ++a;
+      } else if (action.kind == kI) {
+        --a;
+        ++w;
+      } else {
+        --w;
+      }
+      best = std::max(best, a * zc.activation_bytes + w * zc.pending_w_bytes);
+    }
+  }
+  return best;
+}
+
+// The makespan simulate() gives the schedule of `run`'s orders (F, I and W only), computed the
+// same way (each action starts when its rank is free and its input has arrived, so the very same
+// double), without laying the orders out and building a Schedule for each candidate. The actions
+// are taken in the run's sequence, in which every producer comes before its consumers.
+double makespan(const Stages& stages, int num_microbatches, const Run& run) {
+  const Orders& orders = *run.orders;
+  const int num_stages = stages.num_stages();
+  Ends ends(num_stages, num_microbatches);
+  std::vector<std::size_t> next(orders.size(), 0);
+  std::vector<double> free_at(orders.size(), 0.0);
+  double result = 0.0;
+  for (const int r : run.sequence) {
+    const auto ru = static_cast<std::size_t>(r);
+    const Action& a = orders[ru][next[ru]++];
+    double start = free_at[ru];
+    if (a.kind != kF || a.stage > 0) {
+      Action producer{a.stage, kI, a.microbatch};  // of a W
+      if (a.kind == kF)
+        producer = {a.stage - 1, kF, a.microbatch};
+      else if (a.kind == kI && a.stage == num_stages - 1)
+        producer = {a.stage, kF, a.microbatch};
+      else if (a.kind == kI)
+        producer = {a.stage + 1, kI, a.microbatch};
+      start = std::max(
+          start, stages.arrival(producer.stage,
+                                ends.at(producer.kind, producer.stage, producer.microbatch), r));
+    }
+    const double end = start + stages.time(a);
+    ends.record(a, end);
+    free_at[ru] = end;
+    result = std::max(result, end);
+  }
+  return result;
+}
+
 Schedule cost_aware(std::string_view name, int num_ranks, int num_microbatches,
                     const ZeroBubbleCosts& zc) {
   const char* function = function_of(name);
@@ -402,38 +666,56 @@ Schedule cost_aware(std::string_view name, int num_ranks, int num_microbatches,
   Schedule grid = make_schedule(name, num_ranks, num_microbatches);
   zc.check(function, grid.num_stages());
   const std::int64_t cap = zc.memory_cap_bytes;
+  const Schedule shape(grid.name(), grid.num_ranks(), grid.stages_per_rank(),
+                       grid.num_microbatches(), grid.placement());
+  const Stages stages(shape, zc.costs);
 
-  std::optional<Schedule> best;
+  // Candidates are compared on their orders; only the winner is laid out on the grid.
+  std::optional<Orders> best;
+  bool best_is_grid = false;
   double best_time = kNever;
-  const auto consider = [&](Schedule candidate) {
-    if (cap > 0 && max_of(peak_stage_bytes(candidate, zc)) > cap) return;
-    const double time = simulate(candidate, zc.costs).makespan;
+  const auto consider = [&](Run candidate, bool is_grid) {
+    if (!candidate.orders) return;
+    if (cap > 0 && peak_bytes(*candidate.orders, zc) > cap) return;
+    const double time = makespan(stages, num_microbatches, candidate);
     if (!best || time < best_time - 1e-9 * std::max(1.0, std::abs(best_time))) {
-      best = std::move(candidate);
+      best = std::move(candidate.orders);
+      best_is_grid = is_grid;
       best_time = time;
     }
   };
-  consider(grid);
-  if (best && unit_grid_costs(zc.costs, grid.num_stages())) return std::move(*best);
+  consider(run_of(grid), true);
+  if (best && unit_grid_costs(zc.costs, grid.num_stages())) return grid;
   const Limits limits = family_limits(name, num_ranks);
-  const Schedule shape(grid.name(), grid.num_ranks(), grid.stages_per_rank(),
-                       grid.num_microbatches(), grid.placement());
-  for (bool long_gaps_only : {false, true})
-    if (auto orders = retime_w(grid, zc, long_gaps_only))
-      consider(detail::lay_out(shape, *orders));
-  for (int bits = 0; bits < 8; ++bits) {
-    const Variant variant{(bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0};
-    if (auto orders = timed_list_schedule(shape, limits, zc, variant))
-      consider(detail::lay_out(shape, *orders));
+  // A run identical to an earlier one (Run::mattered) is not repeated: its candidate could not
+  // beat the earlier one's, which was considered first.
+  std::vector<std::pair<unsigned, unsigned>> runs;  // (switches, mattered)
+  const auto repeats_a_run = [&](unsigned switches) {
+    return std::any_of(runs.begin(), runs.end(), [&](const std::pair<unsigned, unsigned>& run) {
+      return ((run.first ^ switches) & run.second) == 0;
+    });
+  };
+  const MemoryProfile grid_memory = analyze_memory(grid);
+  for (unsigned switches : {0u, unsigned{kLongGapsOnly}}) {
+    if (repeats_a_run(switches)) continue;
+    Run run = retime_w(grid, grid_memory, stages, zc, switches != 0);
+    runs.emplace_back(switches, run.mattered);
+    consider(std::move(run), false);
   }
-  if (!best) {
-    throw InvalidArgument(detail::message(
-        function, "memory_cap_bytes=", cap, " is below what any ", grid.name(),
-        " variant needs at P=", num_ranks, ", M=", num_microbatches, " (activation_bytes=",
-        zc.activation_bytes, ", pending_w_bytes=", zc.pending_w_bytes, "; the unit-grid ",
-        grid.name(), " peaks at ", max_of(peak_stage_bytes(grid, zc)), " bytes)"));
+  runs.clear();
+  for (unsigned switches = 0; switches < 8; ++switches) {
+    if (repeats_a_run(switches)) continue;
+    Run run = timed_list_schedule(shape, stages, limits, zc, switches);
+    runs.emplace_back(switches, run.mattered);
+    consider(std::move(run), false);
   }
-  return std::move(*best);
+  if (best && best_is_grid) return grid;
+  if (best) return detail::lay_out(shape, *best);
+  throw InvalidArgument(detail::message(
+      function, "memory_cap_bytes=", cap, " is below what any ", grid.name(),
+      " variant needs at P=", num_ranks, ", M=", num_microbatches, " (activation_bytes=",
+      zc.activation_bytes, ", pending_w_bytes=", zc.pending_w_bytes, "; the unit-grid ",
+      grid.name(), " peaks at ", max_of(peak_stage_bytes(grid, zc)), " bytes)"));
 }
 
 }  // namespace

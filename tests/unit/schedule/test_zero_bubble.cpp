@@ -150,6 +150,78 @@ TEST(CostAware, PerStageCostsAndCapsAreHonoured) {
             simulate(zb_h2(4, 12), zc.costs).makespan);
 }
 
+// The schedules cost-aware generation chose before it was made faster (docs/performance.md,
+// "Schedule core"): the same slots (a hash of every rank's slots) and the same makespan, bit
+// for bit, at P = 8, M = 32 under 1:2:1 with transfer 0.3, the H100 per-layer 1.6:2.72:1.26,
+// 1:2:1 under a cap of 8 stage-microbatches, and the CPU's 1:1.35:0.5 with transfer 0.1 and
+// bytes 3 and 2 under a cap of 20. The values come from the code before the change.
+std::uint64_t slots_hash(const Schedule& s) {
+  std::uint64_t h = 14695981039346656037ull;  // FNV-1a
+  const auto mix = [&](std::uint64_t v) {
+    h ^= v;
+    h *= 1099511628211ull;
+  };
+  for (int r = 0; r < s.num_ranks(); ++r) {
+    mix(0xFFFF);
+    for (const auto& slot : s.rank_slots(r)) {
+      if (!slot) {
+        mix(0xFFFE);
+        continue;
+      }
+      mix(static_cast<std::uint64_t>(slot->kind));
+      mix(static_cast<std::uint64_t>(slot->stage));
+      mix(static_cast<std::uint64_t>(slot->microbatch));
+    }
+  }
+  return h;
+}
+
+TEST(CostAware, ResultsArePinned) {
+  struct Pinned {
+    const char* name;
+    int costs;
+    std::uint64_t hash;
+    double makespan;
+  };
+  const std::vector<Pinned> pinned = {
+      {"zb-h1", 0, 0xc5ad0983f6d88069ull, 150.40000000000009},
+      {"zb-h1", 1, 0xc5ad0983f6d88069ull, 199.97999999999982},
+      {"zb-h1", 2, 0xc5ad0983f6d88069ull, 142},
+      {"zb-h1", 3, 0x62e357c29234ef89ull, 131.54999999999976},
+      {"zb-h2", 0, 0xeb29e3b68c607d3dull, 139.20000000000005},
+      {"zb-h2", 1, 0xeb29e3b68c607d3dull, 191.15999999999985},
+      {"zb-h2", 2, 0xaabae974ce47c0e5ull, 142},
+      {"zb-h2", 3, 0x23db0fa5d4e00c19ull, 131.34999999999974},
+      {"zb-v", 0, 0x4e75b956f8f2ca7bull, 281.00000000000023},
+      {"zb-v", 1, 0xec4cb3fde896efefull, 376.36000000000035},
+      {"zb-v", 2, 0x0d9c8aaaf0ff3f45ull, 396},
+      {"zb-v", 3, 0xd9eda84e76082c97ull, 379.55000000000217},
+      {"v-half", 0, 0xb6634c59b5c5151full, 338.80000000000081},
+      {"v-half", 1, 0xb6634c59b5c5151full, 417.30000000000098},
+      {"v-half", 2, 0x0d9c8aaaf0ff3f45ull, 396},
+      {"v-half", 3, 0xd9eda84e76082c97ull, 379.55000000000217},
+      {"v-min", 0, 0x4d3561b2a692aeadull, 446.00000000000074},
+      {"v-min", 1, 0x3fd9150c44e4a4bdull, 542.66000000000236},
+      {"v-min", 2, 0x0d9c8aaaf0ff3f45ull, 396},
+      {"v-min", 3, 0x8d8d0b6ea8472a47ull, 307.4000000000002},
+  };
+  for (const Pinned& p : pinned) {
+    ZeroBubbleCosts zc = p.costs == 0   ? costs_of(1, 2, 1, 0.3)
+                         : p.costs == 1 ? costs_of(1.6, 2.72, 1.26)
+                         : p.costs == 2 ? costs_of(1, 2, 1)
+                                        : costs_of(1, 1.35, 0.5, 0.1);
+    if (p.costs == 2) zc.memory_cap_bytes = 8;
+    if (p.costs == 3) {
+      zc.activation_bytes = 3;
+      zc.pending_w_bytes = 2;
+      zc.memory_cap_bytes = 20;
+    }
+    const Schedule s = make_cost_aware_schedule(p.name, 8, 32, zc);
+    EXPECT_EQ(slots_hash(s), p.hash) << p.name << " costs " << p.costs;
+    EXPECT_EQ(simulate(s, zc.costs).makespan, p.makespan) << p.name << " costs " << p.costs;
+  }
+}
+
 TEST(CostAware, Errors) {
   ZeroBubbleCosts zc = costs_of(1, 2, 1);
   zc.memory_cap_bytes = 1;
