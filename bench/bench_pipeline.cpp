@@ -19,10 +19,12 @@
 // (fp32 initial values in that order) for every stage, by the rank holding it (the tied wte
 // appears in stage 0 and in the last stage); on rank 0 placement (line r: the stages rank r
 // holds, in increasing order), tokens (int32; per step the inputs
-// [B, T] then the targets [B, T]), losses (one per step, warm-up first) and speed ("tokens/s
-// threads": tokens of the timed steps over their wall time on rank 0, barrier before the first).
+// [B, T] then the targets [B, T]), losses (one per step, warm-up first) and speed ("median
+// mean threads": tokens/s of the median timed step and over all timed steps, each step's wall
+// time on rank 0 from the call of train_step, whose first act is a barrier, to its return).
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -125,13 +127,8 @@ void run(const Options& o, pipetrain::Transport& transport) {
       placement << '\n';
     }
   }
-  std::vector<double> losses;
-  std::chrono::steady_clock::time_point start;
+  std::vector<double> losses, seconds;
   for (int step = 0; step <= o.steps; ++step) {
-    if (step == 1) {
-      transport.barrier();
-      start = std::chrono::steady_clock::now();
-    }
     auto [in, tg] = make_batch(o, step);
     if (rank == 0) {
       for (const auto* part : {&in, &tg}) {
@@ -139,22 +136,30 @@ void run(const Options& o, pipetrain::Transport& transport) {
                      static_cast<std::streamsize>(part->size() * sizeof(std::int32_t)));
       }
     }
-    const pipetrain::StepResult r =
-        pipe.train_step({pipetrain::Tensor::from_vector(in, {o.batch, o.seq})},
-                        {pipetrain::Tensor::from_vector(tg, {o.batch, o.seq})}, o.lr);
+    const pipetrain::Tensor inputs = pipetrain::Tensor::from_vector(in, {o.batch, o.seq});
+    const pipetrain::Tensor targets = pipetrain::Tensor::from_vector(tg, {o.batch, o.seq});
+    const auto start = std::chrono::steady_clock::now();
+    const pipetrain::StepResult r = pipe.train_step({inputs}, {targets}, o.lr);
+    seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     losses.push_back(r.loss);
   }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (rank != 0) return;
   std::ofstream out(o.dump + "/losses");
   out.precision(17);
   for (double l : losses) out << l << '\n';
+  // The median timed step: a step that the machine's other load stalls moves it little.
+  std::vector<double> timed(seconds.begin() + 1, seconds.end());
+  std::sort(timed.begin(), timed.end());
+  const double median = timed[(timed.size() - 1) / 2];  // the lower median, as Python's median_low
+  double total = 0;
+  for (double t : timed) total += t;
   std::ofstream speed(o.dump + "/speed");
-  speed << static_cast<double>(o.steps) * o.batch * o.seq / seconds << ' '
+  speed << static_cast<double>(o.batch) * o.seq / median << ' '
+        << static_cast<double>(o.steps) * o.batch * o.seq / total << ' '
         << pipetrain::cpu_blas_threads() << '\n';
-  std::printf("%s: %d steps, %.1f ms/step, loss %.6f -> %.6f\n", o.schedule.c_str(), o.steps,
-              seconds / o.steps * 1e3, losses.front(), losses.back());
+  std::printf("%s: %d steps, median %.1f ms/step, loss %.6f -> %.6f\n", o.schedule.c_str(),
+              o.steps, median * 1e3, losses.front(), losses.back());
 }
 
 }  // namespace

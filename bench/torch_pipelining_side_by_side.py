@@ -23,9 +23,11 @@ repeat to repeat):
     pipetrain's Executor; clip to 1, torch.optim.AdamW with the same settings.
 
 Both sides use --threads threads per process (PIPETRAIN_CPU_THREADS and OPENBLAS_NUM_THREADS;
-torch.set_num_threads) and time the same thing: the wall time of the N steps on rank 0 after a
-barrier. Printed: the losses of both sides at a few steps and the largest difference, and per
-schedule the median tokens/s of both and the median of the paired ratios.
+torch.set_num_threads) and time the same thing: every step's wall time on rank 0, from a
+barrier to the optimizer step done. Printed: the losses of both sides at a few steps and the
+largest difference, and per schedule the tokens/s of the median step (the machine's other load
+stalls a few steps: the median moves little), the ratio of each pair of runs (also from the
+mean step) and their median.
 
 PyTorch is a benchmark dependency only (never in CI): `pip install torch` in a virtual
 environment. Open MPI run as root needs OMPI_ALLOW_RUN_AS_ROOT=1 and
@@ -138,14 +140,15 @@ def torch_rank(rank, args, dump, port, out):
     first, last = 0 in stages_here, num_stages - 1 in stages_here
     raw = open(os.path.join(dump, "tokens"), "rb").read()
     n = args.batch * args.seq
-    losses = []
+    losses, seconds = [], []
     for step in range(args.steps + 1):
-        if step == 1:
-            dist.barrier()
-            start = time.perf_counter()
         at = step * 2 * n * 4
         both = torch.frombuffer(bytearray(raw[at:at + 2 * n * 4]), dtype=torch.int32).long()
         x, y = both[:n].view(args.batch, args.seq), both[n:].view(args.batch, args.seq)
+        # As pipetrain's step: a barrier first (the Executor's barrier_at_step_start), then
+        # until the optimizer has stepped; the all-reduce below ends every rank's step together.
+        start = time.perf_counter()
+        dist.barrier()
         opt.zero_grad(set_to_none=False)
         mb_losses = []
         inputs = (x,) if first else ()
@@ -158,25 +161,24 @@ def torch_rank(rank, args, dump, port, out):
         elif len(tied) == 2:
             tied[0].grad.add_(tied[1].grad)
             tied[1].grad.copy_(tied[0].grad)
-        sumsq = sum(float(p.grad.double().pow(2).sum()) for m in modules for p in m.p)
+        grads = [p.grad for m in modules for p in m.p]
+        sumsq = torch.nn.utils.get_total_norm(grads).double() ** 2
         if len(tied) == 2 or (tied and 0 not in stages_here):
             # Each tied copy once: the copy of stage 0 counts, the last stage's does not.
-            sumsq -= float(tied[-1].grad.double().pow(2).sum())
-        red = torch.tensor([sumsq, float(sum(l.item() for l in mb_losses))],
-                           dtype=torch.float64)
+            sumsq -= tied[-1].grad.double().pow(2).sum()
+        red = torch.stack([sumsq, sum(l.detach().double() for l in mb_losses)
+                           if mb_losses else torch.zeros((), dtype=torch.float64)])
         dist.all_reduce(red)
-        norm = math.sqrt(red[0].item())
-        clip = min(1.0, 1.0 / (norm + 1e-6))
-        if clip < 1.0:
-            for m in modules:
-                for p in m.p:
-                    p.grad.mul_(clip)
+        torch.nn.utils.clip_grads_with_norm_([p for m in modules for p in m.p], 1.0,
+                                             red[0].sqrt())
         opt.step()
         losses.append(red[1].item() / args.microbatches)
-    seconds = time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
     if rank == 0:
+        timed = seconds[1:]
         with open(out, "w") as f:
-            f.write(f"{args.steps * n / seconds}\n" + "".join(f"{l!r}\n" for l in losses))
+            f.write(f"{n / statistics.median_low(timed)} {len(timed) * n / sum(timed)}\n"
+                    + "".join(f"{l!r}\n" for l in losses))
     dist.destroy_process_group()
 
 
@@ -195,16 +197,16 @@ def run_pipetrain(args, dump):
         "--channels", str(args.channels), "--seq", str(args.seq), "--batch", str(args.batch),
         "--microbatches", str(args.microbatches), "--lr", str(args.lr)]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    tokens_s, threads = open(os.path.join(dump, "speed")).read().split()
+    median, mean, threads = open(os.path.join(dump, "speed")).read().split()
     assert int(threads) == args.threads, f"pipetrain ran {threads} threads, not {args.threads}"
-    return float(tokens_s), [float(x) for x in open(os.path.join(dump, "losses"))]
+    return (float(median), float(mean)), [float(x) for x in open(os.path.join(dump, "losses"))]
 
 
 def run_torch(args, dump):
     out = os.path.join(dump, "torch")
     mp.spawn(torch_rank, args=(args, dump, free_port(), out), nprocs=2, join=True)
     lines = open(out).read().split()
-    return float(lines[0]), [float(x) for x in lines[1:]]
+    return (float(lines[0]), float(lines[1])), [float(x) for x in lines[2:]]
 
 
 def main():
@@ -232,7 +234,7 @@ def main():
     rows, failed = [], False
     for schedule in args.schedules:
         args.schedule = schedule
-        ours, theirs, ratios, worst, curves = [], [], [], 0.0, None
+        ratios, mean_ratios, ours, theirs, worst, curves = [], [], [], [], 0.0, None
         with tempfile.TemporaryDirectory() as dump:
             for r in range(args.repeats):
                 # bench_pipeline writes the same weights and batches every run; the first
@@ -243,9 +245,10 @@ def main():
                 else:
                     b, lb = run_torch(args, dump)
                     a, la = run_pipetrain(args, dump)
-                ours.append(a)
-                theirs.append(b)
-                ratios.append(a / b)
+                ours.append(a[0])
+                theirs.append(b[0])
+                ratios.append(a[0] / b[0])
+                mean_ratios.append(a[1] / b[1])
                 worst = max(worst, max(abs(u - v) for u, v in zip(la, lb)))
                 curves = curves or (la, lb)
         la, lb = curves
@@ -253,14 +256,21 @@ def main():
         for s in sorted({0, 1, len(la) // 5, len(la) // 2, len(la) - 1}):
             print(f"{'':>{len(schedule)}}  {s:>5} {la[s]:>16.9f} {lb[s]:>16.9f} "
                   f"{abs(la[s] - lb[s]):>14.3e}")
+        print(f"{'':>{len(schedule)}}  paired ratios pipetrain/PyTorch in run order, median "
+              "step: " + " ".join(f"{x:.2f}" for x in ratios))
+        print(f"{'':>{len(schedule)}}  the same from the mean step: "
+              + " ".join(f"{x:.2f}" for x in mean_ratios))
         rows.append((schedule, statistics.median(ours), statistics.median(theirs),
-                     statistics.median(ratios), min(ratios), max(ratios), worst))
+                     statistics.median(ratios), min(ratios), max(ratios),
+                     statistics.median(mean_ratios), worst))
         failed |= worst > 1e-4 * max(1.0, abs(la[0]))
-    print(f"\n{'schedule':<18} {'pipetrain tok/s':>16} {'PyTorch tok/s':>14} "
-          f"{'ratio (min..max)':>22} {'max |loss diff|':>16}")
-    for name, a, b, ratio, lo, hi, worst in rows:
-        print(f"{name:<18} {a:>16.0f} {b:>14.0f} {ratio:>8.2f} ({lo:.2f}..{hi:.2f}) "
-              f"{worst:>16.3e}")
+    print(f"\ntokens/s of the median step, median over the runs; ratio pipetrain/PyTorch: median "
+          f"of the paired runs (min..max), and from the mean step")
+    print(f"{'schedule':<18} {'pipetrain':>10} {'PyTorch':>10} {'ratio (min..max)':>20} "
+          f"{'mean-step ratio':>16} {'max |loss diff|':>16}")
+    for name, a, b, ratio, lo, hi, mean_ratio, worst in rows:
+        print(f"{name:<18} {a:>10.0f} {b:>10.0f} {ratio:>7.2f} ({lo:.2f}..{hi:.2f}) "
+              f"{mean_ratio:>16.2f} {worst:>16.3e}")
     return 1 if failed else 0
 
 
