@@ -65,7 +65,7 @@ std::vector<int> layer_counts(int blocks, int stages) {
 
 // Step `step`'s batch: inputs then targets, each [batch, seq].
 std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> make_batch(const Options& o,
-                                                                            int step) {
+                                                                           int step) {
   std::mt19937 rng(1000u + static_cast<unsigned>(step));
   std::vector<std::int32_t> in, tg;
   for (int r = 0; r < o.batch; ++r) {
@@ -111,8 +111,7 @@ void run(const Options& o, pipetrain::Transport& transport) {
   options.executor.max_grad_norm = 1.0;
   options.model_id = "bench_pipeline";
   pipetrain::Pipeline pipe(pipetrain::nn::gpt_spec(config),
-                           std::make_unique<pipetrain::nn::CrossEntropyLoss>(), options,
-                           transport);
+                           std::make_unique<pipetrain::nn::CrossEntropyLoss>(), options, transport);
   const int rank = transport.rank();
   const std::vector<int> mine = pipe.schedule().stages_of_rank(rank);
   for (std::size_t i = 0; i < mine.size(); ++i) {
@@ -158,8 +157,8 @@ void run(const Options& o, pipetrain::Transport& transport) {
   speed << static_cast<double>(o.batch) * o.seq / median << ' '
         << static_cast<double>(o.steps) * o.batch * o.seq / total << ' '
         << pipetrain::cpu_blas_threads() << '\n';
-  std::printf("%s: %d steps, median %.1f ms/step, loss %.6f -> %.6f\n", o.schedule.c_str(),
-              o.steps, median * 1e3, losses.front(), losses.back());
+  std::printf("%s: %d steps, median %.1f ms/step, loss %.6f -> %.6f\n", o.schedule.c_str(), o.steps,
+              median * 1e3, losses.front(), losses.back());
 }
 
 }  // namespace
@@ -178,14 +177,13 @@ int main(int argc, char** argv) {
   app.add_option("--channels", o.channels, "embedding width")->capture_default_str();
   app.add_option("--seq", o.seq, "sequence length")->capture_default_str();
   app.add_option("--batch", o.batch, "rows per step")->capture_default_str();
-  app.add_option("--microbatches", o.microbatches, "microbatches per step")
-      ->capture_default_str();
+  app.add_option("--microbatches", o.microbatches, "microbatches per step")->capture_default_str();
   app.add_option("--vocab", o.vocab, "vocabulary size")->capture_default_str();
   app.add_option("--lr", o.lr, "constant learning rate")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
-    PIPETRAIN_CHECK_ARG(std::filesystem::is_directory(o.dump), "bench_pipeline", "--dump='",
-                        o.dump, "' is not a folder");
+    PIPETRAIN_CHECK_ARG(std::filesystem::is_directory(o.dump), "bench_pipeline", "--dump='", o.dump,
+                        "' is not a folder");
     pipetrain::launch(2, o.transport, [&](pipetrain::Transport& t) { run(o, t); });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
