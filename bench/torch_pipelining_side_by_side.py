@@ -34,7 +34,6 @@ environment. Open MPI run as root needs OMPI_ALLOW_RUN_AS_ROOT=1 and
 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 in the environment.
 """
 import argparse
-import math
 import os
 import shlex
 import socket
