@@ -3,6 +3,7 @@
 
     python3 bench/pytorch_side_by_side.py [--bench build-cpu/bench/bench_model] [--steps 20]
                                           [--vocab 256] [--config medium]
+                                          [--show STEP ...]
 
 Runs `bench_model --dump DIR --steps N` (pipetrain: whole training steps, forward, backward,
 gradient norm, clip to 1, AdamW lr 1e-4, on one batch), then builds the same GPT-2 in PyTorch
@@ -78,6 +79,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="timed steps (one warm-up step more)")
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--config", default="medium", choices=["small", "medium"])
+    ap.add_argument("--show", type=int, nargs="*", default=[],
+                    help="steps whose losses are printed besides 0, 1, 2, every 10th and the last")
     args = ap.parse_args()
     shapes = {"small": (2, 4, 64, 8), "medium": (4, 8, 256, 8)}  # layers, heads, C, B
     layers, heads, _, batch = shapes[args.config]
@@ -112,7 +115,7 @@ def main():
     worst = 0.0
     for s, (a, b) in enumerate(zip(want, got)):
         worst = max(worst, abs(a - b))
-        if s < 3 or s == len(got) - 1 or s % 10 == 0:
+        if s < 3 or s == len(got) - 1 or s % 10 == 0 or s in args.show:
             print(f"{s:>4} {a:>18.9f} {b:>18.9f} {abs(a - b):>14.3e}")
     print(f"\nlargest loss difference over {len(got)} steps: {worst:.3e}")
     print(f"training tokens/s: pipetrain {pt_tokens_s:.0f}, PyTorch eager {torch_tokens_s:.0f}, "
