@@ -301,8 +301,10 @@ std::string to_csv(const Schedule& schedule) {
     for (std::size_t i = 0; i < slots.size(); ++i) {
       if (i > 0) out += ',';
       while (next_mark < marks.size() && marks[next_mark] < i) ++next_mark;
+      // A mark whose slots were rewritten through rank_slots() since may no longer hold a pair
+      // from_csv() accepts: those slots are written as two cells.
       const bool pair = next_mark < marks.size() && marks[next_mark] == i && i + 1 < slots.size() &&
-                        slots[i] && slots[i + 1];
+                        slots[i] && slots[i + 1] && can_overlap(*slots[i], *slots[i + 1]);
       if (pair) {
         // One cell for the slot, its actions in their order: PyTorch's spelling.
         out += '(' + to_string(*slots[i]) + ';' + to_string(*slots[i + 1]) +
@@ -375,15 +377,21 @@ Schedule from_csv(std::string_view text, std::string name) {
       if (body.empty()) {
         slots.emplace_back(std::nullopt);
       } else {
+        std::vector<Action> actions;
         try {
-          const std::vector<Action> actions = parse_cell(body, old_dialect);
-          if (actions.size() == 2) marks.push_back(slots.size());
-          for (const Action& action : actions) {
-            slots.emplace_back(action);
-            cells.push_back(CsvCell{row, cell, action});
-          }
+          actions = parse_cell(body, old_dialect);
         } catch (const ParseError& e) {
           throw ParseError(detail::message("from_csv", where(row, cell), ": ", e.what()));
+        }
+        // kMaxSlots bounds slots: an overlapped cell is two.
+        if (actions.size() == 2 && ++num_slots > ScheduleLimits::kMaxSlots)
+          throw ParseError(detail::message("from_csv", where(row, cell), ": the text has more than ",
+                                           ScheduleLimits::kMaxSlots,
+                                           " slots (ScheduleLimits::kMaxSlots)"));
+        if (actions.size() == 2) marks.push_back(slots.size());
+        for (const Action& action : actions) {
+          slots.emplace_back(action);
+          cells.push_back(CsvCell{row, cell, action});
         }
       }
       if (comma == line.size()) break;

@@ -113,7 +113,8 @@ constexpr Variant kVariants[] = {{true, false, false}, {false, true, false}, {fa
 
 using MinHeap = std::priority_queue<std::size_t, std::vector<std::size_t>, std::greater<>>;
 
-// Ids of actions fit 32 bits: a schedule holds at most ScheduleLimits::kMaxSlots slots.
+// Ids of actions fit 32 bits: the generators stay far below (ScheduleLimits::kMaxWork pairs of
+// at most 3 actions), and a schedule read from a file holds at most ScheduleLimits::kMaxSlots.
 using Id = std::uint32_t;
 constexpr Id kNone = std::numeric_limits<Id>::max();
 
@@ -352,8 +353,19 @@ Schedule squeeze(const Schedule& schedule, const CostModel& costs, const Squeeze
   PIPETRAIN_CHECK_ARG(options.memory_cap_bytes >= 0, kFunction,
                       "memory_cap_bytes=", options.memory_cap_bytes,
                       " must be >= 0 (0: the input's peak)");
-  validate_or_throw(schedule);
-  // Checks the costs against the schedule, and the time to beat.
+  costs.check(kFunction);
+  for (const auto& [values, name] :
+       {std::pair{&costs.forward_per_stage, "forward_per_stage"},
+        std::pair{&costs.backward_per_stage, "backward_per_stage"},
+        std::pair{&costs.backward_input_per_stage, "backward_input_per_stage"},
+        std::pair{&costs.backward_weight_per_stage, "backward_weight_per_stage"}})
+    PIPETRAIN_CHECK_ARG(values->empty() ||
+                            values->size() == static_cast<std::size_t>(schedule.num_stages()),
+                        kFunction, "costs.", name, " has ", values->size(),
+                        " entries, expected 0 or num_stages=", schedule.num_stages());
+  if (const ValidationReport report = validate(schedule); !report.ok())
+    throw ScheduleError(detail::message(kFunction, "schedule '", schedule.name(),
+                                        "' does not validate:\n", report.format(schedule)));
   const double input_time = simulate(schedule, costs).makespan;
 
   const std::int64_t act = options.activation_bytes;

@@ -30,16 +30,17 @@ std::string to_csv(const Schedule& schedule);
 /// Two forms PyTorch writes are read too:
 ///   "(0F7;7B3)OVERLAP_F_B"  (DualPipeV's overlapped forward and backward) becomes one overlapped
 ///                           slot: its two actions in order, marked (Schedule::rank_overlaps());
-///                           expand_overlap() (passes.h) gives the order pipetrain's runtime runs.
+///                           expand_overlap() (passes.h) gives the order pipetrain's runtime runs
+///                           (the F first, whichever the cell names first).
 ///                           The cell must hold an F and a B or I of different microbatches.
 ///   "2BW0"                  releases before "I" existed wrote the input-gradient backward as "B"
 ///                           and the full backward as "BW": a text with any "NBWm" cell is read
 ///                           in that dialect ("B" as I, "BW" as B), inside overlapped cells too.
 /// from_csv(to_csv(s), s.name()) == s, overlap marks included, for every schedule whose shape
 /// these rules recover.
-/// Bounded: the text may have at most ScheduleLimits::kMaxRanks rows and kMaxSlots cells, the
-/// inferred shape must pass the limits of ScheduleLimits (stages, microbatches, stages x
-/// microbatches), and stages x microbatches may not exceed max(compute actions in the text, 4096):
+/// Bounded: the text may have at most ScheduleLimits::kMaxRanks rows and kMaxSlots cells and
+/// slots (an overlapped cell is two slots), the inferred shape must pass the limits of
+/// ScheduleLimits (stages, microbatches, stages x microbatches), and stages x microbatches may not exceed max(compute actions in the text, 4096):
 /// a text whose numbers are far larger than its contents ("2147483646F0") is refused before
 /// anything sized by them is built.
 /// Throws ParseError, rows and cells numbered from 1:

@@ -76,12 +76,16 @@ struct SqueezeOptions {
 /// Re-orders each rank's compute actions by list scheduling on simulate()'s clock under `costs`
 /// (per-stage times, as simulate() takes them): whenever a rank is free it runs, of its actions
 /// whose inputs have arrived, the one that comes first in the input's order among those that
-/// keep its memory within the cap. An action runs out of order (an F of the warm-up while the
-/// next action in order waits for its input; an I or W of the cool-down) only when the rest of
-/// the input's order stays within the cap after it, so the input's own order can always go on
-/// and the result never gets stuck. Tried twice: as above, and holding back an out-of-order
-/// action that would end after the action due in order becomes ready. Returns the fastest
-/// (simulated) of the two and the input, the input on ties; the result is laid out on the step
+/// keep its memory within the cap. An action that adds memory (an F; an I when pending_w_bytes >
+/// activation_bytes) runs out of order (an F of the warm-up while the next action in order waits
+/// for its input) only when the rest of the input's order stays within the cap after it, so the
+/// input's own order can always go on and the result never gets stuck. Three rules are tried,
+/// each a list-scheduling run: "patient" (an out-of-order action must end by the time the
+/// action due in order becomes ready, when that time is known), "W last" (a W runs only when no
+/// other action that fits comes before the first F that memory blocks) and "W last" with "W
+/// patient" (a W only in a gap that no F, B or I known to become ready fills first). Up to four
+/// rounds each squeeze the fastest order so far (a move can open the next one). Returns the
+/// fastest (simulated) of all and the input, the input on ties; the result is laid out on the step
 /// grid with the input's name, sizes and placement, and validates (lower() makes it
 /// deadlock-free like any valid schedule). This is the "squeeze" of the zero-bubble
 /// repository's V-Half and V-Min (Qi et al. 2024, "Pipeline parallelism with controllable
@@ -90,8 +94,8 @@ struct SqueezeOptions {
 /// Throws InvalidArgument ("[squeeze] ...") when `schedule` has communication actions (run
 /// strip_comm() first), a byte count is out of range, memory_cap_bytes is below a rank's peak in
 /// the input, or costs.check() fails or a per-stage vector does not have num_stages entries;
-/// ScheduleError with validate()'s report when `schedule` does not validate (overlapped slots
-/// included: run expand_overlap() first).
+/// ScheduleError "[squeeze] schedule '<name>' does not validate:\n" with validate()'s report
+/// when `schedule` does not validate (overlapped slots included: run expand_overlap() first).
 Schedule squeeze(const Schedule& schedule, const CostModel& costs,
                  const SqueezeOptions& options = {});
 

@@ -426,6 +426,19 @@ TEST(Csv, RoundTripsOverlappedDualPipeVAndKeepsMarksThroughStripComm) {
   EXPECT_EQ(from_csv(to_csv(lowered), s.name()), lowered);
 }
 
+TEST(Csv, AMarkOverSlotsRewrittenSinceIsWrittenAsTwoCells) {
+  // rank_slots() is writable: a marked pair rewritten into two forwards is no overlapped slot,
+  // and a cell "(0F3;0F3)OVERLAP_F_B" would not read back.
+  Schedule s = dualpipe_v(2, 4, DualPipeVOptions{.overlap = true});
+  ASSERT_FALSE(s.rank_overlaps(0).empty());
+  const std::size_t mark = s.rank_overlaps(0).front();
+  s.rank_slots(0)[mark + 1] = s.rank_slots(0)[mark];
+  const std::string csv = to_csv(s);
+  EXPECT_EQ(count(csv, ")OVERLAP_F_B"), count(to_csv(dualpipe_v(2, 4, {.overlap = true})),
+                                                  ")OVERLAP_F_B") - 1);
+  EXPECT_NO_THROW(from_csv(csv));
+}
+
 TEST(Csv, OldPyTorchDialectReadsBAsInputGradientAndBWAsFullBackward) {
   const Schedule s = from_csv("0F0,0F1,,0BW0,,0BW1\n,1F0,1B0,1F1,1B1,1W0,1W1\n", "old");
   EXPECT_EQ(action_list(s, 0), "0F0 0F1 0B0 0B1");

@@ -110,8 +110,10 @@ TEST(Squeeze, WeightedBytesAndExplicitCaps) {
   options = {};
   const std::int64_t own = max_of(peaks(input, 1, 1));
   options.memory_cap_bytes = own + 2;
+  // (A list heuristic promises no gain from a wider cap, only what check() asserts and never
+  // slower than the input.)
   const double wider = check(input, costs, options, "cap + 2");
-  EXPECT_LE(wider, simulate(squeeze(input, costs), costs).makespan);
+  EXPECT_LE(wider, simulate(input, costs).makespan);
 }
 
 TEST(Squeeze, TiesKeepTheInput) {
@@ -169,17 +171,21 @@ TEST(Squeeze, BadInputsAreRefused) {
             "[squeeze] pending_w_bytes=-2 must be in [0, 549755813888]");
   CostModel bad = costs;
   bad.latency = -1;
-  EXPECT_NE(error_of<InvalidArgument>([&] { squeeze(vhalf, bad); }).find("latency=-1"),
-            std::string::npos);
+  EXPECT_EQ(error_of<InvalidArgument>([&] { squeeze(vhalf, bad); }),
+            "[squeeze] costs.latency=-1 must be finite and >= 0");
+  CostModel short_costs = costs;
+  short_costs.forward_per_stage = {1.0, 1.0};
+  EXPECT_EQ(error_of<InvalidArgument>([&] { squeeze(vhalf, short_costs); }),
+            "[squeeze] costs.forward_per_stage has 2 entries, expected 0 or num_stages=8");
   // An order that breaks a dependency (W before its I) is refused with validate()'s report.
   Schedule broken("broken", 1, 1, 1);
   broken.append(0, {0, ActionKind::kForward, 0});
   broken.append(0, {0, ActionKind::kBackwardWeight, 0});
   broken.append(0, {0, ActionKind::kBackwardInput, 0});
-  EXPECT_NE(error_of<ScheduleError>([&] {
+  EXPECT_EQ(error_of<ScheduleError>([&] {
               squeeze(broken, CostModel::uniform());
-            }).find("[validate_or_throw] schedule 'broken'"),
-            std::string::npos);
+            }).rfind("[squeeze] schedule 'broken' does not validate:\n", 0),
+            0u);
 }
 
 }  // namespace
