@@ -28,7 +28,8 @@
 // places only its W on the clock (the V-Half and V-Min blocks fix that order; it gains most
 // there). Each generator simulates the unit-grid schedule (when it fits the cap), both retimings
 // and every list variant that finishes, and keeps the fastest, the unit-grid one on ties (a run
-// that would repeat an earlier one decision for decision is skipped: see Run). Under
+// that would repeat an earlier one decision for decision is skipped: see Run); on large shapes
+// the runs go on several threads and are then taken in that order (run_concurrently()). Under
 // costs where the unit grid is the clock (F = I = W on every stage, free transfers) it keeps the
 // unit-grid schedule outright when it fits the cap: the list heuristic is faster there only
 // for ZB-V with M < 2P-1 and V-Half with small M (see docs/schedules.md), and the published
@@ -768,6 +769,7 @@ std::vector<std::optional<Candidate>> run_concurrently(const std::vector<Pass>& 
     }
   };
   std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
   try {
     for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
   } catch (const std::system_error&) {
