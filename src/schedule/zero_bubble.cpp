@@ -28,7 +28,8 @@
 // places only its W on the clock (the V-Half and V-Min blocks fix that order; it gains most
 // there). Each generator simulates the unit-grid schedule (when it fits the cap), both retimings
 // and every list variant that finishes, and keeps the fastest, the unit-grid one on ties (a run
-// that would repeat an earlier one decision for decision is skipped: see Run). Under
+// that would repeat an earlier one decision for decision is skipped: see Run); on large shapes
+// the runs go on several threads and are then taken in that order (run_concurrently()). Under
 // costs where the unit grid is the clock (F = I = W on every stage, free transfers) it keeps the
 // unit-grid schedule outright when it fits the cap: the list heuristic is faster there only
 // for ZB-V with M < 2P-1 and V-Half with small M (see docs/schedules.md), and the published
@@ -36,10 +37,15 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -659,6 +665,136 @@ double makespan(const Stages& stages, int num_microbatches, const Run& run) {
   return result;
 }
 
+// A candidate pass: retime_w() (`retime`) or the list scheduler, with its switches.
+struct Pass {
+  bool retime;
+  unsigned switches;
+};
+
+// A run as cost_aware() compares it: whether it finished within the cap, and its makespan.
+struct Candidate {
+  Run run;
+  bool fits = false;
+  double time = kNever;
+};
+
+// Below this many compute actions the passes run one after the other: starting threads would
+// cost more than the passes (about 0.2 us per action each).
+constexpr std::int64_t kConcurrentActions = 50000;
+
+// Runs `passes` on up to `threads` threads (this one included) and returns each one's candidate,
+// or nothing for a pass it found to repeat an earlier one of the same generator (Run::mattered)
+// and for one it did not start after another threw (the first exception in pass order is
+// rethrown). Every pass the sequential loop of cost_aware() would run either ran here or is
+// left to it, so the caller gets the same candidates in the same order. A free thread takes the
+// first pass whose earlier passes (of its generator) are all done or skipped, else the first
+// that the switches which mattered in the runs done so far predict to be no repeat of a running
+// or waiting one; when only passes predicted to repeat are left it waits for a run to finish
+// rather than spend a core on a run that is likely thrown away.
+template <class Execute>
+std::vector<std::optional<Candidate>> run_concurrently(const std::vector<Pass>& passes,
+                                                       unsigned threads, Execute&& execute) {
+  enum class State { kWaiting, kRunning, kDone, kSkipped };
+  const std::size_t n = passes.size();
+  std::vector<std::optional<Candidate>> results(n);
+  std::vector<State> state(n, State::kWaiting);
+  std::vector<std::exception_ptr> errors(n);
+  bool failed = false;
+  std::mutex mutex;
+  std::condition_variable changed;
+  const auto repeats = [&](std::size_t earlier, std::size_t later, unsigned mattered) {
+    return passes[earlier].retime == passes[later].retime &&
+           ((passes[earlier].switches ^ passes[later].switches) & mattered) == 0;
+  };
+  // Under the lock: the pass to start, n to wait for a running one, n + 1 when none is left.
+  const auto pick = [&]() -> std::size_t {
+    if (failed) return n + 1;
+    unsigned predicted[2] = {0, 0};  // per generator: the switches that mattered in runs done
+    bool known[2] = {false, false};
+    for (std::size_t i = 0; i < n; ++i) {
+      if (state[i] != State::kDone) continue;
+      predicted[passes[i].retime] |= results[i]->run.mattered;
+      known[passes[i].retime] = true;
+      for (std::size_t j = i + 1; j < n; ++j)
+        if (state[j] == State::kWaiting && repeats(i, j, results[i]->run.mattered))
+          state[j] = State::kSkipped;
+    }
+    std::size_t likely = n;
+    bool waiting = false;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (state[i] != State::kWaiting) continue;
+      waiting = true;
+      bool open = false, repeat = false;
+      for (std::size_t e = 0; e < i; ++e) {
+        if (passes[e].retime != passes[i].retime ||
+            (state[e] != State::kRunning && state[e] != State::kWaiting))
+          continue;
+        open = true;
+        const bool r = passes[i].retime;
+        if (known[r] && repeats(e, i, predicted[r])) repeat = true;
+      }
+      if (!open) return i;
+      if (!repeat && likely == n) likely = i;
+    }
+    return likely < n ? likely : waiting ? n : n + 1;
+  };
+  const auto work = [&] {
+    std::unique_lock<std::mutex> lock(mutex);
+    for (;;) {
+      const std::size_t i = pick();
+      if (i > n) return;
+      if (i == n) {
+        changed.wait(lock);
+        continue;
+      }
+      state[i] = State::kRunning;
+      lock.unlock();
+      std::optional<Candidate> candidate;
+      std::exception_ptr error;
+      try {
+        candidate = execute(passes[i]);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      lock.lock();
+      if (error) {
+        errors[i] = error;
+        failed = true;
+        state[i] = State::kSkipped;
+      } else {
+        results[i] = std::move(candidate);
+        state[i] = State::kDone;
+      }
+      changed.notify_all();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  try {
+    for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+  } catch (const std::system_error&) {
+    // Fewer threads than asked for: the ones started (and this one) take every pass.
+  }
+  try {
+    work();
+  } catch (...) {
+    // Only the lock can throw here; let the other threads finish before reporting it.
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      failed = true;
+    }
+    changed.notify_all();
+    for (std::thread& thread : pool) thread.join();
+    throw;
+  }
+  for (std::thread& thread : pool) thread.join();
+  for (const std::exception_ptr& error : errors)
+    if (error) std::rethrow_exception(error);
+  for (std::size_t i = 0; i < n; ++i)
+    if (state[i] != State::kDone) results[i].reset();
+  return results;
+}
+
 Schedule cost_aware(std::string_view name, int num_ranks, int num_microbatches,
                     const ZeroBubbleCosts& zc) {
   const char* function = function_of(name);
@@ -669,24 +805,44 @@ Schedule cost_aware(std::string_view name, int num_ranks, int num_microbatches,
   const Schedule shape(grid.name(), grid.num_ranks(), grid.stages_per_rank(),
                        grid.num_microbatches(), grid.placement());
   const Stages stages(shape, zc.costs);
+  const auto evaluate = [&](Run run) {
+    Candidate candidate;
+    candidate.fits = run.orders && (cap <= 0 || peak_bytes(*run.orders, zc) <= cap);
+    if (candidate.fits) candidate.time = makespan(stages, num_microbatches, run);
+    candidate.run = std::move(run);
+    return candidate;
+  };
 
   // Candidates are compared on their orders; only the winner is laid out on the grid.
   std::optional<Orders> best;
   bool best_is_grid = false;
   double best_time = kNever;
-  const auto consider = [&](Run candidate, bool is_grid) {
-    if (!candidate.orders) return;
-    if (cap > 0 && peak_bytes(*candidate.orders, zc) > cap) return;
-    const double time = makespan(stages, num_microbatches, candidate);
-    if (!best || time < best_time - 1e-9 * std::max(1.0, std::abs(best_time))) {
-      best = std::move(candidate.orders);
+  const auto consider = [&](Candidate candidate, bool is_grid) {
+    if (!candidate.fits) return;
+    if (!best || candidate.time < best_time - 1e-9 * std::max(1.0, std::abs(best_time))) {
+      best = std::move(candidate.run.orders);
       best_is_grid = is_grid;
-      best_time = time;
+      best_time = candidate.time;
     }
   };
-  consider(run_of(grid), true);
+  consider(evaluate(run_of(grid)), true);
   if (best && unit_grid_costs(zc.costs, grid.num_stages())) return grid;
   const Limits limits = family_limits(name, num_ranks);
+  const MemoryProfile grid_memory = analyze_memory(grid);
+  const auto execute = [&](const Pass& pass) {
+    return evaluate(pass.retime
+                        ? retime_w(grid, grid_memory, stages, zc, pass.switches != 0)
+                        : timed_list_schedule(shape, stages, limits, zc, pass.switches));
+  };
+  std::vector<Pass> passes = {{true, 0u}, {true, unsigned{kLongGapsOnly}}};
+  for (unsigned switches = 0; switches < 8; ++switches) passes.push_back({false, switches});
+  // The passes are independent: on a large shape they run concurrently, and the loop below
+  // takes their candidates in the sequential order, so ties resolve as they would one by one.
+  std::vector<std::optional<Candidate>> ready(passes.size());
+  const unsigned threads =
+      std::min<unsigned>(std::thread::hardware_concurrency(), static_cast<unsigned>(passes.size()));
+  if (threads > 1 && std::int64_t{3} * grid.num_stages() * num_microbatches >= kConcurrentActions)
+    ready = run_concurrently(passes, threads, execute);
   // A run identical to an earlier one (Run::mattered) is not repeated: its candidate could not
   // beat the earlier one's, which was considered first.
   std::vector<std::pair<unsigned, unsigned>> runs;  // (switches, mattered)
@@ -695,19 +851,13 @@ Schedule cost_aware(std::string_view name, int num_ranks, int num_microbatches,
       return ((run.first ^ switches) & run.second) == 0;
     });
   };
-  const MemoryProfile grid_memory = analyze_memory(grid);
-  for (unsigned switches : {0u, unsigned{kLongGapsOnly}}) {
-    if (repeats_a_run(switches)) continue;
-    Run run = retime_w(grid, grid_memory, stages, zc, switches != 0);
-    runs.emplace_back(switches, run.mattered);
-    consider(std::move(run), false);
-  }
-  runs.clear();
-  for (unsigned switches = 0; switches < 8; ++switches) {
-    if (repeats_a_run(switches)) continue;
-    Run run = timed_list_schedule(shape, stages, limits, zc, switches);
-    runs.emplace_back(switches, run.mattered);
-    consider(std::move(run), false);
+  for (std::size_t i = 0; i < passes.size(); ++i) {
+    if (i > 0 && passes[i].retime != passes[i - 1].retime) runs.clear();
+    if (repeats_a_run(passes[i].switches)) continue;
+    if (!ready[i]) ready[i] = execute(passes[i]);
+    runs.emplace_back(passes[i].switches, ready[i]->run.mattered);
+    consider(std::move(*ready[i]), false);
+    ready[i].reset();
   }
   if (best && best_is_grid) return grid;
   if (best) return detail::lay_out(shape, *best);

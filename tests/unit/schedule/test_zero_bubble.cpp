@@ -222,6 +222,56 @@ TEST(CostAware, ResultsArePinned) {
   }
 }
 
+// The same at P = 16, M = 1056, where every generator has at least 50688 compute actions, so
+// its candidate passes run on several threads where the machine has more than one hardware
+// thread: the threads must leave the choice as it was (same candidates, same order, ties kept).
+// Costs as above, with caps of 16 and 40; the values come from the code before the threads.
+TEST(CostAware, ConcurrentResultsArePinned) {
+  struct Pinned {
+    const char* name;
+    int costs;
+    std::uint64_t hash;
+    double makespan;
+  };
+  const std::vector<Pinned> pinned = {
+      {"zb-h1", 0, 0x91d02c0979e319edull, 4272.0000000000055},
+      {"zb-h1", 1, 0x91d02c0979e319edull, 5938.3800000002411},
+      {"zb-h1", 2, 0x91d02c0979e319edull, 4254},
+      {"zb-h1", 3, 0x0d500c44d0aa5397ull, 3663.8999999998878},
+      {"zb-h2", 0, 0x574bdd56e894d1b5ull, 4248.0000000000027},
+      {"zb-h2", 1, 0x574bdd56e894d1b5ull, 5919.480000000236},
+      {"zb-h2", 2, 0xe434e4216e59b7ddull, 4254},
+      {"zb-h2", 3, 0x3eed92fa7111ce21ull, 3666.4499999998875},
+      {"zb-v", 0, 0x90cebcc3821947e9ull, 8503.3999999999687},
+      {"zb-v", 1, 0x20672c3d7893df65ull, 11827.500000000502},
+      {"zb-v", 2, 0xc512d48d19e2ebb3ull, 11250},
+      {"zb-v", 3, 0x91c435320d5a22cdull, 9955.6500000017568},
+      {"v-half", 0, 0x246d42328fa9aa87ull, 9742.7999999999702},
+      {"v-half", 1, 0x246d42328fa9aa87ull, 11913.140000000501},
+      {"v-half", 2, 0xc512d48d19e2ebb3ull, 11250},
+      {"v-half", 3, 0x91c435320d5a22cdull, 9955.6500000017568},
+      {"v-min", 0, 0x503db09265f7e001ull, 14547.399999998537},
+      {"v-min", 1, 0x503db09265f7e001ull, 17357.099999998693},
+      {"v-min", 2, 0x503db09265f7e001ull, 12757},
+      {"v-min", 3, 0x503db09265f7e001ull, 9218.0000000021428},
+  };
+  for (const Pinned& p : pinned) {
+    ZeroBubbleCosts zc = p.costs == 0   ? costs_of(1, 2, 1, 0.3)
+                         : p.costs == 1 ? costs_of(1.6, 2.72, 1.26)
+                         : p.costs == 2 ? costs_of(1, 2, 1)
+                                        : costs_of(1, 1.35, 0.5, 0.1);
+    if (p.costs == 2) zc.memory_cap_bytes = 16;
+    if (p.costs == 3) {
+      zc.activation_bytes = 3;
+      zc.pending_w_bytes = 2;
+      zc.memory_cap_bytes = 40;
+    }
+    const Schedule s = make_cost_aware_schedule(p.name, 16, 1056, zc);
+    EXPECT_EQ(slots_hash(s), p.hash) << p.name << " costs " << p.costs;
+    EXPECT_EQ(simulate(s, zc.costs).makespan, p.makespan) << p.name << " costs " << p.costs;
+  }
+}
+
 TEST(CostAware, Errors) {
   ZeroBubbleCosts zc = costs_of(1, 2, 1);
   zc.memory_cap_bytes = 1;
