@@ -176,13 +176,37 @@ std::uint64_t slots_hash(const Schedule& s) {
   return h;
 }
 
+// A cost-aware schedule pinned by the hash of its slots and its exact makespan under one of four
+// cost cases: 0: F:I:W 1:2:1 with transfer 0.3; 1: 1.6:2.72:1.26; 2: 1:2:1 under a cap of
+// `cap2` bytes; 3: 1:1.35:0.5 with transfer 0.1, activations 3 and pending W 2 bytes under
+// `cap3`.
+struct Pinned {
+  const char* name;
+  int costs;
+  std::uint64_t hash;
+  double makespan;
+};
+
+void expect_pinned(const std::vector<Pinned>& pinned, int num_ranks, int num_microbatches,
+                   std::int64_t cap2, std::int64_t cap3) {
+  for (const Pinned& p : pinned) {
+    ZeroBubbleCosts zc = p.costs == 0   ? costs_of(1, 2, 1, 0.3)
+                         : p.costs == 1 ? costs_of(1.6, 2.72, 1.26)
+                         : p.costs == 2 ? costs_of(1, 2, 1)
+                                        : costs_of(1, 1.35, 0.5, 0.1);
+    if (p.costs == 2) zc.memory_cap_bytes = cap2;
+    if (p.costs == 3) {
+      zc.activation_bytes = 3;
+      zc.pending_w_bytes = 2;
+      zc.memory_cap_bytes = cap3;
+    }
+    const Schedule s = make_cost_aware_schedule(p.name, num_ranks, num_microbatches, zc);
+    EXPECT_EQ(slots_hash(s), p.hash) << p.name << " costs " << p.costs;
+    EXPECT_EQ(simulate(s, zc.costs).makespan, p.makespan) << p.name << " costs " << p.costs;
+  }
+}
+
 TEST(CostAware, ResultsArePinned) {
-  struct Pinned {
-    const char* name;
-    int costs;
-    std::uint64_t hash;
-    double makespan;
-  };
   const std::vector<Pinned> pinned = {
       {"zb-h1", 0, 0xc5ad0983f6d88069ull, 150.40000000000009},
       {"zb-h1", 1, 0xc5ad0983f6d88069ull, 199.97999999999982},
@@ -205,21 +229,7 @@ TEST(CostAware, ResultsArePinned) {
       {"v-min", 2, 0x0d9c8aaaf0ff3f45ull, 396},
       {"v-min", 3, 0x8d8d0b6ea8472a47ull, 307.4000000000002},
   };
-  for (const Pinned& p : pinned) {
-    ZeroBubbleCosts zc = p.costs == 0   ? costs_of(1, 2, 1, 0.3)
-                         : p.costs == 1 ? costs_of(1.6, 2.72, 1.26)
-                         : p.costs == 2 ? costs_of(1, 2, 1)
-                                        : costs_of(1, 1.35, 0.5, 0.1);
-    if (p.costs == 2) zc.memory_cap_bytes = 8;
-    if (p.costs == 3) {
-      zc.activation_bytes = 3;
-      zc.pending_w_bytes = 2;
-      zc.memory_cap_bytes = 20;
-    }
-    const Schedule s = make_cost_aware_schedule(p.name, 8, 32, zc);
-    EXPECT_EQ(slots_hash(s), p.hash) << p.name << " costs " << p.costs;
-    EXPECT_EQ(simulate(s, zc.costs).makespan, p.makespan) << p.name << " costs " << p.costs;
-  }
+  expect_pinned(pinned, 8, 32, 8, 20);
 }
 
 // The same at P = 16, M = 1056, where every generator has at least 50688 compute actions, so
@@ -227,12 +237,6 @@ TEST(CostAware, ResultsArePinned) {
 // thread: the threads must leave the choice as it was (same candidates, same order, ties kept).
 // Costs as above, with caps of 16 and 40; the values come from the code before the threads.
 TEST(CostAware, ConcurrentResultsArePinned) {
-  struct Pinned {
-    const char* name;
-    int costs;
-    std::uint64_t hash;
-    double makespan;
-  };
   const std::vector<Pinned> pinned = {
       {"zb-h1", 0, 0x91d02c0979e319edull, 4272.0000000000055},
       {"zb-h1", 1, 0x91d02c0979e319edull, 5938.3800000002411},
@@ -255,21 +259,7 @@ TEST(CostAware, ConcurrentResultsArePinned) {
       {"v-min", 2, 0x503db09265f7e001ull, 12757},
       {"v-min", 3, 0x503db09265f7e001ull, 9218.0000000021428},
   };
-  for (const Pinned& p : pinned) {
-    ZeroBubbleCosts zc = p.costs == 0   ? costs_of(1, 2, 1, 0.3)
-                         : p.costs == 1 ? costs_of(1.6, 2.72, 1.26)
-                         : p.costs == 2 ? costs_of(1, 2, 1)
-                                        : costs_of(1, 1.35, 0.5, 0.1);
-    if (p.costs == 2) zc.memory_cap_bytes = 16;
-    if (p.costs == 3) {
-      zc.activation_bytes = 3;
-      zc.pending_w_bytes = 2;
-      zc.memory_cap_bytes = 40;
-    }
-    const Schedule s = make_cost_aware_schedule(p.name, 16, 1056, zc);
-    EXPECT_EQ(slots_hash(s), p.hash) << p.name << " costs " << p.costs;
-    EXPECT_EQ(simulate(s, zc.costs).makespan, p.makespan) << p.name << " costs " << p.costs;
-  }
+  expect_pinned(pinned, 16, 1056, 16, 40);
 }
 
 TEST(CostAware, Errors) {
