@@ -36,6 +36,7 @@
 
 #include "model_adapter.h"
 #include "../src/core/parallel.h"
+#include "pipetrain/cpu_threads.h"
 #include "pipetrain/optim/optimizer.h"
 
 namespace {
@@ -129,6 +130,14 @@ int main(int argc, char** argv) {
           "[--dump DIR]\n");
       return 2;
     }
+  }
+  // One rank on this machine: its cores, or PIPETRAIN_CPU_THREADS, as every pipetrain program
+  // counts them (cpu_threads.h); OPENBLAS_NUM_THREADS, when set, stays OpenBLAS's.
+  try {
+    pipetrain::divide_cpu_threads(1);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_model: %s\n", e.what());
+    return 2;
   }
   std::printf("OpenBLAS %s, %d threads; %d timed %s steps per config, vocabulary %d\n\n",
               openblas_get_config(), openblas_get_num_threads(), steps,
