@@ -47,22 +47,27 @@ class Team {
       ctx_ = ctx;
       chunks_ = chunks;
       threads_ = threads;
+      next_.store(0, std::memory_order_relaxed);
       pending_ = threads - 1;
       error_ = nullptr;
       ++generation_;
     }
     start_.notify_all();
-    share(0);
+    share();
     std::unique_lock<std::mutex> lock(mu_);
     done_.wait(lock, [this] { return pending_ == 0; });
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  // Thread `id`'s chunks: id, id + threads, ...
-  void share(int id) {
+  // Chunks go to whichever thread asks next: a worker still waking up, or one whose core is
+  // taken by another process (or OpenBLAS's spinning threads), leaves its share to the others
+  // instead of holding up the call. Which thread runs a chunk does not change its result.
+  void share() {
     try {
-      for (std::int64_t k = id; k < chunks_; k += threads_) fn_(ctx_, k);
+      for (std::int64_t k = next_.fetch_add(1, std::memory_order_relaxed); k < chunks_;
+           k = next_.fetch_add(1, std::memory_order_relaxed))
+        fn_(ctx_, k);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
       if (!error_) error_ = std::current_exception();
@@ -79,7 +84,7 @@ class Team {
       seen = generation_;
       if (id >= threads_) continue;  // a smaller job than the team
       lock.unlock();
-      share(id);
+      share();
       lock.lock();
       if (--pending_ == 0) done_.notify_one();
     }
@@ -94,6 +99,7 @@ class Team {
   const void* ctx_ = nullptr;
   std::int64_t chunks_ = 0;
   int threads_ = 1;
+  std::atomic<std::int64_t> next_{0};  // the next chunk to run
   int pending_ = 0;
   std::uint64_t generation_ = 0;
   bool stop_ = false;

@@ -36,15 +36,16 @@ int parallel_threads();
 void set_parallel_threads_for_testing(int k);
 
 /// Runs fn(ctx, k) for k in [0, chunks) on `threads` threads (the caller and threads - 1
-/// workers of its team), chunk k on thread k % threads, and returns when all are done. The
-/// first exception thrown by fn is rethrown here after every thread has finished. Called from
+/// workers of its team), each thread taking the next chunk not yet taken, and returns when all
+/// are done. The first exception thrown by fn is rethrown here after every thread has finished
+/// (a thread that threw takes no more chunks; the others go on). Called from
 /// inside a body, it runs every chunk on the calling thread.
 void run_chunks(int threads, std::int64_t chunks, void (*fn)(const void* ctx, std::int64_t k),
                 const void* ctx);
 
 /// body(chunk, begin, end) for chunk = 0, 1, ... over [0, n) in chunks of `grain` (>= 1).
-/// Chunks are dealt to threads round-robin, which balances rows of unequal cost such as causal
-/// attention's.
+/// Chunks go to whichever thread is free next, which balances rows of unequal cost such as
+/// causal attention's, and a worker slow to wake (or whose core is busy) holds nothing up.
 template <typename Body>
 void parallel_chunks(std::int64_t n, std::int64_t grain, const Body& body) {
   grain = std::max<std::int64_t>(grain, 1);
