@@ -72,9 +72,13 @@ Schedule lower(const Schedule& schedule) {
     }
     ends[static_cast<std::size_t>(r)].assign(steps[static_cast<std::size_t>(r)].size(), 0);
   }
+  // The rows once: rank_slots() checks its argument on every call, and this is looked up per
+  // action several times.
+  std::vector<const std::vector<Schedule::Slot>*> rows(P);
+  for (int r = 0; r < num_ranks; ++r) rows[static_cast<std::size_t>(r)] = &schedule.rank_slots(r);
   auto action_of = [&](int r, int k) -> const Action& {
-    return *schedule.rank_slots(r)[static_cast<std::size_t>(
-        steps[static_cast<std::size_t>(r)][static_cast<std::size_t>(k)])];
+    const auto ur = static_cast<std::size_t>(r);
+    return *(*rows[ur])[static_cast<std::size_t>(steps[ur][static_cast<std::size_t>(k)])];
   };
   // The cross-rank producer of an action's input (compute index in `step`), or absent.
   auto input_of = [&](const Action& a, int r) -> Cell {

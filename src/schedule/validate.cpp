@@ -76,6 +76,8 @@ class Validator {
         num_microbatches_(schedule.num_microbatches()),
         lowered_(schedule.has_comm()),
         index_(num_stages_, num_microbatches_, schedule.num_actions()) {
+    rows_.reserve(static_cast<std::size_t>(num_ranks_));
+    for (int r = 0; r < num_ranks_; ++r) rows_.push_back(&schedule.rank_slots(r));
     stage_rank_.resize(static_cast<std::size_t>(num_stages_));
     for (int s = 0; s < num_stages_; ++s)
       stage_rank_[static_cast<std::size_t>(s)] = schedule.rank_of_stage(s);
@@ -114,7 +116,7 @@ class Validator {
     add(rule, cell.rank, cell.step, std::move(message));
   }
   const Action& action_at(Cell cell) const {
-    return *s_.rank_slots(cell.rank)[static_cast<std::size_t>(cell.step)];
+    return *(*rows_[static_cast<std::size_t>(cell.rank)])[static_cast<std::size_t>(cell.step)];
   }
   int rank_of(int stage) const { return stage_rank_[static_cast<std::size_t>(stage)]; }
   Cell find(ActionKind kind, int stage, int microbatch) const {
@@ -554,6 +556,8 @@ class Validator {
   int num_microbatches_;
   bool lowered_;
   ActionIndex index_;
+  // s_'s rows (rank_slots() checks its argument on each call; action_at() runs per message).
+  std::vector<const std::vector<Schedule::Slot>*> rows_;
   std::vector<int> stage_rank_;
   std::unordered_map<std::uint64_t, Channel> channels_;
   ValidationReport report_;

@@ -35,6 +35,7 @@
 // for ZB-V with M < 2P-1 and V-Half with small M (see docs/schedules.md), and the published
 // schedules stay what they are.
 #include <algorithm>
+#include <bit>
 #include <climits>
 #include <cmath>
 #include <condition_variable>
@@ -145,56 +146,73 @@ class Ends {
   std::vector<double> table_;
 };
 
-// Pending calls of ranks at given times, earliest first: each rank's few pending times, and a
-// tournament tree over the ranks of each one's earliest, so that a call costs at most
-// log2(ranks) comparisons whatever the number of calls pending.
+// Pending calls of ranks at given times, earliest first. The times taken out never decrease
+// (a call is pushed for a time after the current one), so this is a radix heap over the bits of
+// the times (non-negative doubles order as their bit patterns): bucket b holds the calls whose
+// time first differs from the last time taken out at bit b-1, bucket 0 those at that very time.
+// A push is O(1); a call moves to a lower bucket at most once per bit, and in practice a few
+// times, where a tree over the ranks cost log2(ranks) steps on every push and pop.
 class Calls {
  public:
-  explicit Calls(int num_ranks) : pending_(static_cast<std::size_t>(num_ranks)) {
-    while (leaves_ < static_cast<std::size_t>(num_ranks)) leaves_ *= 2;
-    tree_.assign(2 * leaves_, Node{kNever, num_ranks});
-    for (int r = 0; r < num_ranks; ++r) tree_[leaves_ + static_cast<std::size_t>(r)].rank = r;
+  bool empty() const { return size_ == 0; }
+  // The earliest pending time, which becomes the current time (not empty()).
+  double first_time() {
+    if (buckets_[0].empty()) refill();
+    return std::bit_cast<double>(last_);
   }
-  bool empty() const { return tree_[1].time == kNever; }
-  double first_time() const { return tree_[1].time; }
+  // Whether a call is pending at the current time.
+  bool any_now() const { return !buckets_[0].empty(); }
+  // `time` must be >= the current time (and >= 0).
   void push(int rank, double time) {
-    const std::size_t leaf = leaves_ + static_cast<std::size_t>(rank);
-    pending_[static_cast<std::size_t>(rank)].push_back(time);
-    if (time < tree_[leaf].time) {
-      tree_[leaf].time = time;
-      update(leaf);
-    }
+    const auto key = std::bit_cast<std::uint64_t>(time);
+    const int b = bucket_of(key);
+    buckets_[static_cast<std::size_t>(b)].push_back({key, rank});
+    nonempty_ |= std::uint64_t{1} << b;
+    ++size_;
   }
-  // Removes the earliest call and returns its rank.
+  // Removes a call at the current time (any_now()) and returns its rank.
   int pop() {
-    const int rank = tree_[1].rank;
-    const std::size_t leaf = leaves_ + static_cast<std::size_t>(rank);
-    std::vector<double>& times = pending_[static_cast<std::size_t>(rank)];
-    *std::find(times.begin(), times.end(), tree_[leaf].time) = times.back();
-    times.pop_back();
-    tree_[leaf].time = times.empty() ? kNever : *std::min_element(times.begin(), times.end());
-    update(leaf);
+    std::vector<Call>& now = buckets_[0];
+    const int rank = now.back().rank;
+    now.pop_back();
+    --size_;
     return rank;
   }
 
  private:
-  struct Node {
-    double time;  // the earliest pending call below the node
-    int rank;     // whose; num_ranks for the leaves that fill the tree
-    bool operator==(const Node& o) const { return time == o.time && rank == o.rank; }
+  struct Call {
+    std::uint64_t key;  // the time's bits
+    int rank;
   };
-  void update(std::size_t leaf) {
-    for (std::size_t i = leaf / 2; i > 0; i /= 2) {
-      const Node& a = tree_[2 * i];
-      const Node& b = tree_[2 * i + 1];
-      const Node winner = b.time < a.time ? b : a;
-      if (tree_[i] == winner) break;  // the nodes above are unchanged too
-      tree_[i] = winner;
+  int bucket_of(std::uint64_t key) const { return std::bit_width(key ^ last_); }
+  // Moves the calls of the lowest non-empty bucket down, their earliest time becoming last_.
+  void refill() {
+    const auto b = static_cast<std::size_t>(std::countr_zero(nonempty_ & ~std::uint64_t{1}));
+    std::vector<Call>& from = buckets_[b];
+    if (from.size() == 1) {  // the common case: nothing else to move
+      last_ = from.front().key;
+      buckets_[0].push_back(from.front());
+      from.clear();
+      nonempty_ &= ~(std::uint64_t{1} << b);
+      return;
     }
+    std::uint64_t least = from.front().key;
+    for (const Call& c : from) least = std::min(least, c.key);
+    last_ = least;
+    std::uint64_t filled = 0;
+    for (const Call& c : from) {
+      const int to = bucket_of(c.key);  // below b: c.key and least agree from bit b-1 up
+      buckets_[static_cast<std::size_t>(to)].push_back(c);
+      filled |= std::uint64_t{1} << to;
+    }
+    from.clear();
+    nonempty_ = (nonempty_ & ~(std::uint64_t{1} << b)) | filled;
   }
-  std::size_t leaves_ = 1;
-  std::vector<std::vector<double>> pending_;  // per rank
-  std::vector<Node> tree_;                    // node i has children 2i and 2i+1; leaves per rank
+  // A time is >= 0, so its bits and last_'s agree on the sign bit: buckets 0 to 63.
+  std::vector<Call> buckets_[64];
+  std::uint64_t nonempty_ = 0;  // bit b (b >= 1) set: bucket b holds calls
+  std::uint64_t last_ = 0;      // the bits of the last time taken out
+  std::size_t size_ = 0;
 };
 
 // What a rank decided: to run `action` (ok), which ends at `end`, or to wait (!ok). Plain
@@ -237,7 +255,7 @@ void append(std::vector<Action>& order, const Action& a) {
 template <class Visit>
 bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
                std::vector<int>& sequence, Visit&& visit) {
-  Calls wakes(num_ranks);
+  Calls wakes;
   for (int r = 0; r < num_ranks; ++r) wakes.push(r, 0.0);
   std::vector<int> pass;  // the ranks to call at t, in rank order
   std::vector<int> next_pass;
@@ -253,7 +271,7 @@ bool run_ranks(const Stages& stages, int num_ranks, std::size_t remaining,
   while (remaining > 0) {
     if (wakes.empty()) return false;
     const double t = wakes.first_time();
-    while (wakes.first_time() <= t) enter(pass, wakes.pop());
+    while (wakes.any_now()) enter(pass, wakes.pop());
     while (!pass.empty()) {
       if (pass.size() > 1) std::sort(pass.begin(), pass.end());
       for (std::size_t i = 0; i < pass.size(); ++i) {
