@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "error_of.h"
+#include "split_costs.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/passes.h"
 #include "pipetrain/schedule/simulate.h"
@@ -18,16 +19,7 @@ namespace pipetrain {
 namespace {
 
 using pipetrain::testing::error_of;
-
-CostModel costs_of(double f, double i, double w, double latency) {
-  CostModel c;
-  c.forward = f;
-  c.backward_input = i;
-  c.backward_weight = w;
-  c.backward = i + w;
-  c.latency = latency;
-  return c;
-}
+using pipetrain::testing::split_costs;
 
 int max_held(const Schedule& s) {
   const MemoryProfile m = analyze_memory(s);
@@ -35,7 +27,7 @@ int max_held(const Schedule& s) {
 }
 
 TEST(Optimal, OneRankOneMicrobatchIsTheSumOfItsActions) {
-  const OptimalResult r = optimal_schedule(1, 1, costs_of(1, 2, 3, 0));
+  const OptimalResult r = optimal_schedule(1, 1, split_costs(1, 2, 3, 0));
   ASSERT_TRUE(r.found);
   EXPECT_TRUE(r.proven);
   EXPECT_DOUBLE_EQ(r.makespan, 6.0);
@@ -76,7 +68,7 @@ TEST(Optimal, HeuristicsAreWithinTheDocumentedGap) {
         if (v_shape && p == 3 && m > 2) continue;  // V at P = 3 beyond M = 2: too many orders
         for (const Ratio& ratio : ratios) {
           ZeroBubbleCosts zc;
-          zc.costs = costs_of(ratio.f, ratio.i, ratio.w, ratio.latency);
+          zc.costs = split_costs(ratio.f, ratio.i, ratio.w, ratio.latency);
           const Schedule h = make_cost_aware_schedule(name, p, m, zc);
           const double heuristic = simulate(h, zc.costs).makespan;
           OptimalOptions options;
@@ -119,7 +111,7 @@ TEST(Optimal, Errors) {
   options.max_held = 1;
   EXPECT_EQ(error_of([&] { optimal_schedule(2, 2, c, options); }),
             "[optimal_schedule] max_held=1 must be 0 (no limit) or >= 1 (>= 2 for V placement)");
-  EXPECT_EQ(error_of([&] { optimal_schedule(2, 2, costs_of(1, 0, 1, 0)); }),
+  EXPECT_EQ(error_of([&] { optimal_schedule(2, 2, split_costs(1, 0, 1, 0)); }),
             "[optimal_schedule] the time of 0I0 must be > 0");
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "error_of.h"
+#include "split_costs.h"
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/passes.h"
@@ -19,21 +20,12 @@ namespace pipetrain {
 namespace {
 
 using pipetrain::testing::error_of;
+using pipetrain::testing::split_costs;
 
 // Per-share F, I, W and transfer time; stage_costs() divides by v.
-CostModel share_costs(double f, double i, double w, double latency = 0.0) {
-  CostModel c;
-  c.forward = f;
-  c.backward_input = i;
-  c.backward_weight = w;
-  c.backward = i + w;
-  c.latency = latency;
-  return c;
-}
-
 const std::vector<CostModel> kCosts = {
-    share_costs(1, 1, 1),        share_costs(1, 2, 1),   share_costs(1.6, 2.72, 1.26),
-    share_costs(1, 1.184, 0.42), share_costs(1, 0.5, 2), share_costs(1, 2, 1, 0.3),
+    split_costs(1, 1, 1),        split_costs(1, 2, 1),   split_costs(1.6, 2.72, 1.26),
+    split_costs(1, 1.184, 0.42), split_costs(1, 0.5, 2), split_costs(1, 2, 1, 0.3),
 };
 
 std::vector<std::int64_t> peaks(const Schedule& s, std::int64_t act, std::int64_t pend) {
@@ -98,7 +90,7 @@ TEST(Squeeze, ValidWithinTheCapAndNeverSlower) {
 
 TEST(Squeeze, WeightedBytesAndExplicitCaps) {
   const Schedule input = make_schedule("v-half", 4, 8);
-  const CostModel costs = stage_costs(share_costs(1, 2, 1), input);
+  const CostModel costs = stage_costs(split_costs(1, 2, 1), input);
   // W keeping a third of the activation: the cap is on the weighted sum.
   SqueezeOptions options;
   options.activation_bytes = 3;
@@ -127,7 +119,7 @@ TEST(Squeeze, VHalfP4M8ReachesTheRepositorysFigure) {
   // (F = I = W = 1, so 0.5 per stage) the repository's V-Half (zbv_greedy.py, its reorder
   // passes) takes 26.5 at a peak of 3 shares; pipetrain's unit-grid V-Half takes 28.5, its
   // squeezed one 26.5 at the same peak.
-  const CostModel uniform = share_costs(1, 1, 1);
+  const CostModel uniform = split_costs(1, 1, 1);
   const Schedule vhalf = make_schedule("v-half", 4, 8);
   const Schedule squeezed = squeeze(vhalf, stage_costs(uniform, vhalf));
   EXPECT_DOUBLE_EQ(simulate(vhalf, stage_costs(uniform, vhalf)).makespan, 28.5);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "error_of.h"
+#include "split_costs.h"
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/passes.h"
@@ -23,11 +24,7 @@ const std::vector<std::string> kNames = {"zb-h1", "zb-h2", "zb-v", "v-half", "v-
 
 ZeroBubbleCosts costs_of(double f, double i, double w, double latency = 0.0) {
   ZeroBubbleCosts zc;
-  zc.costs.forward = f;
-  zc.costs.backward_input = i;
-  zc.costs.backward_weight = w;
-  zc.costs.backward = i + w;
-  zc.costs.latency = latency;
+  zc.costs = pipetrain::testing::split_costs(f, i, w, latency);
   return zc;
 }
 
