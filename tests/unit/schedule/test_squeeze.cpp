@@ -8,13 +8,13 @@
 #include <vector>
 
 #include "error_of.h"
-#include "split_costs.h"
 #include "pipetrain/error.h"
 #include "pipetrain/schedule/generators.h"
 #include "pipetrain/schedule/passes.h"
 #include "pipetrain/schedule/search.h"
 #include "pipetrain/schedule/simulate.h"
 #include "pipetrain/schedule/validate.h"
+#include "split_costs.h"
 
 namespace pipetrain {
 namespace {
