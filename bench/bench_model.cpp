@@ -38,6 +38,7 @@
 #include "../src/core/parallel.h"
 #include "pipetrain/cpu_threads.h"
 #include "pipetrain/optim/optimizer.h"
+#include "weight_dump.h"
 
 namespace {
 
@@ -171,16 +172,8 @@ int main(int argc, char** argv) {
     std::vector<double> losses;
     if (!dump.empty()) {
       const std::string base = dump + "/" + c.name;
-      std::ofstream manifest(base + ".manifest"), params(base + ".params", std::ios::binary),
-          tokens(base + ".tokens", std::ios::binary);
-      for (const auto* p : model->parameters()) {
-        manifest << p->name << ' ' << p->value.numel() << ' ' << (p->weight_decay ? 1 : 0);
-        for (std::int64_t d : p->value.shape()) manifest << ' ' << d;
-        manifest << '\n';
-        const std::vector<float> v = p->value.to_vector<float>();
-        params.write(reinterpret_cast<const char*>(v.data()),
-                     static_cast<std::streamsize>(v.size() * sizeof(float)));
-      }
+      bench::write_weights(base, model->parameters());
+      std::ofstream tokens(base + ".tokens", std::ios::binary);
       for (const auto* part : {&batch.inputs, &batch.targets}) {
         for (const auto tok : *part) {
           const auto t32 = static_cast<std::int32_t>(tok);

@@ -40,6 +40,7 @@
 #include "pipetrain/nn/loss.h"
 #include "pipetrain/pipeline.h"
 #include "pipetrain/schedule/generators.h"
+#include "weight_dump.h"
 
 namespace {
 
@@ -79,18 +80,6 @@ std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> make_batch(const
   return {in, tg};
 }
 
-void write_stage(const std::string& base, pipetrain::nn::Sequential& stage) {
-  std::ofstream manifest(base + ".manifest"), params(base + ".params", std::ios::binary);
-  for (const auto* p : stage.parameters()) {
-    manifest << p->name << ' ' << p->value.numel() << ' ' << (p->weight_decay ? 1 : 0);
-    for (std::int64_t d : p->value.shape()) manifest << ' ' << d;
-    manifest << '\n';
-    const std::vector<float> v = p->value.to_vector<float>();
-    params.write(reinterpret_cast<const char*>(v.data()),
-                 static_cast<std::streamsize>(v.size() * sizeof(float)));
-  }
-}
-
 void run(const Options& o, pipetrain::Transport& transport) {
   pipetrain::nn::GptConfig config;
   config.vocab_size = o.vocab;
@@ -115,7 +104,8 @@ void run(const Options& o, pipetrain::Transport& transport) {
   const int rank = transport.rank();
   const std::vector<int> mine = pipe.schedule().stages_of_rank(rank);
   for (std::size_t i = 0; i < mine.size(); ++i) {
-    write_stage(o.dump + "/stage" + std::to_string(mine[i]), *pipe.stages()[i]);
+    bench::write_weights(o.dump + "/stage" + std::to_string(mine[i]),
+                           pipe.stages()[i]->parameters());
   }
   std::ofstream tokens;
   if (rank == 0) {
