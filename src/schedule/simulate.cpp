@@ -81,12 +81,6 @@ Violation range_violation(const Schedule& schedule, const Action& action, int ra
                                       report.format(schedule)));
 }
 
-void check_per_stage(const std::vector<double>& values, const char* name, int num_stages) {
-  PIPETRAIN_CHECK_ARG(values.empty() || values.size() == static_cast<std::size_t>(num_stages),
-                      "simulate", "costs.", name, " has ", values.size(),
-                      " entries, expected 0 or num_stages=", num_stages);
-}
-
 double per_stage(const std::vector<double>& values, double fallback, const Action& action,
                  const char* name) {
   if (values.empty()) return fallback;
@@ -207,6 +201,19 @@ void CostModel::check(const char* function) const {
                       " must be > 0 (infinity: free)");
 }
 
+void CostModel::check(const char* function, int num_stages) const {
+  check(function);
+  auto entries = [&](const std::vector<double>& values, const char* name) {
+    PIPETRAIN_CHECK_ARG(values.empty() || values.size() == static_cast<std::size_t>(num_stages),
+                        function, "costs.", name, " has ", values.size(),
+                        " entries, expected 0 or num_stages=", num_stages);
+  };
+  entries(forward_per_stage, "forward_per_stage");
+  entries(backward_per_stage, "backward_per_stage");
+  entries(backward_input_per_stage, "backward_input_per_stage");
+  entries(backward_weight_per_stage, "backward_weight_per_stage");
+}
+
 CostModel CostModel::uniform(double forward_time) {
   CostModel costs;
   costs.forward = forward_time;
@@ -242,11 +249,7 @@ SimulationResult simulate(const Schedule& schedule, const CostModel& costs) {
   const int ranks = schedule.num_ranks();
   const int stages = schedule.num_stages();
   const int microbatches = schedule.num_microbatches();
-  costs.check("simulate");
-  check_per_stage(costs.forward_per_stage, "forward_per_stage", stages);
-  check_per_stage(costs.backward_per_stage, "backward_per_stage", stages);
-  check_per_stage(costs.backward_input_per_stage, "backward_input_per_stage", stages);
-  check_per_stage(costs.backward_weight_per_stage, "backward_weight_per_stage", stages);
+  costs.check("simulate", stages);
   const double transfer = costs.transfer_time();
 
   // Number the compute actions rank by rank: node ids [first[r], first[r+1]) belong to rank r.

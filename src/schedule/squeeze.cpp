@@ -353,16 +353,7 @@ Schedule squeeze(const Schedule& schedule, const CostModel& costs, const Squeeze
   PIPETRAIN_CHECK_ARG(options.memory_cap_bytes >= 0, kFunction,
                       "memory_cap_bytes=", options.memory_cap_bytes,
                       " must be >= 0 (0: the input's peak)");
-  costs.check(kFunction);
-  for (const auto& [values, name] :
-       {std::pair{&costs.forward_per_stage, "forward_per_stage"},
-        std::pair{&costs.backward_per_stage, "backward_per_stage"},
-        std::pair{&costs.backward_input_per_stage, "backward_input_per_stage"},
-        std::pair{&costs.backward_weight_per_stage, "backward_weight_per_stage"}})
-    PIPETRAIN_CHECK_ARG(values->empty() ||
-                            values->size() == static_cast<std::size_t>(schedule.num_stages()),
-                        kFunction, "costs.", name, " has ", values->size(),
-                        " entries, expected 0 or num_stages=", schedule.num_stages());
+  costs.check(kFunction, schedule.num_stages());
   if (const ValidationReport report = validate(schedule); !report.ok())
     throw ScheduleError(detail::message(kFunction, "schedule '", schedule.name(),
                                         "' does not validate:\n", report.format(schedule)));

@@ -54,6 +54,9 @@ struct CostModel {
   /// bandwidth is > 0 (infinity allowed): "[simulate] costs.latency=-5 must be finite and >= 0". simulate()
   /// calls it first, so a negative or NaN time never reaches a makespan.
   void check(const char* function) const;
+  /// The same, and every non-empty per-stage vector must have num_stages entries:
+  /// "[simulate] costs.forward_per_stage has 2 entries, expected 0 or num_stages=8".
+  void check(const char* function, int num_stages) const;
 
   /// B = 2F, I = W = F, free transfers: the model under which the published formulas hold.
   static CostModel uniform(double forward_time = 1.0);
