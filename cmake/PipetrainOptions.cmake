@@ -2,12 +2,15 @@
 #   AUTO  use the part when it is found, say nothing when it is not
 #   ON    require the part; configuration fails with the reason when it is missing
 #   OFF   do not look for it
-# Results: PIPETRAIN_HAVE_CUDA, PIPETRAIN_HAVE_NCCL, PIPETRAIN_HAVE_MPI (TRUE/FALSE).
+# Results: PIPETRAIN_HAVE_CUDA, PIPETRAIN_HAVE_NCCL, PIPETRAIN_HAVE_MPI, PIPETRAIN_HAVE_OPENMP
+# (TRUE/FALSE).
 
 set(PIPETRAIN_WITH_CUDA AUTO CACHE STRING "Build the CUDA kernels (AUTO|ON|OFF)")
 set(PIPETRAIN_WITH_NCCL AUTO CACHE STRING "Build the NCCL transport (AUTO|ON|OFF); needs CUDA")
 set(PIPETRAIN_WITH_MPI AUTO CACHE STRING "Build the MPI transport and launcher (AUTO|ON|OFF)")
-foreach(_part CUDA NCCL MPI)
+set(PIPETRAIN_WITH_OPENMP AUTO CACHE STRING
+    "Run the CPU kernels' threads on OpenMP when OpenBLAS does (AUTO|ON|OFF)")
+foreach(_part CUDA NCCL MPI OPENMP)
   set_property(CACHE PIPETRAIN_WITH_${_part} PROPERTY STRINGS AUTO ON OFF)
   string(TOUPPER "${PIPETRAIN_WITH_${_part}}" _value)
   if(NOT _value MATCHES "^(AUTO|ON|OFF)$")
@@ -82,12 +85,26 @@ macro(pipetrain_detect_optional_parts)
       _pipetrain_part_missing(MPI "no MPI implementation was found (install libopenmpi-dev)")
     endif()
   endif()
+
+  # OpenMP (used at run time only when the OpenBLAS loaded is its OpenMP build: src/core/parallel.h)
+  set(PIPETRAIN_HAVE_OPENMP FALSE)
+  if(PIPETRAIN_WITH_OPENMP STREQUAL "OFF")
+    set(PIPETRAIN_WHY_OPENMP "disabled")
+  else()
+    find_package(OpenMP COMPONENTS CXX QUIET)
+    if(OpenMP_CXX_FOUND)
+      set(PIPETRAIN_HAVE_OPENMP TRUE)
+      set(PIPETRAIN_WHY_OPENMP "OpenMP ${OpenMP_CXX_VERSION}")
+    else()
+      _pipetrain_part_missing(OPENMP "the C++ compiler has no OpenMP")
+    endif()
+  endif()
 endmacro()
 
 function(pipetrain_print_summary)
   message(STATUS "")
   message(STATUS "pipetrain ${PROJECT_VERSION} configuration")
-  foreach(_part CUDA NCCL MPI)
+  foreach(_part CUDA NCCL MPI OPENMP)
     if(PIPETRAIN_HAVE_${_part})
       message(STATUS "  [x] ${_part}: ${PIPETRAIN_WHY_${_part}}")
     else()

@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "parallel.h"
 #include "pipetrain/error.h"
 
 namespace pipetrain {
@@ -19,6 +20,7 @@ int cpu_blas_threads() { return openblas_get_num_threads(); }
 void set_cpu_blas_threads(int threads) {
   PIPETRAIN_CHECK_ARG(threads >= 1, "set_cpu_blas_threads", "threads=", threads, " must be >= 1");
   openblas_set_num_threads(threads);
+  detail::note_blas_threads(openblas_get_num_threads());
 }
 
 int cpu_cores_available() {

@@ -1,7 +1,13 @@
-// The worker teams of parallel.h: one per calling thread, created on first use, grown to the
-// largest thread count asked for, joined when that thread ends. Workers sleep on a condition
-// variable between calls (see parallel.h for why they never spin).
+// The two ways parallel.h runs chunks: OpenMP regions, when OpenBLAS runs its own threads on
+// OpenMP too, and otherwise worker teams: one per calling thread, created on first use, grown to
+// the largest thread count asked for, joined when that thread ends, whose workers sleep on a
+// condition variable between calls (see parallel.h for why).
 #include "parallel.h"
+
+#include <cblas.h>
+#if PIPETRAIN_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 #include <atomic>
 #include <condition_variable>
@@ -19,6 +25,13 @@ namespace {
 thread_local bool t_in_team = false;
 
 std::atomic<int> g_threads_for_testing{0};
+std::atomic<int> g_blas_threads{0};  // the count set_cpu_blas_threads() last asked for
+
+// OpenBLAS says how it was built: 0 sequential, 1 its own pthreads, 2 OpenMP.
+bool openblas_on_openmp() {
+  static const bool on = openblas_get_parallel() == 2;
+  return on;
+}
 
 class Team {
  public:
@@ -117,12 +130,66 @@ void set_parallel_threads_for_testing(int k) {
   g_threads_for_testing.store(std::max(0, k), std::memory_order_relaxed);
 }
 
+bool parallel_uses_openmp() {
+#if PIPETRAIN_HAVE_OPENMP
+  return openblas_on_openmp();
+#else
+  return false;
+#endif
+}
+
+bool parallel_blas_is_serial() {
+  return cpu_blas_threads() == 1 || (parallel_uses_openmp() && parallel_threads() > 1);
+}
+
+void note_blas_threads(int threads) { g_blas_threads.store(threads, std::memory_order_relaxed); }
+
+void match_blas_threads() {
+#if PIPETRAIN_HAVE_OPENMP
+  // OpenBLAS on OpenMP takes its thread count from the calling thread's OpenMP setting
+  // (omp_get_max_threads(), which starts at the core count on every new thread) whenever that
+  // differs from its own: an in-process rank's thread would reset it to every core. So each
+  // thread that calls it is given the count pipetrain set.
+  if (!openblas_on_openmp()) return;
+  thread_local int matched = 0;
+  const int want = g_blas_threads.load(std::memory_order_relaxed);
+  if (want > 0 && matched != want) {
+    omp_set_num_threads(want);
+    matched = want;
+  }
+#endif
+}
+
 void run_chunks(int threads, std::int64_t chunks, void (*fn)(const void*, std::int64_t),
                 const void* ctx) {
   if (t_in_team) {
     for (std::int64_t k = 0; k < chunks; ++k) fn(ctx, k);
     return;
   }
+#if PIPETRAIN_HAVE_OPENMP
+  if (parallel_uses_openmp()) {
+    // One pool for OpenBLAS and the kernels: its threads spin briefly after a region (libgomp's
+    // default) and the next region, or the next matrix product, finds them awake.
+    std::atomic<std::int64_t> next{0};
+    std::exception_ptr error;
+    std::mutex error_mu;
+#pragma omp parallel num_threads(threads)
+    {
+      t_in_team = true;
+      try {
+        for (std::int64_t k = next.fetch_add(1, std::memory_order_relaxed); k < chunks;
+             k = next.fetch_add(1, std::memory_order_relaxed))
+          fn(ctx, k);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+      }
+      t_in_team = false;
+    }
+    if (error) std::rethrow_exception(error);
+    return;
+  }
+#endif
   thread_local std::unique_ptr<Team> team;
   if (!team) team = std::make_unique<Team>();
   t_in_team = true;

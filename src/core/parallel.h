@@ -1,8 +1,9 @@
 // parallel.h (private): the CPU kernels' threads outside the matrix products.
 //
 // parallel_chunks(n, grain, body) cuts [0, n) into chunks of `grain` items (the last one
-// shorter) and calls body(chunk, begin, end) once per chunk, on a team of worker threads that
-// belongs to the calling thread (so in-process ranks, which are threads, each get their own).
+// shorter) and calls body(chunk, begin, end) once per chunk, on threads that belong to the
+// calling thread (so in-process ranks, which are threads, each get their own): an OpenMP region
+// or a team of workers, below.
 //
 // Determinism: the chunks depend on n and grain only, never on the thread count, so a body that
 // writes per-chunk results (and a caller that combines them in chunk order afterwards) gives
@@ -11,12 +12,20 @@
 // Thread count: the rank's share of the cores, the one OpenBLAS uses (cpu_threads.h:
 // divide_cpu_threads), so ranks sharing a machine do not oversubscribe it.
 //
-// Why not OpenMP: libgomp's threads spin at the end of every region (OMP_WAIT_POLICY, read
-// only when the library loads), and so do OpenBLAS's pthreads workers after every sgemm; on two
-// cores the two kinds of spinners took turns stealing each other's core, and a training step of
-// bench_model's small config took 4 times as long as on one thread. The team here sleeps on a
-// condition variable between calls (what OMP_WAIT_POLICY=passive gave libgomp, which measured
-// the same), needs no compiler support, and runs under ThreadSanitizer.
+// Which threads: OpenBLAS's and these must not be two pools that both wait actively. On two
+// cores, OpenBLAS's pthreads workers (they call sched_yield in a loop for a while after every
+// product) took turns with the kernels' threads for the second core: a GELU over 1M elements
+// took 1.25 ms inside a training step against 0.85 ms alone. So:
+//  - OpenBLAS built for OpenMP (openblas_get_parallel() == 2; Debian's libopenblas0-openmp) and
+//    pipetrain built with OpenMP (PIPETRAIN_WITH_OPENMP): the chunks run in OpenMP regions, on
+//    the same threads as OpenBLAS's products, which spin briefly between regions as libgomp does
+//    by default. One pool, never two.
+//  - Otherwise (OpenBLAS's own pthreads, or no OpenMP): a team of workers per calling thread
+//    that sleep on a condition variable between calls. libgomp's spinning threads next to
+//    OpenBLAS's pthreads took 4 times as long as one thread on bench_model's small config;
+//    OMP_WAIT_POLICY=passive would fix that but libgomp reads it only when it loads, so a
+//    library cannot choose it. The team needs no compiler support and runs under
+//    ThreadSanitizer.
 #pragma once
 
 #include <algorithm>
@@ -35,8 +44,26 @@ int parallel_threads();
 /// products), 0 goes back to the rule above. For the whole process.
 void set_parallel_threads_for_testing(int k);
 
+/// True when the chunks run in OpenMP regions (see above).
+bool parallel_uses_openmp();
+
+/// True when a BLAS call made inside a parallel_chunks() body runs on one thread: OpenBLAS at
+/// one thread, or OpenBLAS on OpenMP inside a region of more than one thread. Kernels that
+/// call BLAS from chunks (attention's per-head products) run them in parallel only then: two
+/// threads of OpenBLAS's own pool each starting a multi-threaded product would serialise or
+/// oversubscribe.
+bool parallel_blas_is_serial();
+
+/// Records the OpenBLAS thread count pipetrain set (set_cpu_blas_threads calls it).
+void note_blas_threads(int threads);
+
+/// Before a BLAS call on a thread that may not have made one yet: with OpenBLAS on OpenMP, sets
+/// this thread's OpenMP thread count to the recorded one (OpenBLAS would otherwise take the new
+/// thread's default, every core). A no-op otherwise. Cheap after the first call on a thread.
+void match_blas_threads();
+
 /// Runs fn(ctx, k) for k in [0, chunks) on `threads` threads (the caller and threads - 1
-/// workers of its team), each thread taking the next chunk not yet taken, and returns when all
+/// workers of its team or OpenMP region), each thread taking the next chunk not yet taken, and returns when all
 /// are done. The first exception thrown by fn is rethrown here after every thread has finished
 /// (a thread that threw takes no more chunks; the others go on). Called from
 /// inside a body, it runs every chunk on the calling thread.

@@ -7,6 +7,7 @@
 
 #include "../../core/parallel.h"
 #include "exp_fp32.h"
+#include "lanes.h"
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
@@ -87,28 +88,9 @@ constexpr std::int64_t kParallelGrain = 32 * kBlock;
   }
 }
 
-// Runtime dispatch (GCC/Clang function multiversioning): an AVX-512 clone (1.5x the AVX2 one:
-// eight doubles a vector), an AVX2 clone (twice the SSE2 one, bench/bench_gelu) and the x86-64
-// baseline. "avx512f" enables FMA, which would contract the multiply-adds differently from the
-// other clones; this file is compiled with -ffp-contract=off (CMakeLists.txt), so every clone does
-// the same IEEE operations and the results are bit-identical on every machine. Not under
-// ThreadSanitizer: the clones' IFUNC resolver runs while the program is relocated, before the
-// TSan runtime is set up, and every TSan binary then crashed at start.
-#if defined(__SANITIZE_THREAD__)
-#define PIPETRAIN_GELU_NO_CLONES 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define PIPETRAIN_GELU_NO_CLONES 1
-#endif
-#endif
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__APPLE__) && \
-    !defined(PIPETRAIN_GELU_NO_CLONES)
-#define PIPETRAIN_GELU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PIPETRAIN_GELU_CLONES
-#endif
-
-PIPETRAIN_GELU_CLONES void gelu_forward_fast(float* out, const float* inp, std::int64_t n) {
+// Runtime dispatch (lanes.h): an AVX-512 clone (1.5x the AVX2 one: eight doubles a vector), an
+// AVX2 clone (twice the SSE2 one, bench/bench_gelu) and the x86-64 baseline, bit-identical.
+PIPETRAIN_CPU_CLONES void gelu_forward_fast(float* out, const float* inp, std::int64_t n) {
   float buf[kBlock];
   for (std::int64_t i = 0; i < n; i += kBlock) {
     const std::int64_t m = std::min(kBlock, n - i);
@@ -117,7 +99,7 @@ PIPETRAIN_GELU_CLONES void gelu_forward_fast(float* out, const float* inp, std::
   }
 }
 
-PIPETRAIN_GELU_CLONES void gelu_backward_fast(float* dinp, const float* inp, const float* dout,
+PIPETRAIN_CPU_CLONES void gelu_backward_fast(float* dinp, const float* inp, const float* dout,
                                               std::int64_t n) {
   float buf[kBlock];
   for (std::int64_t i = 0; i < n; i += kBlock) {

@@ -1,6 +1,8 @@
 // Matrix products of the linear layers, all through OpenBLAS.
 #include <cblas.h>
 
+#include <algorithm>
+
 #include "../../core/parallel.h"
 #include "pipetrain/kernels/cpu.h"
 
@@ -11,6 +13,7 @@ void gemm<float>(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std
                  float alpha, const float* a, std::int64_t lda, const float* b, std::int64_t ldb,
                  float beta, float* c, std::int64_t ldc) {
   if (m == 0 || n == 0) return;
+  detail::match_blas_threads();
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
@@ -22,6 +25,7 @@ void gemm<double>(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, st
                   double alpha, const double* a, std::int64_t lda, const double* b,
                   std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
   if (m == 0 || n == 0) return;
+  detail::match_blas_threads();
   cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
@@ -52,11 +56,19 @@ void linear_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, s
   gemm<T>(true, false, oc, c, n, T(1), dout, oc, inp, c, T(1), dweight, c);
   if (dbias != nullptr) {
     // Columns in parallel, each summing its rows in order: the same bits on any thread count.
-    const std::int64_t cols = n * 64 >= 65536 ? 64 : oc;
+    // The sums stay in a local array for the walk over the rows (see layernorm_backward_weight).
+    constexpr std::int64_t kCols = 64;
+    const std::int64_t cols = n * kCols >= 65536 ? kCols : oc;
     detail::parallel_chunks(oc, cols, [&](std::int64_t, std::int64_t o0, std::int64_t o1) {
-      for (std::int64_t i = 0; i < n; ++i) {
-        const T* row = dout + i * oc;
-        for (std::int64_t o = o0; o < o1; ++o) dbias[o] += row[o];
+      for (std::int64_t ob = o0; ob < o1; ob += kCols) {
+        const std::int64_t width = std::min(kCols, o1 - ob);
+        T acc[kCols];
+        for (std::int64_t o = 0; o < width; ++o) acc[o] = dbias[ob + o];
+        for (std::int64_t i = 0; i < n; ++i) {
+          const T* row = dout + i * oc + ob;
+          for (std::int64_t o = 0; o < width; ++o) acc[o] += row[o];
+        }
+        for (std::int64_t o = 0; o < width; ++o) dbias[ob + o] = acc[o];
       }
     });
   }

@@ -196,6 +196,16 @@ TEST(KernelThreads, CrossEntropyWideRangesShortRowsAndNonFinite) {
 TEST(KernelThreads, Attention) {
   const unsigned seed = testing::test_seed();
   SCOPED_TRACE(testing::seed_trace(seed));
+  // The (item, head) pairs run in parallel only where each product inside runs on one BLAS
+  // thread (parallel_blas_is_serial()); with OpenBLAS at one thread that holds on any count of
+  // the kernels' threads, and the products' bits are the same in every run.
+  const int saved_blas = cpu_blas_threads();
+  set_cpu_blas_threads(1);
+  struct Restore {
+    int threads;
+    ~Restore() { set_cpu_blas_threads(threads); }
+  } restore{saved_blas};
+  EXPECT_TRUE(pipetrain::detail::parallel_blas_is_serial());
   std::mt19937_64 rng(seed);
   const std::int64_t b = 2, t = 203, c = 32, nh = 4;  // 4 x 203 rows a batch item: 6 chunks
   const auto qkv = random_vec<float>(b * t * 3 * c, rng), dout = random_vec<float>(b * t * c, rng);

@@ -1,0 +1,59 @@
+// lanes.h (private): fp32 row reductions for the CPU kernels, in eight lanes combined in a
+// fixed order, so that they vectorise and still give the same bits on every machine.
+//
+// A plain `for (k) sum += x[k]` is one chain of dependent additions (GCC may not reorder fp32
+// additions without -ffast-math): at a 256-element LayerNorm row, about a thousand cycles of
+// add latency for a few hundred of work. Here lane j adds the elements k with k % 8 == j in
+// order, and the lanes are added pairwise at the end (combine()); the clones below (AVX-512,
+// AVX2, x86-64 baseline, chosen at load time) all do exactly these IEEE operations, with
+// -ffp-contract=off on the files that include this (src/kernels/cpu/CMakeLists.txt), so the
+// results do not depend on the CPU. The fp64 instantiations of the kernels keep plain loops:
+// they are the references the tests compare against.
+#pragma once
+
+#include <cstdint>
+
+// Runtime dispatch (GCC/Clang function multiversioning). Not under ThreadSanitizer: the clones'
+// IFUNC resolver runs while the program is relocated, before the TSan runtime is set up, and
+// every TSan binary then crashed at start.
+#if defined(__SANITIZE_THREAD__)
+#define PIPETRAIN_CPU_NO_CLONES 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PIPETRAIN_CPU_NO_CLONES 1
+#endif
+#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__APPLE__) && \
+    !defined(PIPETRAIN_CPU_NO_CLONES)
+#define PIPETRAIN_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PIPETRAIN_CPU_CLONES
+#endif
+
+namespace pipetrain::kernels::cpu::lanes {
+
+constexpr int kLanes = 8;
+
+/// The eight partial sums added pairwise: ((0+4)+(2+6)) + ((1+5)+(3+7)).
+inline float combine(const float* a) {
+  return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/// The largest of z[0, n), n >= 1; NaN elements are ignored after the first (as
+/// std::max_element does), a NaN first element is the result.
+float max(const float* z, std::int64_t n);
+
+/// p[k] = exp(z[k] - zmax) for k < n (p may be z; z[k] - zmax <= 0 expected, exp_fp32.h) and
+/// returns their sum in eight lanes.
+float exp_sum(float* p, const float* z, float zmax, std::int64_t n);
+
+/// sum of x[k], k < n, in eight lanes.
+float sum(const float* x, std::int64_t n);
+
+/// sum of (x[k] - m)^2, k < n, in eight lanes.
+float sum_sq_dev(const float* x, float m, std::int64_t n);
+
+/// sum of a[k] * b[k], k < n, in eight lanes.
+float dot(const float* a, const float* b, std::int64_t n);
+
+}  // namespace pipetrain::kernels::cpu::lanes
