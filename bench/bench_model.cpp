@@ -140,14 +140,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_model: %s\n", e.what());
     return 2;
   }
-  std::printf("OpenBLAS %s, %d threads, the kernels' threads %s; %d timed %s steps per config, "
-              "vocabulary %d\n\n",
-              openblas_get_config(), openblas_get_num_threads(),
-              pipetrain::detail::parallel_uses_openmp() ? "in OpenBLAS's OpenMP pool"
-                                                        : "on their own team",
-              steps,
-              with_optimizer ? "training (forward+backward+norm+AdamW)" : "forward+backward",
-              vocab);
+  std::printf(
+      "OpenBLAS %s, %d threads, the kernels' threads %s; %d timed %s steps per config, "
+      "vocabulary %d\n\n",
+      openblas_get_config(), openblas_get_num_threads(),
+      pipetrain::detail::parallel_uses_openmp() ? "in OpenBLAS's OpenMP pool" : "on their own team",
+      steps, with_optimizer ? "training (forward+backward+norm+AdamW)" : "forward+backward", vocab);
   std::printf("%-7s %6s %5s %8s %10s %12s %10s %8s %12s %22s %10s %12s\n", "config", "layers",
               "heads", "channels", "seq x B", "params", "ms/step", "fwd ms", "tokens/s",
               "model GFLOP/s", "sgemm GFLOP/s", "faults/step");

@@ -63,10 +63,10 @@ void note_blas_threads(int threads);
 void match_blas_threads();
 
 /// Runs fn(ctx, k) for k in [0, chunks) on `threads` threads (the caller and threads - 1
-/// workers of its team or OpenMP region), each thread taking the next chunk not yet taken, and returns when all
-/// are done. The first exception thrown by fn is rethrown here after every thread has finished
-/// (a thread that threw takes no more chunks; the others go on). Called from
-/// inside a body, it runs every chunk on the calling thread.
+/// workers of its team or OpenMP region), each thread taking the next chunk not yet taken, and
+/// returns when all are done. The first exception thrown by fn is rethrown here after every thread
+/// has finished (a thread that threw takes no more chunks; the others go on). Called from inside a
+/// body, it runs every chunk on the calling thread.
 void run_chunks(int threads, std::int64_t chunks, void (*fn)(const void* ctx, std::int64_t k),
                 const void* ctx);
 

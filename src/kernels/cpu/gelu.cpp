@@ -100,7 +100,7 @@ PIPETRAIN_CPU_CLONES void gelu_forward_fast(float* out, const float* inp, std::i
 }
 
 PIPETRAIN_CPU_CLONES void gelu_backward_fast(float* dinp, const float* inp, const float* dout,
-                                              std::int64_t n) {
+                                             std::int64_t n) {
   float buf[kBlock];
   for (std::int64_t i = 0; i < n; i += kBlock) {
     const std::int64_t m = std::min(kBlock, n - i);
