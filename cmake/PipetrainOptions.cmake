@@ -92,9 +92,14 @@ macro(pipetrain_detect_optional_parts)
     set(PIPETRAIN_WHY_OPENMP "disabled")
   else()
     find_package(OpenMP COMPONENTS CXX QUIET)
-    if(OpenMP_CXX_FOUND)
+    if(OpenMP_CXX_FOUND AND NOT "gomp" IN_LIST OpenMP_CXX_LIB_NAMES)
+      # One pool only if pipetrain's OpenMP runtime is OpenBLAS's (GNU libgomp in Debian's
+      # build): two runtimes would be two pools of spinning threads.
+      _pipetrain_part_missing(OPENMP
+        "the compiler's OpenMP runtime (${OpenMP_CXX_LIB_NAMES}) is not libgomp, OpenBLAS's")
+    elseif(OpenMP_CXX_FOUND)
       set(PIPETRAIN_HAVE_OPENMP TRUE)
-      set(PIPETRAIN_WHY_OPENMP "OpenMP ${OpenMP_CXX_VERSION}")
+      set(PIPETRAIN_WHY_OPENMP "OpenMP ${OpenMP_CXX_VERSION} (${OpenMP_CXX_LIB_NAMES})")
     else()
       _pipetrain_part_missing(OPENMP "the C++ compiler has no OpenMP")
     endif()

@@ -8,7 +8,9 @@
 // cores / n threads, and the MPI transport gives each process cores / (processes on its host);
 // at least 1, and at most the thread count OpenBLAS was built for (64 in Debian 12). "cores"
 // are those this process may run on (its affinity mask). The CPU kernels' other work (softmax,
-// LayerNorm, cross-entropy, the optimizer's passes) uses the same count, on threads of its own.
+// LayerNorm, cross-entropy, the optimizer's passes) uses the same count: on OpenBLAS's threads
+// when OpenBLAS is its OpenMP build (Debian: libopenblas-openmp-dev) and pipetrain was built with
+// OpenMP, on threads of its own otherwise.
 //
 // Environment, in order of precedence:
 //   PIPETRAIN_CPU_THREADS=k   exactly k threads, whatever the ranks

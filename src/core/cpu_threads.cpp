@@ -46,6 +46,9 @@ int divide_cpu_threads(int ranks_on_host) {
     return cpu_blas_threads();
   }
   if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) {
+    // OpenBLAS's count stands; recorded so that every thread calling it keeps to it
+    // (parallel.h: match_blas_threads).
+    detail::note_blas_threads(cpu_blas_threads());
     return cpu_blas_threads();
   }
   set_cpu_blas_threads(std::max(1, cpu_cores_available() / ranks_on_host));

@@ -7,6 +7,15 @@
 #include <cblas.h>
 #if PIPETRAIN_HAVE_OPENMP
 #include <omp.h>
+#else
+// Built without OpenMP, pipetrain may still run next to OpenBLAS's OpenMP build (Debian's
+// libopenblas-openmp-dev), which loads libgomp: these resolve to it then, and stay null when no
+// OpenMP runtime is loaded.
+extern "C" {
+[[gnu::weak]] int omp_get_max_threads();
+[[gnu::weak]] int omp_in_parallel();
+[[gnu::weak]] void omp_set_num_threads(int);
+}
 #endif
 
 #include <atomic>
@@ -26,12 +35,6 @@ thread_local bool t_in_team = false;
 
 std::atomic<int> g_threads_for_testing{0};
 std::atomic<int> g_blas_threads{0};  // the count set_cpu_blas_threads() last asked for
-
-// OpenBLAS says how it was built: 0 sequential, 1 its own pthreads, 2 OpenMP.
-bool openblas_on_openmp() {
-  static const bool on = openblas_get_parallel() == 2;
-  return on;
-}
 
 class Team {
  public:
@@ -130,9 +133,15 @@ void set_parallel_threads_for_testing(int k) {
   g_threads_for_testing.store(std::max(0, k), std::memory_order_relaxed);
 }
 
+bool openblas_uses_openmp() {
+  // OpenBLAS says how it was built: 0 sequential, 1 its own pthreads, 2 OpenMP.
+  static const bool on = openblas_get_parallel() == 2;
+  return on;
+}
+
 bool parallel_uses_openmp() {
 #if PIPETRAIN_HAVE_OPENMP
-  return openblas_on_openmp();
+  return openblas_uses_openmp();
 #else
   return false;
 #endif
@@ -145,19 +154,20 @@ bool parallel_blas_is_serial() {
 void note_blas_threads(int threads) { g_blas_threads.store(threads, std::memory_order_relaxed); }
 
 void match_blas_threads() {
-#if PIPETRAIN_HAVE_OPENMP
   // OpenBLAS on OpenMP takes its thread count from the calling thread's OpenMP setting
   // (omp_get_max_threads(), which starts at the core count on every new thread) whenever that
   // differs from its own: an in-process rank's thread would reset it to every core. So each
-  // thread that calls it is given the count pipetrain set.
-  if (!openblas_on_openmp()) return;
-  thread_local int matched = 0;
-  const int want = g_blas_threads.load(std::memory_order_relaxed);
-  if (want > 0 && matched != want) {
-    omp_set_num_threads(want);
-    matched = want;
-  }
+  // thread that calls it is first given the count pipetrain set. Not cached per thread: inside
+  // a region the setting is the region's, gone when it ends.
+  if (!openblas_uses_openmp()) return;
+#if !PIPETRAIN_HAVE_OPENMP
+  if (omp_get_max_threads == nullptr || omp_in_parallel == nullptr ||
+      omp_set_num_threads == nullptr)
+    return;
 #endif
+  const int want = g_blas_threads.load(std::memory_order_relaxed);
+  if (want > 0 && omp_in_parallel() == 0 && omp_get_max_threads() != want)
+    omp_set_num_threads(want);
 }
 
 void run_chunks(int threads, std::int64_t chunks, void (*fn)(const void*, std::int64_t),

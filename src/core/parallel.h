@@ -44,7 +44,11 @@ int parallel_threads();
 /// products), 0 goes back to the rule above. For the whole process.
 void set_parallel_threads_for_testing(int k);
 
-/// True when the chunks run in OpenMP regions (see above).
+/// True when the OpenBLAS loaded is its OpenMP build (openblas_get_parallel() == 2).
+bool openblas_uses_openmp();
+
+/// True when the chunks run in OpenMP regions (see above): openblas_uses_openmp() and pipetrain
+/// built with OpenMP.
 bool parallel_uses_openmp();
 
 /// True when a BLAS call made inside a parallel_chunks() body runs on one thread: OpenBLAS at
@@ -57,9 +61,10 @@ bool parallel_blas_is_serial();
 /// Records the OpenBLAS thread count pipetrain set (set_cpu_blas_threads calls it).
 void note_blas_threads(int threads);
 
-/// Before a BLAS call on a thread that may not have made one yet: with OpenBLAS on OpenMP, sets
-/// this thread's OpenMP thread count to the recorded one (OpenBLAS would otherwise take the new
-/// thread's default, every core). A no-op otherwise. Cheap after the first call on a thread.
+/// Before every BLAS call: with OpenBLAS on OpenMP (whether or not pipetrain was built with
+/// OpenMP), sets this thread's OpenMP thread count to the recorded one when it differs and the
+/// thread is outside a region (OpenBLAS would otherwise take the thread's own setting, which
+/// starts at every core). A no-op otherwise. Two cheap OpenMP queries when nothing changes.
 void match_blas_threads();
 
 /// Runs fn(ctx, k) for k in [0, chunks) on `threads` threads (the caller and threads - 1

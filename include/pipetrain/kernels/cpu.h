@@ -11,12 +11,14 @@
 //
 // Preconditions are the caller's (the layers check shapes); pointers must not alias unless
 // a kernel says so. Thread safety: kernels touch only their arguments (and attention_backward a
-// scratch buffer of the calling thread's own).
+// scratch buffer per thread that runs it).
 //
 // Threads: the work outside the matrix products runs on cpu_blas_threads() threads (the rank's
-// share, cpu_threads.h) of a worker team that belongs to the calling thread. The work is cut
-// by shape alone, never by thread count, so the fp32 results are the same bits on any number
-// of threads (the matrix products are OpenBLAS's, whose results depend on its thread count).
+// share, cpu_threads.h) that belong to the calling thread: OpenBLAS's own OpenMP threads when
+// OpenBLAS is its OpenMP build and pipetrain was built with OpenMP, a worker team otherwise.
+// The work is cut by shape alone, never by thread count, so the fp32 results are the same bits
+// on any number of threads (the matrix products are OpenBLAS's, whose results depend on its
+// thread count).
 #pragma once
 
 #include <cstdint>

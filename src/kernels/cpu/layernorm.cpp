@@ -112,9 +112,9 @@ template <typename T>
 void layernorm_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, const T* mean,
                                const T* rstd, std::int64_t n, std::int64_t c) {
   // Columns in blocks of 64: each block walks every row, so each dweight[k] and dbias[k] adds
-  // the rows in order. The sums stay in local arrays (registers) for the whole walk: written
-  // through dweight and dbias, which the compiler must assume may alias dout, every row paid a
-  // load and a store of them.
+  // the rows in order. The sums stay in local arrays for the whole walk: written through
+  // dweight and dbias, which the compiler must assume may alias dout, they were loaded and
+  // stored again for every row.
   constexpr std::int64_t kCols = 64;
   const std::int64_t cols = n * kCols >= 65536 ? kCols : c;
   detail::parallel_chunks(c, cols, [&](std::int64_t, std::int64_t k0, std::int64_t k1) {

@@ -3,15 +3,19 @@
 // inside a body runs on that thread; ranks that are threads each get their own team.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "../../../src/core/parallel.h"
 #include "pipetrain/cpu_threads.h"
+#include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::detail {
 namespace {
@@ -108,6 +112,52 @@ TEST(ParallelChunks, NestedCallsAndCallersOnManyThreads) {
   }
   for (std::thread& th : ranks) th.join();
   EXPECT_EQ(total, 4L * 50 * (63 * 64 / 2));
+}
+
+// CI installs OpenBLAS's OpenMP build and sets PIPETRAIN_EXPECT_OPENMP=1 for the default
+// preset: the one-pool path must be the one its tests ran.
+TEST(ParallelChunks, OnOpenMPWhereExpected) {
+  const char* expect = std::getenv("PIPETRAIN_EXPECT_OPENMP");
+  if (expect == nullptr || std::string(expect) != "1")
+    GTEST_SKIP() << "PIPETRAIN_EXPECT_OPENMP unset";
+  EXPECT_TRUE(openblas_uses_openmp()) << "the OpenBLAS loaded is not its OpenMP build";
+  EXPECT_TRUE(parallel_uses_openmp());
+}
+
+// OpenBLAS's OpenMP build takes its thread count from the calling thread's OpenMP setting, which
+// starts at every core on a new thread: each product first gives the thread pipetrain's count,
+// also after a first product made inside a region (whose setting ends with it).
+TEST(MatchBlasThreads, NewThreadsKeepTheCountPipetrainSet) {
+  if (!openblas_uses_openmp()) GTEST_SKIP() << "OpenBLAS is not its OpenMP build here";
+  const int saved = cpu_blas_threads();
+  const int want = std::min(cpu_cores_available() + 1, 64);  // not a new thread's default
+  set_cpu_blas_threads(want);
+  ASSERT_EQ(cpu_blas_threads(), want);
+  const std::int64_t n = 256;  // large enough that OpenBLAS threads it
+  std::vector<float> a(n * n, 1.0f), b(n * n, 0.5f), c(n * n);
+  const auto product = [&] {
+    kernels::cpu::gemm<float>(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
+                              n);
+  };
+  int after_plain = 0, after_region = 0;
+  std::thread([&] {
+    product();
+    after_plain = cpu_blas_threads();
+  }).join();
+  std::thread([&] {
+    Threads t(2);
+    parallel_chunks(2, 1, [&](std::int64_t, std::int64_t, std::int64_t) {
+      std::vector<float> x(16, 1.0f), y(16);
+      kernels::cpu::gemm<float>(false, false, 4, 4, 4, 1.0f, x.data(), 4, x.data(), 4, 0.0f,
+                                y.data(), 4);
+    });
+    product();
+    after_region = cpu_blas_threads();
+  }).join();
+  set_cpu_blas_threads(saved);
+  EXPECT_EQ(after_plain, want);
+  EXPECT_EQ(after_region, want);
+  EXPECT_EQ(c[0], 0.5f * n);
 }
 
 }  // namespace

@@ -88,7 +88,8 @@ TEST(KernelThreads, LayerNorm) {
   const unsigned seed = testing::test_seed();
   SCOPED_TRACE(testing::seed_trace(seed));
   std::mt19937_64 rng(seed);
-  const std::int64_t n = 1031, c = 200;  // 13 row chunks; 4 column chunks (the last of 8)
+  const std::int64_t n = 1031, c = 203;  // 13 row chunks; 4 column chunks (the last of 11); rows
+                                         // of 25 eight-lane steps and a tail of 3
   const auto x = random_vec<float>(n * c, rng, 2.0), w = random_vec<float>(c, rng),
              bias = random_vec<float>(c, rng), dy = random_vec<float>(n * c, rng);
   const auto dw0 = random_vec<float>(c, rng), db0 = random_vec<float>(c, rng);
@@ -193,34 +194,73 @@ TEST(KernelThreads, CrossEntropyWideRangesShortRowsAndNonFinite) {
   }
 }
 
+// 2 items x 4 heads = 8 pairs; T = 203 rows: six causal blocks of 32 and one of 11.
+constexpr std::int64_t kAttB = 2, kAttT = 203, kAttC = 32, kAttNh = 4;
+
+// Forward then backward of one attention call; every output, concatenated.
+template <typename T>
+std::vector<T> attention_outputs(const std::vector<T>& qkv, const std::vector<T>& dout) {
+  std::vector<T> out(kAttB * kAttT * kAttC), att(kAttB * kAttNh * kAttT * kAttT),
+      dq(kAttB * kAttT * 3 * kAttC);
+  attention_forward(out.data(), att.data(), qkv.data(), kAttB, kAttT, kAttC, kAttNh);
+  attention_backward(dq.data(), dout.data(), qkv.data(), att.data(), kAttB, kAttT, kAttC, kAttNh);
+  std::vector<T> all = out;
+  append(all, att);
+  append(all, dq);
+  return all;
+}
+
+// Sets OpenBLAS's thread count for a scope.
+class BlasThreads {
+ public:
+  explicit BlasThreads(int k) : saved_(cpu_blas_threads()) { set_cpu_blas_threads(k); }
+  ~BlasThreads() { set_cpu_blas_threads(saved_); }
+  BlasThreads(const BlasThreads&) = delete;
+  BlasThreads& operator=(const BlasThreads&) = delete;
+
+ private:
+  int saved_;
+};
+
 TEST(KernelThreads, Attention) {
   const unsigned seed = testing::test_seed();
   SCOPED_TRACE(testing::seed_trace(seed));
   // The (item, head) pairs run in parallel only where each product inside runs on one BLAS
   // thread (parallel_blas_is_serial()); with OpenBLAS at one thread that holds on any count of
   // the kernels' threads, and the products' bits are the same in every run.
-  const int saved_blas = cpu_blas_threads();
-  set_cpu_blas_threads(1);
-  struct Restore {
-    int threads;
-    ~Restore() { set_cpu_blas_threads(threads); }
-  } restore{saved_blas};
+  BlasThreads blas(1);
   EXPECT_TRUE(pipetrain::detail::parallel_blas_is_serial());
   std::mt19937_64 rng(seed);
-  const std::int64_t b = 2, t = 203, c = 32, nh = 4;  // 4 x 203 rows a batch item: 6 chunks
-  const auto qkv = random_vec<float>(b * t * 3 * c, rng), dout = random_vec<float>(b * t * c, rng);
-  auto run = [&]<typename T>(const std::vector<T>& q, const std::vector<T>& dy) {
-    std::vector<T> out(b * t * c), att(b * nh * t * t), dq(b * t * 3 * c);
-    attention_forward(out.data(), att.data(), q.data(), b, t, c, nh);
-    attention_backward(dq.data(), dy.data(), q.data(), att.data(), b, t, c, nh);
-    std::vector<T> all = out;
-    append(all, att);
-    append(all, dq);
-    return all;
-  };
-  const auto got = expect_same_bits_on_any_thread_count([&] { return run(qkv, dout); });
-  const auto want = run(to_double(qkv), to_double(dout));
-  EXPECT_LT(rel_err(got, want), kFloatBound);
+  const auto qkv = random_vec<float>(kAttB * kAttT * 3 * kAttC, rng),
+             dout = random_vec<float>(kAttB * kAttT * kAttC, rng);
+  const auto got =
+      expect_same_bits_on_any_thread_count([&] { return attention_outputs(qkv, dout); });
+  EXPECT_LT(rel_err(got, attention_outputs(to_double(qkv), to_double(dout))), kFloatBound);
+}
+
+// What training runs with OpenBLAS's OpenMP build: OpenBLAS at 2 threads, the pairs in an
+// OpenMP region of 2 or 3 threads, each product inside on one thread. The same bits on 2 and 3.
+TEST(KernelThreads, AttentionPairsInsideOpenMPRegions) {
+  if (!pipetrain::detail::parallel_uses_openmp()) {
+    GTEST_SKIP() << "the kernels do not run on OpenMP here (OpenBLAS's pthreads build, or "
+                    "pipetrain built without OpenMP)";
+  }
+  const unsigned seed = testing::test_seed();
+  SCOPED_TRACE(testing::seed_trace(seed));
+  BlasThreads blas(2);
+  std::mt19937_64 rng(seed);
+  const auto qkv = random_vec<float>(kAttB * kAttT * 3 * kAttC, rng),
+             dout = random_vec<float>(kAttB * kAttT * kAttC, rng);
+  std::vector<float> two;
+  {
+    Threads t(2);
+    EXPECT_TRUE(pipetrain::detail::parallel_blas_is_serial());
+    two = attention_outputs(qkv, dout);
+  }
+  Threads t(3);
+  const std::vector<float> three = attention_outputs(qkv, dout);
+  EXPECT_EQ(first_bit_difference(two, three), -1);
+  EXPECT_LT(rel_err(three, attention_outputs(to_double(qkv), to_double(dout))), kFloatBound);
 }
 
 TEST(KernelThreads, EmbeddingLinearBiasGeluResidual) {
