@@ -36,6 +36,22 @@ thread_local bool t_in_team = false;
 std::atomic<int> g_threads_for_testing{0};
 std::atomic<int> g_blas_threads{0};  // the count set_cpu_blas_threads() last asked for
 
+// Runs fn(ctx, k) for the chunks k it takes from `next` until none is left; a thread that
+// throws takes no more, and the first exception is kept in `error` (under `mu`). Every thread of
+// a call, team or OpenMP region, runs this.
+void take_chunks(std::atomic<std::int64_t>& next, std::int64_t chunks,
+                 void (*fn)(const void*, std::int64_t), const void* ctx, std::mutex& mu,
+                 std::exception_ptr& error) {
+  try {
+    for (std::int64_t k = next.fetch_add(1, std::memory_order_relaxed); k < chunks;
+         k = next.fetch_add(1, std::memory_order_relaxed))
+      fn(ctx, k);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!error) error = std::current_exception();
+  }
+}
+
 class Team {
  public:
   Team() = default;
@@ -79,16 +95,7 @@ class Team {
   // Chunks go to whichever thread asks next: a worker still waking up, or one whose core is
   // taken by another process (or OpenBLAS's spinning threads), leaves its share to the others
   // instead of holding up the call. Which thread runs a chunk does not change its result.
-  void share() {
-    try {
-      for (std::int64_t k = next_.fetch_add(1, std::memory_order_relaxed); k < chunks_;
-           k = next_.fetch_add(1, std::memory_order_relaxed))
-        fn_(ctx_, k);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!error_) error_ = std::current_exception();
-    }
-  }
+  void share() { take_chunks(next_, chunks_, fn_, ctx_, mu_, error_); }
 
   void work(int id) {
     t_in_team = true;
@@ -186,14 +193,7 @@ void run_chunks(int threads, std::int64_t chunks, void (*fn)(const void*, std::i
 #pragma omp parallel num_threads(threads)
     {
       t_in_team = true;
-      try {
-        for (std::int64_t k = next.fetch_add(1, std::memory_order_relaxed); k < chunks;
-             k = next.fetch_add(1, std::memory_order_relaxed))
-          fn(ctx, k);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mu);
-        if (!error) error = std::current_exception();
-      }
+      take_chunks(next, chunks, fn, ctx, error_mu, error);
       t_in_team = false;
     }
     if (error) std::rethrow_exception(error);
