@@ -2,8 +2,10 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../../core/parallel.h"
+#include "lanes.h"
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
@@ -32,6 +34,38 @@ void gemm<double>(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, st
               c, static_cast<int>(ldc));
 }
 
+namespace {
+constexpr std::int64_t kBiasCols = 64;
+
+// Columns [ob, ob + width) of the bias gradient, width <= kBiasCols. The sums stay in a local
+// array for the walk over the rows (see layernorm_backward_weight).
+template <typename T>
+[[gnu::always_inline]] inline void bias_grad_block(T* dbias, const T* dout, std::int64_t n,
+                                                   std::int64_t oc, std::int64_t ob,
+                                                   std::int64_t width) {
+  T acc[kBiasCols];
+  for (std::int64_t o = 0; o < width; ++o) acc[o] = dbias[ob + o];
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T* row = dout + i * oc + ob;
+    for (std::int64_t o = 0; o < width; ++o) acc[o] += row[o];
+  }
+  for (std::int64_t o = 0; o < width; ++o) dbias[ob + o] = acc[o];
+}
+
+// In the clones (lanes.h): the 64 sums fit the AVX-512 registers (0.58 of the baseline's time in
+// a step). Additions only, so every clone gives the same bits.
+PIPETRAIN_CPU_CLONES void bias_grad_block_fp32(float* dbias, const float* dout, std::int64_t n,
+                                               std::int64_t oc, std::int64_t ob,
+                                               std::int64_t width) {
+  // A whole block with its width known to the compiler, so that the sums stay in registers.
+  if (width == kBiasCols) {
+    bias_grad_block(dbias, dout, n, oc, ob, kBiasCols);
+  } else {
+    bias_grad_block(dbias, dout, n, oc, ob, width);
+  }
+}
+}  // namespace
+
 template <typename T>
 void linear_forward(T* out, const T* inp, const T* weight, const T* bias, std::int64_t n,
                     std::int64_t c, std::int64_t oc) {
@@ -56,19 +90,15 @@ void linear_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, s
   gemm<T>(true, false, oc, c, n, T(1), dout, oc, inp, c, T(1), dweight, c);
   if (dbias != nullptr) {
     // Columns in parallel, each summing its rows in order: the same bits on any thread count.
-    // The sums stay in a local array for the walk over the rows (see layernorm_backward_weight).
-    constexpr std::int64_t kCols = 64;
-    const std::int64_t cols = n * kCols >= 65536 ? kCols : oc;
+    const std::int64_t cols = n * kBiasCols >= 65536 ? kBiasCols : oc;
     detail::parallel_chunks(oc, cols, [&](std::int64_t, std::int64_t o0, std::int64_t o1) {
-      for (std::int64_t ob = o0; ob < o1; ob += kCols) {
-        const std::int64_t width = std::min(kCols, o1 - ob);
-        T acc[kCols];
-        for (std::int64_t o = 0; o < width; ++o) acc[o] = dbias[ob + o];
-        for (std::int64_t i = 0; i < n; ++i) {
-          const T* row = dout + i * oc + ob;
-          for (std::int64_t o = 0; o < width; ++o) acc[o] += row[o];
+      for (std::int64_t ob = o0; ob < o1; ob += kBiasCols) {
+        const std::int64_t width = std::min(kBiasCols, o1 - ob);
+        if constexpr (std::is_same_v<T, float>) {
+          bias_grad_block_fp32(dbias, dout, n, oc, ob, width);
+        } else {
+          bias_grad_block(dbias, dout, n, oc, ob, width);
         }
-        for (std::int64_t o = 0; o < width; ++o) dbias[ob + o] = acc[o];
       }
     });
   }
