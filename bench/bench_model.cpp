@@ -53,23 +53,40 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// GFLOP/s of C[m x n] = A[m x k] * B[k x n], best of `reps` after one warm-up call.
-double sgemm_gflops(int m, int n, int k, int reps) {
-  std::vector<float> a(static_cast<std::size_t>(m) * k), b(static_cast<std::size_t>(k) * n),
-      c(static_cast<std::size_t>(m) * n);
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (float& x : a) x = u(rng);
-  for (float& x : b) x = u(rng);
-  double best = 1e30;
-  for (int r = 0; r <= reps; ++r) {
-    const auto t = Clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), k, b.data(), n,
-                0.0f, c.data(), n);
-    const double s = seconds_since(t);
-    if (r > 0) best = std::min(best, s);
+// C[m x n] = A[m x k] * B[k x n] on fixed random operands, allocated once.
+class Sgemm {
+ public:
+  Sgemm(int m, int n, int k)
+      : m_(m), n_(n), k_(k), a_(static_cast<std::size_t>(m) * k),
+        b_(static_cast<std::size_t>(k) * n), c_(static_cast<std::size_t>(m) * n) {
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float& x : a_) x = u(rng);
+    for (float& x : b_) x = u(rng);
   }
-  return 2.0 * m * n * k / best / 1e9;
+
+  // GFLOP/s, best of `reps` calls after one warm-up call.
+  double gflops(int reps) {
+    double best = 1e30;
+    for (int r = 0; r <= reps; ++r) {
+      const auto t = Clock::now();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m_, n_, k_, 1.0f, a_.data(), k_,
+                  b_.data(), n_, 0.0f, c_.data(), n_);
+      const double s = seconds_since(t);
+      if (r > 0) best = std::min(best, s);
+    }
+    return 2.0 * m_ * n_ * k_ / best / 1e9;
+  }
+
+ private:
+  int m_, n_, k_;
+  std::vector<float> a_, b_, c_;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t h = v.size() / 2;
+  return v.size() % 2 == 1 ? v[h] : 0.5 * (v[h - 1] + v[h]);
 }
 
 // "L,C,T,B,H" -> a config named "custom"; false (and a message on stderr) unless it holds five
@@ -149,7 +166,7 @@ int main(int argc, char** argv) {
   std::printf("%-7s %6s %5s %8s %10s %12s %10s %8s %12s %22s %10s %12s\n", "config", "layers",
               "heads", "channels", "seq x B", "params", "ms/step", "fwd ms", "tokens/s",
               "model GFLOP/s", "sgemm GFLOP/s", "faults/step");
-  std::vector<std::string> ab_lines;
+  std::vector<std::string> ab_lines, paired_lines;
   for (const Config& c : configs) {
     bench_gpt::ModelShape shape;
     shape.layers = c.layers;
@@ -206,7 +223,8 @@ int main(int argc, char** argv) {
     const double faults_per_step = static_cast<double>(minor_faults() - faults) / steps;
     const std::int64_t tokens = static_cast<std::int64_t>(c.batch) * c.seq;
     const double gflops = model->train_flops(tokens, c.seq) / per_step / 1e9;
-    const double blas = sgemm_gflops(static_cast<int>(tokens), 4 * c.channels, c.channels, 5);
+    Sgemm reference(static_cast<int>(tokens), 4 * c.channels, c.channels);
+    const double blas = reference.gflops(5);
     if (!dump.empty()) {
       std::ofstream out(dump + "/" + c.name + ".losses");
       out.precision(17);
@@ -214,6 +232,22 @@ int main(int argc, char** argv) {
       std::ofstream speed(dump + "/" + c.name + ".speed");
       speed << tokens / per_step << ' ' << pipetrain::detail::parallel_threads() << '\n';
     }
+    // The same comparison in pairs: each step right next to the reference product (best of 2
+    // after a warm-up call), so that both see the machine in the same state; on a shared
+    // machine the single figure above can catch the two in different ones.
+    std::vector<double> ratios;
+    for (int s = 0; s < steps; ++s) {
+      const auto t0 = Clock::now();
+      step();
+      const double step_gflops = model->train_flops(tokens, c.seq) / seconds_since(t0) / 1e9;
+      ratios.push_back(step_gflops / reference.gflops(2));
+    }
+    std::sort(ratios.begin(), ratios.end());
+    char paired_line[160];
+    std::snprintf(paired_line, sizeof paired_line,
+                  "step / sgemm in pairs, %s: median %.0f%%, range %.0f-%.0f%% (%d pairs)", c.name,
+                  100.0 * median(ratios), 100.0 * ratios.front(), 100.0 * ratios.back(), steps);
+    paired_lines.push_back(paired_line);
     if (ab) {
       std::vector<double> one, share;
       for (int s = 0; s < 2 * steps; ++s) {
@@ -240,6 +274,8 @@ int main(int argc, char** argv) {
         per_step * 1e3, forward_per_step * 1e3, tokens / per_step, blas_shape, blas,
         faults_per_step, static_cast<long long>(tokens), 4 * c.channels, c.channels);
   }
+  std::printf("\n");
+  for (const std::string& l : paired_lines) std::printf("%s\n", l.c_str());
   if (ab) {
     std::printf("\nnon-matrix kernels on 1 thread vs on %d (alternate steps, median ms)\n",
                 pipetrain::detail::parallel_threads());
