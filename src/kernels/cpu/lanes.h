@@ -34,11 +34,6 @@ namespace pipetrain::kernels::cpu::lanes {
 
 constexpr int kLanes = 8;
 
-/// The eight partial sums added pairwise: ((0+4)+(2+6)) + ((1+5)+(3+7)).
-inline float combine(const float* a) {
-  return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-}
-
 /// The largest of z[0, n), n >= 1; NaN elements are ignored after the first (as
 /// std::max_element does), a NaN first element is the result.
 float max(const float* z, std::int64_t n);
@@ -55,5 +50,12 @@ float sum_sq_dev(const float* x, float m, std::int64_t n);
 
 /// sum of a[k] * b[k], k < n, in eight lanes.
 float dot(const float* a, const float* b, std::int64_t n);
+
+/// Four rows at once, x + r * ld for r < 4, each with exactly the additions of the one-row
+/// function (the same bits): four independent chains of additions where one row is a single
+/// chain of n / 8 dependent vector additions, which at a LayerNorm row of 256 takes longer than
+/// the rest of the row's work. out[r] = sum(row r); out[r] = sum_sq_dev(row r, m[r]).
+void sum4(const float* x, std::int64_t ld, std::int64_t n, float* out);
+void sum_sq_dev4(const float* x, std::int64_t ld, const float* m, std::int64_t n, float* out);
 
 }  // namespace pipetrain::kernels::cpu::lanes
