@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../../core/parallel.h"
+#include "lane_vectors.h"
 #include "lanes.h"
 #include "pipetrain/kernels/cpu.h"
 
@@ -43,44 +44,57 @@ inline std::int64_t padded_columns(std::int64_t r, std::int64_t limit) {
   return std::min(limit, (r + 1 + 15) / 16 * 16);
 }
 
-// Causal softmax of scores row r (of t) in place: columns 0..r, zeros above the diagonal.
-// Columns r + 1 .. limit - 1 may be overwritten (float: see padded_columns).
+// Causal softmax of scores row r (of t) in place: columns 0..r, zeros above the diagonal. The
+// fp64 reference; softmax_rows_fp32 below is the fp32 one.
 template <typename T>
-void softmax_row(T* row, std::int64_t r, std::int64_t t, std::int64_t limit) {
+void softmax_row(T* row, std::int64_t r, std::int64_t t) {
+  T m = row[0];
+  for (std::int64_t j = 1; j <= r; ++j) m = row[j] > m ? row[j] : m;
   T sum = 0;
-  std::int64_t n = r + 1;
-  if constexpr (std::is_same_v<T, float>) {
-    n = padded_columns(r, limit);
-    for (std::int64_t j = r + 1; j < n; ++j) row[j] = -std::numeric_limits<float>::infinity();
-    sum = lanes::exp_sum(row, row, lanes::max(row, n), n);
-  } else {
-    T m = row[0];
-    for (std::int64_t j = 1; j <= r; ++j) m = row[j] > m ? row[j] : m;
-    for (std::int64_t j = 0; j <= r; ++j) {
-      row[j] = std::exp(row[j] - m);
-      sum += row[j];
-    }
+  for (std::int64_t j = 0; j <= r; ++j) {
+    row[j] = std::exp(row[j] - m);
+    sum += row[j];
   }
   const T inv = T(1) / sum;
-  for (std::int64_t j = 0; j < n; ++j) row[j] *= inv;
-  for (std::int64_t j = n; j < t; ++j) row[j] = T(0);
+  for (std::int64_t j = 0; j <= r; ++j) row[j] *= inv;
+  for (std::int64_t j = r + 1; j < t; ++j) row[j] = T(0);
 }
 
 // Softmax backward of row r in place: dS = A * (dA - sum(dA * A)); zero above the diagonal.
-// dA's columns up to `limit` must be finite (float: the padding multiplies them by A's zeros).
 template <typename T>
-void softmax_backward_row(T* drow, const T* arow, std::int64_t r, std::int64_t t,
-                          std::int64_t limit) {
+void softmax_backward_row(T* drow, const T* arow, std::int64_t r, std::int64_t t) {
   T dot = 0;
-  std::int64_t n = r + 1;
-  if constexpr (std::is_same_v<T, float>) {
-    n = padded_columns(r, limit);
-    dot = lanes::dot(drow, arow, n);
-  } else {
-    for (std::int64_t j = 0; j <= r; ++j) dot += drow[j] * arow[j];
-  }
+  for (std::int64_t j = 0; j <= r; ++j) dot += drow[j] * arow[j];
   for (std::int64_t j = 0; j <= r; ++j) drow[j] = arow[j] * (drow[j] - dot);
   for (std::int64_t j = r + 1; j < t; ++j) drow[j] = T(0);
+}
+
+// Rows [r0, r1) of one pair's causal softmax, fp32, in one clone call: a call per row, and its
+// constants loaded anew, cost more than a short row's own work. The maximum and the sum in eight
+// lanes (lanes.h); the same operations on every CPU.
+PIPETRAIN_CPU_CLONES void softmax_rows_fp32(float* a, std::int64_t r0, std::int64_t r1,
+                                            std::int64_t t) {
+  for (std::int64_t r = r0; r < r1; ++r) {
+    float* row = a + r * t;
+    const std::int64_t n = padded_columns(r, r1);
+    for (std::int64_t j = r + 1; j < n; ++j) row[j] = -std::numeric_limits<float>::infinity();
+    const float inv = 1.0f / lanes::exp_sum_inline(row, row, lanes::max_inline(row, n), n);
+    for (std::int64_t j = 0; j < n; ++j) row[j] *= inv;
+    for (std::int64_t j = n; j < t; ++j) row[j] = 0.0f;
+  }
+}
+
+// Rows [r0, r1) of the softmax backward, fp32, as softmax_rows_fp32. dA's columns up to r1 must
+// be finite: the padding multiplies them by A's zeros.
+PIPETRAIN_CPU_CLONES void softmax_backward_rows_fp32(float* da, const float* a, std::int64_t r0,
+                                                     std::int64_t r1, std::int64_t t) {
+  for (std::int64_t r = r0; r < r1; ++r) {
+    float* drow = da + r * t;
+    const float* arow = a + r * t;
+    const float dot = lanes::dot_inline(drow, arow, padded_columns(r, r1));
+    for (std::int64_t j = 0; j <= r; ++j) drow[j] = arow[j] * (drow[j] - dot);
+    for (std::int64_t j = r + 1; j < t; ++j) drow[j] = 0.0f;
+  }
 }
 
 // Rows of a causal block (attention_forward). At b = 8, t = 128, C = 256, 8 heads, 2 threads:
@@ -132,7 +146,11 @@ void attention_forward(T* out, T* att, const T* qkv, std::int64_t b, std::int64_
       const std::int64_t r1 = std::min(t, r0 + kCausalRows);
       gemm<T>(false, false, r1 - r0, r1, hs, scale, q + r0 * 3 * c, 3 * c, kt, t, T(0), a + r0 * t,
               t);
-      for (std::int64_t r = r0; r < r1; ++r) softmax_row(a + r * t, r, t, r1);
+      if constexpr (std::is_same_v<T, float>) {
+        softmax_rows_fp32(a, r0, r1, t);
+      } else {
+        for (std::int64_t r = r0; r < r1; ++r) softmax_row(a + r * t, r, t);
+      }
       gemm<T>(false, false, r1 - r0, hs, r1, T(1), a + r0 * t, t, v, 3 * c, T(0), o + r0 * c, c);
     }
   };
@@ -163,7 +181,11 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, std:
     for (std::int64_t r0 = 0; r0 < t; r0 += kCausalRows) {
       const std::int64_t r1 = std::min(t, r0 + kCausalRows);
       gemm<T>(false, false, r1 - r0, r1, hs, T(1), dy + r0 * c, c, vt, t, T(0), da + r0 * t, t);
-      for (std::int64_t r = r0; r < r1; ++r) softmax_backward_row(da + r * t, a + r * t, r, t, r1);
+      if constexpr (std::is_same_v<T, float>) {
+        softmax_backward_rows_fp32(da, a, r0, r1, t);
+      } else {
+        for (std::int64_t r = r0; r < r1; ++r) softmax_backward_row(da + r * t, a + r * t, r, t);
+      }
       gemm<T>(false, false, r1 - r0, hs, r1, scale, da + r0 * t, t, k, 3 * c, T(0), dq + r0 * 3 * c,
               3 * c);
     }
