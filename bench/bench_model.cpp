@@ -34,8 +34,8 @@
 #include <string>
 #include <vector>
 
-#include "model_adapter.h"
 #include "../src/core/parallel.h"
+#include "model_adapter.h"
 #include "pipetrain/cpu_threads.h"
 #include "pipetrain/optim/optimizer.h"
 #include "weight_dump.h"
@@ -57,8 +57,12 @@ double seconds_since(Clock::time_point t) {
 class Sgemm {
  public:
   Sgemm(int m, int n, int k)
-      : m_(m), n_(n), k_(k), a_(static_cast<std::size_t>(m) * k),
-        b_(static_cast<std::size_t>(k) * n), c_(static_cast<std::size_t>(m) * n) {
+      : m_(m),
+        n_(n),
+        k_(k),
+        a_(static_cast<std::size_t>(m) * k),
+        b_(static_cast<std::size_t>(k) * n),
+        c_(static_cast<std::size_t>(m) * n) {
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     for (float& x : a_) x = u(rng);

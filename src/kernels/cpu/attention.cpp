@@ -8,9 +8,11 @@
 // OpenBLAS at one thread); otherwise (OpenBLAS's own pthreads at several threads) the pairs run
 // in order and each product uses OpenBLAS's threads. At b = 8, t = 128, C = 256, 8 heads on 2
 // threads, forward and backward took 1.3-1.5 ms each, against 3.8 and 4.3 ms head by head with
-// OpenBLAS's pthreads and the scalar softmax before (6 alternating runs, medians). Every row is
-// computed the same way on any thread count; the products' bits depend on OpenBLAS's thread
-// count, as everywhere.
+// OpenBLAS's pthreads and the scalar softmax before (6 alternating runs, medians). On one thread
+// the softmax was then still about half of the forward; with its exp in fp32 and its rows in
+// whole vectors and one clone call per block, forward and backward took 1.51 and 1.54 ms against
+// 1.83 and 1.60 (best of 60 calls, 4 alternating runs). Every row is computed the same way on any
+// thread count; the products' bits depend on OpenBLAS's thread count, as everywhere.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -36,10 +38,10 @@ T* attention_scratch(std::size_t count) {
 
 // Row r's vector work covers its first r + 1 columns rounded up to whole vectors of 16 (capped
 // at `limit`, the end of the row's block, up to which the scores are computed): a row of a
-// few dozen columns otherwise spends most of its time in the clones' scalar remainder loops (at
-// t = 128 the forward's softmax took 2.6 times as long). The padding is exact: masked scores
-// are set to -inf, whose exp is +0, and masked probabilities are already 0, so the lane sums and
-// maxima are those of columns 0..r.
+// few dozen columns otherwise spends much of its time in the clones' scalar remainder loops (at
+// t = 128 the softmax rows of a pair took 1.1-1.4 times as long). The padding is exact: masked
+// scores are set to -inf, whose exp is +0, and masked probabilities are already 0, so the lane sums
+// and maxima are those of columns 0..r.
 inline std::int64_t padded_columns(std::int64_t r, std::int64_t limit) {
   return std::min(limit, (r + 1 + 15) / 16 * 16);
 }

@@ -70,9 +70,11 @@ constexpr float kExpUnderflowF = -104.0f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const std::int32_t n = std::bit_cast<std::int32_t>(big) - std::bit_cast<std::int32_t>(kRoundMagicF);
+  const std::int32_t n =
+      std::bit_cast<std::int32_t>(big) - std::bit_cast<std::int32_t>(kRoundMagicF);
   const std::int32_t n1 = n / 2, n2 = n - n1;  // each >= -75: 2^n1, 2^n2 normal
-  const float e = (p * std::bit_cast<float>((n1 + 127) << 23)) * std::bit_cast<float>((n2 + 127) << 23);
+  const float e =
+      (p * std::bit_cast<float>((n1 + 127) << 23)) * std::bit_cast<float>((n2 + 127) << 23);
   return x == x ? (x > kExpUnderflowF ? e : 0.0f) : x;
 }
 

@@ -20,6 +20,12 @@
 
 namespace pipetrain::kernels::cpu::lanes {
 
+/// After the parameters of every lambda that lane_sum and lane_sum4 call: a lambda compiled out
+/// of line is a function of the baseline instruction set, not of the calling clone, and a Lanes
+/// it returns then crosses from one calling convention to the other (GCC's -Wpsabi note). The
+/// sanitizer build, which inlines less, called such a lambda with a null closure.
+#define PIPETRAIN_LANES_INLINE __attribute__((always_inline))
+
 /// Eight fp32 lanes as one value (GCC/Clang vector extension): one AVX register, two SSE ones.
 /// Partial sums kept in a plain float[8] stayed in memory, and every addition then waited on a
 /// store and a load (about four times as long for a row of 256).
@@ -69,8 +75,8 @@ template <typename LanesTerm, typename Term>
 // lanes::dot(a, b, n).
 [[gnu::always_inline]] inline float dot_inline(const float* a, const float* b, std::int64_t n) {
   return lane_sum(
-      n, [&](std::int64_t k) { return load(a + k) * load(b + k); },
-      [&](std::int64_t k) { return a[k] * b[k]; });
+      n, [&](std::int64_t k) PIPETRAIN_LANES_INLINE { return load(a + k) * load(b + k); },
+      [&](std::int64_t k) PIPETRAIN_LANES_INLINE { return a[k] * b[k]; });
 }
 
 // lanes::max(z, n). GCC does not turn the select into maxps without -ffinite-math-only, so SSE

@@ -4,7 +4,8 @@
 // A plain `for (k) sum += x[k]` is one chain of dependent additions (GCC may not reorder fp32
 // additions without -ffast-math): at a 256-element LayerNorm row, about a thousand cycles of
 // add latency for a few hundred of work. Here lane j adds the elements k with k % 8 == j in
-// order, and the lanes are added pairwise at the end (combine()); the clones below (AVX-512,
+// order, and the lanes are added pairwise at the end (combine(), lane_vectors.h, where the bodies
+// are, for other clones to inline); the clones below (AVX-512,
 // AVX2, x86-64 baseline, chosen at load time) all do exactly these IEEE operations, with
 // -ffp-contract=off on the files that include this (src/kernels/cpu/CMakeLists.txt), so the
 // results do not depend on the CPU. The fp64 instantiations of the kernels keep plain loops:

@@ -37,9 +37,11 @@ TEST(ExpFp32, WithinTwoUlpsOfExactOverTheWholeRange) {
   const unsigned seed = pipetrain::testing::test_seed();
   SCOPED_TRACE(pipetrain::testing::seed_trace(seed));
   std::mt19937_64 rng(seed);
-  std::vector<float> z = {0.0f, -0.0f, -1e-30f, -std::numeric_limits<float>::denorm_min(),
-                          -0.34657359f, -0.34657362f, -0.6931472f, -1.0f, -87.33654f,
-                          -87.33655f, -88.0f, -100.0f, -103.27893f, -103.97207f, -103.99f};
+  std::vector<float> z = {
+      0.0f,         -0.0f,        -1e-30f,     -std::numeric_limits<float>::denorm_min(),
+      -0.34657359f, -0.34657362f, -0.6931472f, -1.0f,
+      -87.33654f,   -87.33655f,   -88.0f,      -100.0f,
+      -103.27893f,  -103.97207f,  -103.99f};
   std::uniform_real_distribution<float> near(-104.0f, 0.0f);
   for (int i = 0; i < (1 << 21); ++i) z.push_back(near(rng));
   std::uniform_real_distribution<float> small(-1.0f, 0.0f);
@@ -70,9 +72,10 @@ TEST(ExpFp32, WithinTwoUlpsOfExactOverTheWholeRange) {
       denormal = e, denormal_at = z[i];
     }
   }
-  std::printf("exp_nonpositive: %zu inputs; max %.3f ulp (normal results, at z = %.9g), %.3f "
-              "denormal ulp (at z = %.9g)\n",
-              z.size(), normal, normal_at, denormal, denormal_at);
+  std::printf(
+      "exp_nonpositive: %zu inputs; max %.3f ulp (normal results, at z = %.9g), %.3f "
+      "denormal ulp (at z = %.9g)\n",
+      z.size(), normal, normal_at, denormal, denormal_at);
   EXPECT_LE(normal, kNormalUlps) << "at z = " << normal_at;
   EXPECT_LE(denormal, kDenormalUlps) << "at z = " << denormal_at;
 }
