@@ -36,14 +36,17 @@ T* attention_scratch(std::size_t count) {
   return scratch.data();
 }
 
-// Row r's vector work covers its first r + 1 columns rounded up to whole vectors of 16 (capped
-// at `limit`, the end of the row's block, up to which the scores are computed): a row of a
-// few dozen columns otherwise spends much of its time in the clones' scalar remainder loops (at
-// t = 128 the softmax rows of a pair took 1.1-1.4 times as long). The padding is exact: masked
-// scores are set to -inf, whose exp is +0, and masked probabilities are already 0, so the lane sums
-// and maxima are those of columns 0..r.
+// Row r's reductions cover its first r + 1 columns rounded up to whole vectors of
+// kPaddedColumns (capped at `limit`, the end of the row's block, up to which the scores are
+// computed): a row of a few dozen columns otherwise spends much of its time in the clones'
+// scalar remainder loops (at t = 128 the softmax rows of a pair took 1.1-1.4 times as long).
+// The padding is exact: the forward sets the masked scores to -inf, whose exp is +0, and the
+// backward zeroes the masked dA before its dot with the (zero) masked probabilities, so the
+// maxima and lane sums are those of columns 0..r, non-finite values above the diagonal
+// included. Sixteen: one AVX-512 vector of fp32.
+constexpr std::int64_t kPaddedColumns = 16;
 inline std::int64_t padded_columns(std::int64_t r, std::int64_t limit) {
-  return std::min(limit, (r + 1 + 15) / 16 * 16);
+  return std::min(limit, (r + kPaddedColumns) / kPaddedColumns * kPaddedColumns);
 }
 
 // Causal softmax of scores row r (of t) in place: columns 0..r, zeros above the diagonal. The
@@ -81,21 +84,22 @@ PIPETRAIN_CPU_CLONES void softmax_rows_fp32(float* a, std::int64_t r0, std::int6
     const std::int64_t n = padded_columns(r, r1);
     for (std::int64_t j = r + 1; j < n; ++j) row[j] = -std::numeric_limits<float>::infinity();
     const float inv = 1.0f / lanes::exp_sum_inline(row, row, lanes::max_inline(row, n), n);
-    for (std::int64_t j = 0; j < n; ++j) row[j] *= inv;
-    for (std::int64_t j = n; j < t; ++j) row[j] = 0.0f;
+    for (std::int64_t j = 0; j <= r; ++j) row[j] *= inv;
+    for (std::int64_t j = r + 1; j < t; ++j) row[j] = 0.0f;  // also when inv is NaN
   }
 }
 
-// Rows [r0, r1) of the softmax backward, fp32, as softmax_rows_fp32. dA's columns up to r1 must
-// be finite: the padding multiplies them by A's zeros.
+// Rows [r0, r1) of the softmax backward, fp32, as softmax_rows_fp32. A's entries above the
+// diagonal must be zero, as attention_forward leaves them.
 PIPETRAIN_CPU_CLONES void softmax_backward_rows_fp32(float* da, const float* a, std::int64_t r0,
                                                      std::int64_t r1, std::int64_t t) {
   for (std::int64_t r = r0; r < r1; ++r) {
     float* drow = da + r * t;
     const float* arow = a + r * t;
+    // First, so that an inf or NaN in a later key's dA cannot reach this row through 0 * x.
+    for (std::int64_t j = r + 1; j < t; ++j) drow[j] = 0.0f;
     const float dot = lanes::dot_inline(drow, arow, padded_columns(r, r1));
     for (std::int64_t j = 0; j <= r; ++j) drow[j] = arow[j] * (drow[j] - dot);
-    for (std::int64_t j = r + 1; j < t; ++j) drow[j] = 0.0f;
   }
 }
 

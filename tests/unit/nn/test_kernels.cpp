@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "pipetrain/kernels/cpu.h"
@@ -208,6 +210,45 @@ TEST(AttentionKernel, MatchesFiniteDifferencesAndIsCausal) {
   attention_backward<float>(dqkvf.data(), rf.data(), qkvf.data(), attf.data(), b, t, c, nh);
   EXPECT_LT(rel_err(outf, out), kFloatBound);
   EXPECT_LT(rel_err(dqkvf, dqkv), kFloatBound);
+}
+
+// The causal mask holds for values that are not finite too: a NaN key leaves the probabilities
+// above the diagonal exactly zero, and an inf in a later position's value or output gradient
+// does not reach the gradients of the positions before it. (fp32: the softmax rows run over
+// whole vectors of 16 columns past the diagonal; t = 37 and 100 end mid-vector.)
+TEST(AttentionKernel, NonFiniteValuesStayBehindTheCausalMask) {
+  for (const std::int64_t t : {37, 100}) {
+    SCOPED_TRACE("t = " + std::to_string(t));
+    const std::int64_t b = 1, c = 16, nh = 2, hs = c / nh, bad = t / 2;
+    std::mt19937_64 rng(7);
+    std::vector<float> qkv = to_float(random_vec(b * t * 3 * c, rng));
+    const std::vector<float> dout = to_float(random_vec(b * t * c, rng));
+    std::vector<float> out(b * t * c), att(b * nh * t * t), dqkv(b * t * 3 * c);
+    qkv[bad * 3 * c + c] = std::numeric_limits<float>::quiet_NaN();  // key of position bad, head 0
+    attention_forward<float>(out.data(), att.data(), qkv.data(), b, t, c, nh);
+    for (std::int64_t h = 0; h < nh; ++h) {
+      for (std::int64_t q = 0; q < t; ++q) {
+        for (std::int64_t j = q + 1; j < t; ++j) {
+          ASSERT_EQ(att[(h * t + q) * t + j], 0.0f)
+              << "head " << h << ", row " << q << ", col " << j;
+        }
+      }
+    }
+    // Head 0's rows before `bad` never see its key: finite.
+    for (std::int64_t q = 0; q < bad; ++q) ASSERT_TRUE(std::isfinite(out[q * c])) << "row " << q;
+
+    // An infinite value at position `bad` (head 1): the positions before it keep finite query
+    // gradients (their keys and values are seen by the rows after `bad`, so theirs may not be).
+    qkv[bad * 3 * c + c] = 0.5f;
+    qkv[bad * 3 * c + 2 * c + hs] = std::numeric_limits<float>::infinity();
+    attention_forward<float>(out.data(), att.data(), qkv.data(), b, t, c, nh);
+    attention_backward<float>(dqkv.data(), dout.data(), qkv.data(), att.data(), b, t, c, nh);
+    for (std::int64_t q = 0; q < bad; ++q) {
+      for (std::int64_t k = 0; k < c; ++k) {
+        ASSERT_TRUE(std::isfinite(dqkv[q * 3 * c + k])) << "position " << q << ", element " << k;
+      }
+    }
+  }
 }
 
 TEST(CrossEntropyKernel, MatchesFiniteDifferences) {
