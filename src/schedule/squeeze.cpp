@@ -194,7 +194,9 @@ std::optional<std::vector<std::vector<Action>>> list_schedule(
     const Schedule& schedule, const Flat& flat, const CostModel& costs,
     const std::array<std::int64_t, kNumKinds>& delta, const std::vector<std::int64_t>& running,
     std::int64_t cap, const Variant& variant) {
-  const auto [patient, w_last, w_patient] = variant;
+  // Plain copies, not a structured binding: lambdas below use them, which Clang before 16 does
+  // not allow for bindings.
+  const bool patient = variant.patient, w_last = variant.w_last, w_patient = variant.w_patient;
   const int num_ranks = schedule.num_ranks();
   const std::size_t total = flat.nodes.size();
   const double transfer = costs.transfer_time();

@@ -2,11 +2,13 @@
 // functions, for clones that inline them into their own loops (lanes.cpp's, and the attention
 // softmax's over a block of rows: one call per row cost more than the row's own work). Only for
 // files built with -Wno-psabi, -fno-trapping-math and -ffp-contract=off
-// (src/kernels/cpu/CMakeLists.txt): these functions take and return the eight floats by value,
-// which without AVX draws GCC's note that the calling convention differs from AVX's; they are
-// always inlined, inside each clone, so no such call exists.
-// (Passing them by reference instead silenced the note but kept them out of registers: the
-// LayerNorm forward took 1.5 times as long.)
+// (src/kernels/cpu/CMakeLists.txt): load() and combine() take or return the eight floats by
+// value, which without AVX draws the compilers' note that the calling convention differs from
+// AVX's; they are always inlined, so no such call exists. A clone must not call them itself,
+// though: Clang rejects that before inlining. Clones call functions without Lanes in their
+// signatures (exp_sum_inline, dot_inline, lane_sum with lambdas, grad_sums_fp32 in
+// layernorm.cpp), which use them. (Passing the lanes by reference instead silenced the note
+// but kept them out of registers: the LayerNorm forward took 1.5 times as long.)
 #pragma once
 
 #include <algorithm>

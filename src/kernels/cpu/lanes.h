@@ -4,32 +4,17 @@
 // A plain `for (k) sum += x[k]` is one chain of dependent additions (GCC may not reorder fp32
 // additions without -ffast-math): at a 256-element LayerNorm row, about a thousand cycles of
 // add latency for a few hundred of work. Here lane j adds the elements k with k % 8 == j in
-// order, and the lanes are added pairwise at the end (combine(), lane_vectors.h, where the bodies
-// are, for other clones to inline); the clones below (AVX-512,
-// AVX2, x86-64 baseline, chosen at load time) all do exactly these IEEE operations, with
-// -ffp-contract=off on the files that include this (src/kernels/cpu/CMakeLists.txt), so the
-// results do not depend on the CPU. The fp64 instantiations of the kernels keep plain loops:
-// they are the references the tests compare against.
+// order, and the lanes are added pairwise at the end (combine() in lane_vectors.h, which holds
+// the bodies for other clones to inline). The clones below (AVX-512, AVX2, x86-64 baseline,
+// chosen at load time) all do exactly these IEEE operations, with -ffp-contract=off on the files
+// that define clones (src/kernels/cpu/CMakeLists.txt), so the results do not depend on the CPU. The
+// fp64 instantiations of the kernels keep plain loops: they are the references the tests compare
+// against.
 #pragma once
 
 #include <cstdint>
 
-// Runtime dispatch (GCC/Clang function multiversioning). Not under ThreadSanitizer: the clones'
-// IFUNC resolver runs while the program is relocated, before the TSan runtime is set up, and
-// every TSan binary then crashed at start.
-#if defined(__SANITIZE_THREAD__)
-#define PIPETRAIN_CPU_NO_CLONES 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define PIPETRAIN_CPU_NO_CLONES 1
-#endif
-#endif
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__APPLE__) && \
-    !defined(PIPETRAIN_CPU_NO_CLONES)
-#define PIPETRAIN_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PIPETRAIN_CPU_CLONES
-#endif
+#include "cpu_clones.h"
 
 namespace pipetrain::kernels::cpu::lanes {
 

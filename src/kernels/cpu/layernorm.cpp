@@ -18,9 +18,12 @@ namespace pipetrain::kernels::cpu {
 namespace {
 
 // sum(dxhat) and sum(dxhat * xhat) of one row, dxhat = dy * w, xhat = (x - m) * s; in eight
-// lanes for fp32, in order for the fp64 reference.
-PIPETRAIN_CPU_CLONES void grad_sums(const float* x, const float* dy, const float* w, float m,
-                                    float s, std::int64_t c, float* sum_d, float* sum_dx) {
+// lanes for fp32, in order for the fp64 reference. The fp32 body is a function of its own, with
+// no Lanes in its signature, that the clone inlines: Clang rejects a clone that itself calls a
+// baseline function taking or returning a Lanes (lane_vectors.h), whatever is inlined later.
+[[gnu::always_inline]] inline void grad_sums_fp32(const float* x, const float* dy, const float* w,
+                                                  float m, float s, std::int64_t c, float* sum_d,
+                                                  float* sum_dx) {
   lanes::Lanes a = {}, b = {};
   std::int64_t k = 0;
   for (; k + lanes::kLanes <= c; k += lanes::kLanes) {
@@ -37,6 +40,11 @@ PIPETRAIN_CPU_CLONES void grad_sums(const float* x, const float* dy, const float
   }
   *sum_d = lanes::combine(a);
   *sum_dx = lanes::combine(b);
+}
+
+PIPETRAIN_CPU_CLONES void grad_sums(const float* x, const float* dy, const float* w, float m,
+                                    float s, std::int64_t c, float* sum_d, float* sum_dx) {
+  grad_sums_fp32(x, dy, w, m, s, c, sum_d, sum_dx);
 }
 
 void grad_sums(const double* x, const double* dy, const double* w, double m, double s,

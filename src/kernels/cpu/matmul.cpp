@@ -5,7 +5,7 @@
 #include <type_traits>
 
 #include "../../core/parallel.h"
-#include "lanes.h"
+#include "cpu_clones.h"
 #include "pipetrain/kernels/cpu.h"
 
 namespace pipetrain::kernels::cpu {
@@ -52,8 +52,8 @@ template <typename T>
   for (std::int64_t o = 0; o < width; ++o) dbias[ob + o] = acc[o];
 }
 
-// In the clones (lanes.h): the 64 sums fit the AVX-512 registers (0.58 of the baseline's time in
-// a step). Additions only, so every clone gives the same bits.
+// In the clones (cpu_clones.h): the 64 sums fit the AVX-512 registers (0.58 of the baseline's time
+// in a step). Additions only, so every clone gives the same bits.
 PIPETRAIN_CPU_CLONES void bias_grad_block_fp32(float* dbias, const float* dout, std::int64_t n,
                                                std::int64_t oc, std::int64_t ob,
                                                std::int64_t width) {
