@@ -20,7 +20,11 @@
 // (DIR/<config>.losses): what bench/pytorch_side_by_side.py rebuilds the model from. In
 // the same run it times cblas_sgemm at the shape of the model's largest product (tokens x channels
 // times channels x 4*channels) so the model's GFLOP/s can be read against what the BLAS reaches on
-// this machine.
+// this machine (best of 5 products after the timed steps); then it times N more steps, each next
+// to that product (best of 2 after a warm-up call), and prints the median and range of the N
+// ratios ("step / sgemm in pairs"): both see the machine in the same state, which on a shared
+// machine the first figure's two halves may not. These add about N steps and 3N products per
+// config to the run, before --ab's 2N steps.
 #include <cblas.h>
 #include <sys/resource.h>
 

@@ -3,10 +3,13 @@
 // p[k] = exp(z[k]) for z[k] <= 0 and returns their sum.
 //
 // Errors are in ulps of the exact result rounded to fp32 (std::exp in long double), with the
-// ulp of a denormal (2^-149) as the smallest ulp. Measured on fresh random inputs: under 1.3 ulp
-// (normal results) and 1 denormal ulp below them; asserted 2 and 1.
+// ulp of a denormal (2^-149) as the smallest ulp. Over every fp32 input from -0 down to -104
+// (1.12e9 of them, checked once outside the tests) the largest errors are 1.218 ulp (normal
+// results, at x = -59.9542465) and 0.777 denormal ulp below them; asserted 1.25 and 0.8, which
+// a sample can never exceed, and which a coefficient 1/4000 in place of 1/5040 already does.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -24,8 +27,8 @@ namespace {
 using pipetrain::kernels::cpu::lanes::exp_sum;
 using LD = long double;
 
-constexpr double kNormalUlps = 2.0;
-constexpr double kDenormalUlps = 1.0;
+constexpr double kNormalUlps = 1.25;
+constexpr double kDenormalUlps = 0.8;
 
 double ulps(float y, LD exact) {
   const int e = std::ilogb(static_cast<float>(exact));
@@ -33,7 +36,7 @@ double ulps(float y, LD exact) {
   return static_cast<double>(std::fabs(static_cast<LD>(y) - exact)) / ulp;
 }
 
-TEST(ExpFp32, WithinTwoUlpsOfExactOverTheWholeRange) {
+TEST(ExpFp32, WithinAnUlpAndAQuarterOfExactOverTheWholeRange) {
   const unsigned seed = pipetrain::testing::test_seed();
   SCOPED_TRACE(pipetrain::testing::seed_trace(seed));
   std::mt19937_64 rng(seed);
@@ -93,6 +96,13 @@ TEST(ExpFp32, SpecialValuesAndTheSum) {
   EXPECT_TRUE(std::isnan(p[4]));
   EXPECT_EQ(p[5], 1.0f);
   EXPECT_TRUE(std::isnan(sum));
+  // Where exp rounds to the smallest denormal, then to zero: exp(-103.9) = 7.53e-46, above half
+  // of 2^-149 (7.006e-46), so 2^-149; exp(-103.98) = 6.95e-46, below it, so +0.
+  const float edge[2] = {-103.9f, -103.98f};
+  float pe[2];
+  exp_sum(pe, edge, 0.0f, 2);
+  EXPECT_EQ(pe[0], std::numeric_limits<float>::denorm_min());
+  EXPECT_EQ(std::bit_cast<std::uint32_t>(pe[1]), 0u);
   // zmax is subtracted first: exp(z - zmax).
   const float z2[3] = {5.0f, 4.0f, 5.0f};
   float p2[3];
