@@ -48,7 +48,9 @@ class Gpt final : public LanguageModel {
 
   double train_flops(std::int64_t n_tokens, int seq_len) const override {
     // Per token and layer, forward: qkv 2*C*3C, projection 2*C*C, MLP 2*(2*C*4C) = 24 C^2, and
-    // attention scores + weighted values 2 * 2*T*C (full T x T, as the kernel computes it).
+    // attention scores + weighted values 2 * 2*T*C: the full T x T products, the usual count,
+    // though the kernel now computes only the causal blocks (10/16 of them at T = 128 in blocks of
+    // 32; docs/performance.md gives both readings).
     // Head: 2*C*V. Backward costs twice the forward.
     const double c = static_cast<double>(config_.channels);
     const double per_token = static_cast<double>(config_.num_layers) *
