@@ -37,6 +37,30 @@ double ulps(float y, LD exact) {
   return static_cast<double>(std::fabs(static_cast<LD>(y) - exact)) / ulp;
 }
 
+// The largest errors seen, for normal and for denormal results, and where; checked and printed.
+struct Worst {
+  double normal = 0.0, denormal = 0.0;
+  float normal_at = 0.0f, denormal_at = 0.0f;
+
+  void see(float z, float p, LD exact) {
+    const double e = ulps(p, exact);
+    if (exact >= std::numeric_limits<float>::min()) {
+      if (e > normal) normal = e, normal_at = z;
+    } else if (e > denormal) {
+      denormal = e, denormal_at = z;
+    }
+  }
+
+  void expect_within_bounds(const char* what) const {
+    std::printf(
+        "exp_nonpositive, %s: max %.4f ulp (normal results, at z = %.9g), %.4f denormal ulp "
+        "(at z = %.9g)\n",
+        what, normal, normal_at, denormal, denormal_at);
+    EXPECT_LE(normal, kNormalUlps) << "at z = " << normal_at;
+    EXPECT_LE(denormal, kDenormalUlps) << "at z = " << denormal_at;
+  }
+};
+
 TEST(ExpFp32, WithinAnUlpAndAQuarterOfExactOverTheWholeRange) {
   const unsigned seed = pipetrain::testing::test_seed();
   SCOPED_TRACE(pipetrain::testing::seed_trace(seed));
@@ -65,23 +89,9 @@ TEST(ExpFp32, WithinAnUlpAndAQuarterOfExactOverTheWholeRange) {
     ASSERT_EQ(std::bit_cast<std::uint32_t>(tail[i]), std::bit_cast<std::uint32_t>(p[i]))
         << "short rows and one long row differ at " << i;
 
-  double normal = 0.0, denormal = 0.0;
-  float normal_at = 0.0f, denormal_at = 0.0f;
-  for (std::size_t i = 0; i < z.size(); ++i) {
-    const LD exact = std::exp(static_cast<LD>(z[i]));
-    const double e = ulps(p[i], exact);
-    if (exact >= std::numeric_limits<float>::min()) {
-      if (e > normal) normal = e, normal_at = z[i];
-    } else if (e > denormal) {
-      denormal = e, denormal_at = z[i];
-    }
-  }
-  std::printf(
-      "exp_nonpositive: %zu inputs; max %.3f ulp (normal results, at z = %.9g), %.3f "
-      "denormal ulp (at z = %.9g)\n",
-      z.size(), normal, normal_at, denormal, denormal_at);
-  EXPECT_LE(normal, kNormalUlps) << "at z = " << normal_at;
-  EXPECT_LE(denormal, kDenormalUlps) << "at z = " << denormal_at;
+  Worst worst;
+  for (std::size_t i = 0; i < z.size(); ++i) worst.see(z[i], p[i], std::exp(static_cast<LD>(z[i])));
+  worst.expect_within_bounds((std::to_string(z.size()) + " sampled inputs").c_str());
 }
 
 // Every fp32 input in [-104, -0]: what the bounds above come from. Against std::exp in double,
@@ -91,29 +101,16 @@ TEST(ExpFp32, DISABLED_EveryInput) {
   const std::uint32_t last = std::bit_cast<std::uint32_t>(-104.0f);
   constexpr std::uint32_t kBatch = 1u << 20;
   std::vector<float> z(kBatch), p(kBatch);
-  double normal = 0.0, denormal = 0.0;
-  float normal_at = 0.0f, denormal_at = 0.0f;
+  Worst worst;
   for (std::uint64_t first = kFirst; first <= last; first += kBatch) {
     const auto n = static_cast<std::uint32_t>(std::min<std::uint64_t>(kBatch, last - first + 1));
     for (std::uint32_t i = 0; i < n; ++i)
       z[i] = std::bit_cast<float>(static_cast<std::uint32_t>(first + i));
     exp_sum(p.data(), z.data(), 0.0f, n);
-    for (std::uint32_t i = 0; i < n; ++i) {
-      const double exact = std::exp(static_cast<double>(z[i]));
-      const double e = ulps(p[i], exact);
-      if (exact >= std::numeric_limits<float>::min()) {
-        if (e > normal) normal = e, normal_at = z[i];
-      } else if (e > denormal) {
-        denormal = e, denormal_at = z[i];
-      }
-    }
+    for (std::uint32_t i = 0; i < n; ++i)
+      worst.see(z[i], p[i], std::exp(static_cast<double>(z[i])));
   }
-  std::printf(
-      "exp_nonpositive, every input in [-104, -0]: max %.4f ulp (normal results, at z = "
-      "%.9g), %.4f denormal ulp (at z = %.9g)\n",
-      normal, normal_at, denormal, denormal_at);
-  EXPECT_LE(normal, kNormalUlps);
-  EXPECT_LE(denormal, kDenormalUlps);
+  worst.expect_within_bounds("every input in [-104, -0]");
 }
 
 TEST(ExpFp32, SpecialValuesAndTheSum) {
