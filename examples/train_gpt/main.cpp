@@ -670,8 +670,10 @@ int main(int argc, char** argv) {
                "ZB-H1, the King James Bible)"};
   std::string names;
   for (const auto& n : pipetrain::schedule_names()) names += (names.empty() ? "" : ", ") + n;
+  for (const auto& n : pipetrain::overlapped_schedule_names()) names += ", " + n;
   app.add_option("--schedule", opt.schedule,
-                 "one of: " + names + ", or auto (measure with zb-h1, then run the schedule "
+                 "one of: " + names + " (its overlapped slots run their two actions in "
+                 "sequence here), or auto (measure with zb-h1, then run the schedule "
                  "search_schedules() picks)")
       ->capture_default_str();
   app.add_option("--auto-probe-steps", opt.auto_probe_steps,

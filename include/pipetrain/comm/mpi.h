@@ -87,7 +87,8 @@ class MpiSession {
 
  private:
   bool owns_ = false;
-  int uncaught_ = 0;  // std::uncaught_exceptions() at construction
+  // std::uncaught_exceptions() at construction; unused in a build without MPI (the stub session).
+  [[maybe_unused]] int uncaught_ = 0;
   std::chrono::milliseconds exit_grace_{3000};
   int rank_ = 0;
   int world_size_ = 1;
