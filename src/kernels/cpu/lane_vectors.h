@@ -6,7 +6,7 @@
 // value, which without AVX draws the compilers' note that the calling convention differs from
 // AVX's; they are always inlined, so no such call exists. A clone must not call them itself,
 // though: Clang rejects that before inlining. Clones call functions without Lanes in their
-// signatures (exp_sum_inline, dot_inline, lane_sum with lambdas, grad_sums_fp32 in
+// signatures (exp_sum_inline, dot_inline, lane_sums with lambdas, grad_sums_fp32 in
 // layernorm.cpp), which use them. (Passing the lanes by reference instead silenced the note
 // but kept them out of registers: the LayerNorm forward took 1.5 times as long.)
 #pragma once
@@ -22,7 +22,7 @@
 
 namespace pipetrain::kernels::cpu::lanes {
 
-/// After the parameters of every lambda that lane_sum and lane_sum4 call: a lambda compiled out
+/// After the parameters of every lambda that lane_sums calls: a lambda compiled out
 /// of line is a function of the baseline instruction set, not of the calling clone, and a Lanes
 /// it returns then crosses from one calling convention to the other (GCC's -Wpsabi note). The
 /// sanitizer build, which inlines less, called such a lambda with a null closure.
@@ -45,40 +45,32 @@ typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
   return v;
 }
 
-// The sum of term(k) for k < n: lane j adds the terms with k % 8 == j in order, then combine().
-// lanes(k) gives the eight terms k .. k + 7 at once, term(k) one of the last n % 8. Inlined into
-// each clone below, so that each compiles it for its own instruction set.
-template <typename LanesTerm, typename Term>
-[[gnu::always_inline]] inline float lane_sum(std::int64_t n, const LanesTerm& lanes,
-                                             const Term& term) {
-  Lanes acc = {};
-  std::int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) acc += lanes(k);
-  for (int j = 0; k < n; ++k, ++j) acc[j] += term(k);
-  return combine(acc);
-}
-
-// lane_sum for four rows r < 4: four independent chains of additions, each adding exactly what
-// lane_sum adds for its row.
-template <typename LanesTerm, typename Term>
-[[gnu::always_inline]] inline void lane_sum4(std::int64_t n, const LanesTerm& lanes,
+// The sums of term(r, k) for k < n, one for each of R rows r, into out[r]: in each row, lane j
+// adds the terms with k % 8 == j in order, then combine(). lanes(r, k) gives row r's eight
+// terms k .. k + 7 at once, term(r, k) one of its last n % 8. With R > 1 the rows are R
+// independent chains of additions, each adding exactly what it adds alone (the same bits).
+// Inlined into each clone, so that each compiles it for its own instruction set.
+template <int R, typename LanesTerm, typename Term>
+[[gnu::always_inline]] inline void lane_sums(std::int64_t n, const LanesTerm& lanes,
                                              const Term& term, float* out) {
-  Lanes acc[4] = {};
+  Lanes acc[R] = {};
   std::int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes) {
-    for (int r = 0; r < 4; ++r) acc[r] += lanes(r, k);
+    for (int r = 0; r < R; ++r) acc[r] += lanes(r, k);
   }
   for (int j = 0; k < n; ++k, ++j) {
-    for (int r = 0; r < 4; ++r) acc[r][j] += term(r, k);
+    for (int r = 0; r < R; ++r) acc[r][j] += term(r, k);
   }
-  for (int r = 0; r < 4; ++r) out[r] = combine(acc[r]);
+  for (int r = 0; r < R; ++r) out[r] = combine(acc[r]);
 }
 
 // lanes::dot(a, b, n).
 [[gnu::always_inline]] inline float dot_inline(const float* a, const float* b, std::int64_t n) {
-  return lane_sum(
-      n, [&](std::int64_t k) PIPETRAIN_LANES_INLINE { return load(a + k) * load(b + k); },
-      [&](std::int64_t k) PIPETRAIN_LANES_INLINE { return a[k] * b[k]; });
+  float out;
+  lane_sums<1>(
+      n, [&](int, std::int64_t k) PIPETRAIN_LANES_INLINE { return load(a + k) * load(b + k); },
+      [&](int, std::int64_t k) PIPETRAIN_LANES_INLINE { return a[k] * b[k]; }, &out);
+  return out;
 }
 
 // lanes::max(z, n). GCC does not turn the select into maxps without -ffinite-math-only, so SSE
