@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "../../core/parallel.h"
+#include "column_blocks.h"
 #include "lane_vectors.h"
 #include "lanes.h"
 #include "pipetrain/kernels/cpu.h"
@@ -130,19 +131,16 @@ void layernorm_backward_input(T* dinp, const T* dout, const T* inp, const T* wei
 }
 
 namespace {
-// Columns in blocks of 64: each block walks every row, so each dweight[k] and dbias[k] adds
-// the rows in order. The sums stay in local arrays for the whole walk: written through
-// dweight and dbias, which the compiler must assume may alias dout, they were loaded and
+// Columns [kb, kb + width) of the weight and bias gradients, width <= kColumnBlock
+// (column_blocks.h). The sums stay in local arrays for the whole walk over the rows: written
+// through dweight and dbias, which the compiler must assume may alias dout, they were loaded and
 // stored again for every row.
-constexpr std::int64_t kCols = 64;
-
-// Columns [kb, kb + width) of the weight and bias gradients, width <= kCols.
 template <typename T>
 [[gnu::always_inline]] inline void weight_grad_block(T* dweight, T* dbias, const T* dout,
                                                      const T* inp, const T* mean, const T* rstd,
                                                      std::int64_t n, std::int64_t c,
                                                      std::int64_t kb, std::int64_t width) {
-  T gw[kCols], gb[kCols];
+  T gw[kColumnBlock], gb[kColumnBlock];
   for (std::int64_t k = 0; k < width; ++k) {
     gw[k] = dweight[kb + k];
     gb[k] = dbias[kb + k];
@@ -169,8 +167,8 @@ PIPETRAIN_CPU_CLONES void weight_grad_block_fp32(float* dweight, float* dbias, c
                                                  const float* rstd, std::int64_t n, std::int64_t c,
                                                  std::int64_t kb, std::int64_t width) {
   // A whole block with its width known to the compiler, so that the sums stay in registers.
-  if (width == kCols) {
-    weight_grad_block(dweight, dbias, dout, inp, mean, rstd, n, c, kb, kCols);
+  if (width == kColumnBlock) {
+    weight_grad_block(dweight, dbias, dout, inp, mean, rstd, n, c, kb, kColumnBlock);
   } else {
     weight_grad_block(dweight, dbias, dout, inp, mean, rstd, n, c, kb, width);
   }
@@ -180,15 +178,11 @@ PIPETRAIN_CPU_CLONES void weight_grad_block_fp32(float* dweight, float* dbias, c
 template <typename T>
 void layernorm_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, const T* mean,
                                const T* rstd, std::int64_t n, std::int64_t c) {
-  const std::int64_t cols = n * kCols >= 65536 ? kCols : c;
-  detail::parallel_chunks(c, cols, [&](std::int64_t, std::int64_t k0, std::int64_t k1) {
-    for (std::int64_t kb = k0; kb < k1; kb += kCols) {
-      const std::int64_t width = std::min(kCols, k1 - kb);
-      if constexpr (std::is_same_v<T, float>) {
-        weight_grad_block_fp32(dweight, dbias, dout, inp, mean, rstd, n, c, kb, width);
-      } else {
-        weight_grad_block(dweight, dbias, dout, inp, mean, rstd, n, c, kb, width);
-      }
+  for_column_blocks(n, c, [&](std::int64_t kb, std::int64_t width) {
+    if constexpr (std::is_same_v<T, float>) {
+      weight_grad_block_fp32(dweight, dbias, dout, inp, mean, rstd, n, c, kb, width);
+    } else {
+      weight_grad_block(dweight, dbias, dout, inp, mean, rstd, n, c, kb, width);
     }
   });
 }

@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "../../core/parallel.h"
+#include "column_blocks.h"
 #include "cpu_clones.h"
 #include "pipetrain/kernels/cpu.h"
 
@@ -35,15 +36,13 @@ void gemm<double>(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, st
 }
 
 namespace {
-constexpr std::int64_t kBiasCols = 64;
-
-// Columns [ob, ob + width) of the bias gradient, width <= kBiasCols. The sums stay in a local
-// array for the walk over the rows (see layernorm_backward_weight).
+// Columns [ob, ob + width) of the bias gradient, width <= kColumnBlock (column_blocks.h). The
+// sums stay in a local array for the walk over the rows (see layernorm.cpp's weight_grad_block).
 template <typename T>
 [[gnu::always_inline]] inline void bias_grad_block(T* dbias, const T* dout, std::int64_t n,
                                                    std::int64_t oc, std::int64_t ob,
                                                    std::int64_t width) {
-  T acc[kBiasCols];
+  T acc[kColumnBlock];
   for (std::int64_t o = 0; o < width; ++o) acc[o] = dbias[ob + o];
   for (std::int64_t i = 0; i < n; ++i) {
     const T* row = dout + i * oc + ob;
@@ -58,8 +57,8 @@ PIPETRAIN_CPU_CLONES void bias_grad_block_fp32(float* dbias, const float* dout, 
                                                std::int64_t oc, std::int64_t ob,
                                                std::int64_t width) {
   // A whole block with its width known to the compiler, so that the sums stay in registers.
-  if (width == kBiasCols) {
-    bias_grad_block(dbias, dout, n, oc, ob, kBiasCols);
+  if (width == kColumnBlock) {
+    bias_grad_block(dbias, dout, n, oc, ob, kColumnBlock);
   } else {
     bias_grad_block(dbias, dout, n, oc, ob, width);
   }
@@ -89,16 +88,11 @@ void linear_backward_weight(T* dweight, T* dbias, const T* dout, const T* inp, s
                             std::int64_t c, std::int64_t oc) {
   gemm<T>(true, false, oc, c, n, T(1), dout, oc, inp, c, T(1), dweight, c);
   if (dbias != nullptr) {
-    // Columns in parallel, each summing its rows in order: the same bits on any thread count.
-    const std::int64_t cols = n * kBiasCols >= 65536 ? kBiasCols : oc;
-    detail::parallel_chunks(oc, cols, [&](std::int64_t, std::int64_t o0, std::int64_t o1) {
-      for (std::int64_t ob = o0; ob < o1; ob += kBiasCols) {
-        const std::int64_t width = std::min(kBiasCols, o1 - ob);
-        if constexpr (std::is_same_v<T, float>) {
-          bias_grad_block_fp32(dbias, dout, n, oc, ob, width);
-        } else {
-          bias_grad_block(dbias, dout, n, oc, ob, width);
-        }
+    for_column_blocks(n, oc, [&](std::int64_t ob, std::int64_t width) {
+      if constexpr (std::is_same_v<T, float>) {
+        bias_grad_block_fp32(dbias, dout, n, oc, ob, width);
+      } else {
+        bias_grad_block(dbias, dout, n, oc, ob, width);
       }
     });
   }
