@@ -68,11 +68,17 @@ PIPETRAIN_CPU_CLONES void bias_grad_block_fp32(float* dbias, const float* dout, 
 template <typename T>
 void linear_forward(T* out, const T* inp, const T* weight, const T* bias, std::int64_t n,
                     std::int64_t c, std::int64_t oc) {
+  // The bias is written into every row first and the product added to it (beta = 1), in place of
+  // OpenBLAS's own pass that zeroes C (beta = 0). On the kernels' threads: alone it wrote one
+  // layer's four outputs in about 0.3 ms, and linear_forward at the medium step's shapes took
+  // 0.91-0.94 of its time when the rows were copied on the threads.
   if (bias != nullptr) {
-    for (std::int64_t i = 0; i < n; ++i) {
-      T* row = out + i * oc;
-      for (std::int64_t o = 0; o < oc; ++o) row[o] = bias[o];
-    }
+    detail::parallel_chunks(n, detail::rows_per_chunk(oc),
+                            [&](std::int64_t, std::int64_t begin, std::int64_t end) {
+                              for (std::int64_t i = begin; i < end; ++i) {
+                                std::copy(bias, bias + oc, out + i * oc);
+                              }
+                            });
   }
   gemm<T>(false, true, n, oc, c, T(1), inp, c, weight, c, bias != nullptr ? T(1) : T(0), out, oc);
 }
