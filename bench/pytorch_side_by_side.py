@@ -21,8 +21,8 @@ With --torch-only it is the PyTorch baseline alone, on any device PyTorch has (t
 tools/gpu-check, runs it where pipetrain's own GPU trainer does not exist yet): the same GPT-2
 code with GPT-2's initialisation and random tokens, attention through
 F.scaled_dot_product_attention (causal), optionally under bf16 autocast (fp32 weights and
-optimizer, as pipetrain's CUDA path keeps them), K microbatches of B a step, AdamW (fused on
-CUDA), clipping to 1; it prints tokens/s and the model FLOP/s of eager PyTorch and, with
+optimizer, as pipetrain's CUDA path keeps them; TF32 allowed for what stays fp32 on CUDA),
+K microbatches of B a step, AdamW (fused on CUDA), clipping to 1; it prints tokens/s and the model FLOP/s of eager PyTorch and, with
 --compile, of torch.compile, and the MFU where the device's peak is known (or --peak-tflops).
 Model FLOPs per token: 6 N + 12 L C T, N the parameters without the position embedding
 (nanoGPT's and llm.c's count).
