@@ -22,10 +22,10 @@ tools/gpu-check, runs it where pipetrain's own GPU trainer does not exist yet): 
 code with GPT-2's initialisation and random tokens, attention through
 F.scaled_dot_product_attention (causal), optionally under bf16 autocast (fp32 weights and
 optimizer, as pipetrain's CUDA path keeps them; TF32 allowed for what stays fp32 on CUDA),
-K microbatches of B a step, AdamW (fused on CUDA), clipping to 1; it prints tokens/s and the model FLOP/s of eager PyTorch and, with
---compile, of torch.compile, and the MFU where the device's peak is known (or --peak-tflops).
-Model FLOPs per token: 6 N + 12 L C T, N the parameters without the position embedding
-(nanoGPT's and llm.c's count).
+K microbatches of B a step, AdamW (fused on CUDA), clipping to 1. It prints the tokens/s and
+model FLOP/s of eager PyTorch and, with --compile, of torch.compile, and the MFU where the
+device's peak is known (or --peak-tflops). Model FLOPs per token: 6 N + 12 L C T, N the
+parameters without the position embedding (nanoGPT's and llm.c's count).
 
 PyTorch is a benchmark dependency only (never in CI): `pip install torch` in a virtual
 environment. Nothing here downloads weights or data.
@@ -115,7 +115,8 @@ def gpt2_init(layers, c, t, vocab, device):
                                     ("attn.c_proj", c, c, 0.02 / math.sqrt(2 * layers)),
                                     ("mlp.c_fc", 4 * c, c, 0.02),
                                     ("mlp.c_proj", c, 4 * c, 0.02 / math.sqrt(2 * layers))):
-            p[h + name + ".weight"], p[h + name + ".bias"] = normal((out, inp), std), torch.zeros(out)
+            p[h + name + ".weight"] = normal((out, inp), std)
+            p[h + name + ".bias"] = torch.zeros(out)
     p["ln_f.weight"], p["ln_f.bias"] = torch.ones(c), torch.zeros(c)
     p = {k: v.to(device).requires_grad_(True) for k, v in p.items()}
     return p, {k: v.dim() == 2 for k, v in p.items()}
