@@ -25,7 +25,8 @@ optimizer, as pipetrain's CUDA path keeps them; TF32 allowed for what stays fp32
 K microbatches of B a step, AdamW (fused on CUDA), clipping to 1. It prints the tokens/s and
 model FLOP/s of eager PyTorch and, with --compile, of torch.compile, and the MFU where the
 device's peak is known (or --peak-tflops). Model FLOPs per token: 6 N + 12 L C T, N the
-parameters without the position embedding (nanoGPT's and llm.c's count).
+parameters without the position embedding (nanoGPT's estimate_mfu; llm.c counts 6 N + 6 L C T
+with the position embedding in N, 6% less at GPT-2 124M).
 
 PyTorch is a benchmark dependency only (never in CI): `pip install torch` in a virtual
 environment. Nothing here downloads weights or data.
@@ -91,10 +92,12 @@ def gpt_loss(p, idx, targets, layers, heads, sdpa=False):
     return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
 
-# Dense bf16 peaks (FLOP/s) by device name, for the MFU; fp32 runs are reported against the
-# same figure. Anything else needs --peak-tflops.
+# Dense bf16 peaks (FLOP/s) by a part of the device's name, for the MFU; fp32 runs are reported
+# against the same figure. Names with a part in PEAK_UNKNOWN (MIG slices, NVL boards, whose peaks
+# differ) and anything else need --peak-tflops.
 PEAK_BF16 = {"H100 80GB HBM3": 989e12, "H100 SXM": 989e12, "H200": 989e12, "H100 PCIe": 756e12,
              "A100": 312e12}
+PEAK_UNKNOWN = ("MIG", "NVL")
 
 
 def gpt2_init(layers, c, t, vocab, device):
@@ -141,8 +144,9 @@ def torch_only(args):
     tokens_per_step = batch * t * args.accum
     flops_per_step = (6 * n_params + 12 * layers * c * t) * tokens_per_step
     name = torch.cuda.get_device_name(dev) if cuda else "CPU"
+    known = cuda and not any(u in name for u in PEAK_UNKNOWN)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
-        (v for k, v in PEAK_BF16.items() if cuda and k in name), None)
+        (v for k, v in PEAK_BF16.items() if known and k in name), None)
     g = torch.Generator().manual_seed(99)
     data = torch.randint(0, args.vocab, (args.accum, 2, batch, t), generator=g).to(dev)
 
@@ -175,7 +179,8 @@ def torch_only(args):
         mfu = f", MFU {flops_per_step / step_s / peak:.1%}" if peak else ""
         print(f"PyTorch {label}: {tokens_per_step / step_s:.0f} tokens/s, "
               f"{flops_per_step / step_s / 1e12:.2f} TFLOP/s{mfu} (median of {args.steps} steps "
-              f"after {args.warmup} warm-up; loss {losses[0]:.4f} -> {losses[-1]:.4f})")
+              f"after {args.warmup} warm-up, the first {times[0]:.1f} s; "
+              f"loss {losses[0]:.4f} -> {losses[-1]:.4f})", flush=True)
         return losses
 
     print(f"GPT {layers} layers, C={c}, T={t}, {heads} heads, vocabulary {args.vocab}, "
@@ -191,17 +196,21 @@ def torch_only(args):
                 v.copy_(state[k])
         opt.state.clear()
         compiled = run(torch.compile(loss_fn), "torch.compile")
-        if abs(compiled[0] - eager[0]) > 1e-2 * abs(eager[0]):
-            print(f"pytorch_side_by_side: eager and compiled first losses differ: "
-                  f"{eager[0]} and {compiled[0]}", file=sys.stderr)
-            return 1
+        # The first loss checks the compiled forward; the last, after every step's backward and
+        # update, the rest (looser: bf16 rounding in other places moves the two apart).
+        for which, tol in ((0, 2e-3), (-1, 1e-2)):
+            if abs(compiled[which] - eager[which]) > tol * abs(eager[which]):
+                print(f"pytorch_side_by_side: eager and compiled {'first' if which == 0 else 'last'}"
+                      f" losses differ: {eager[which]} and {compiled[which]}", file=sys.stderr)
+                return 1
     return 0
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", default="build-cpu/bench/bench_model")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps (one warm-up step more)")
+    ap.add_argument("--steps", type=int, default=20,
+                    help="timed steps (one warm-up step more; with --torch-only, --warmup more)")
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--config", default="medium", choices=["small", "medium"])
     ap.add_argument("--show", type=int, nargs="*", default=[],
