@@ -24,7 +24,11 @@
 // to that product (best of 2 after a warm-up call), and prints the median and range of the N
 // ratios ("step / sgemm in pairs"): both see the machine in the same state, which on a shared
 // machine the first figure's two halves may not. These add about N steps and 3N products per
-// config to the run, before --ab's 2N steps.
+// config to the run, before --ab's 2N steps. --products then times each of the linear layers'
+// matrix products on its own (the shapes and transposes the step uses: forward, input gradient,
+// weight gradient of every linear layer and of the tied head; warm operands, best of 5 calls
+// after a warm-up call) and prints their GFLOP/s and what they would take of a step at those
+// rates: what OpenBLAS gives for this model's shapes, against the one reference shape.
 #include <cblas.h>
 #include <sys/resource.h>
 
@@ -91,6 +95,57 @@ class Sgemm {
   std::vector<float> a_, b_, c_;
 };
 
+// One of the linear layers' products: C[m x n] = op(A) op(B), op a transpose where asked, and
+// how many times a training step computes it.
+struct Product {
+  const char* what;
+  bool trans_a, trans_b;
+  int m, n, k, per_step;
+};
+
+// The products of a step of config c at vocabulary v, as src/kernels/cpu/matmul.cpp calls them:
+// forward out = in W^T, input gradient din = dout W, weight gradient dW = dout^T in. Attention's
+// per-head products are not among them.
+std::vector<Product> linear_products(const Config& c, int vocab) {
+  const int t = c.batch * c.seq, ch = c.channels, l = c.layers;
+  struct Layer {
+    const char* name;
+    int out, in, count;
+  };
+  const Layer layers[] = {{"qkv", 3 * ch, ch, l},
+                          {"attention proj", ch, ch, l},
+                          {"mlp fc", 4 * ch, ch, l},
+                          {"mlp proj", ch, 4 * ch, l},
+                          {"head (tied wte)", vocab, ch, 1}};
+  std::vector<Product> out;
+  for (const Layer& y : layers) {
+    out.push_back({y.name, false, true, t, y.out, y.in, y.count});   // forward
+    out.push_back({y.name, false, false, t, y.in, y.out, y.count});  // input gradient
+    out.push_back({y.name, true, false, y.out, y.in, t, y.count});   // weight gradient
+  }
+  return out;
+}
+
+// GFLOP/s of one product on fixed random operands, best of `reps` calls after a warm-up call.
+double product_gflops(const Product& p, int reps) {
+  const std::size_t a = static_cast<std::size_t>(p.m) * p.k, b = static_cast<std::size_t>(p.k) * p.n;
+  std::vector<float> x(a), y(b), z(static_cast<std::size_t>(p.m) * p.n);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& v : x) v = u(rng);
+  for (float& v : y) v = u(rng);
+  double best = 1e30;
+  for (int r = 0; r <= reps; ++r) {
+    const auto t = Clock::now();
+    cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans,
+                p.trans_b ? CblasTrans : CblasNoTrans, p.m, p.n, p.k, 1.0f, x.data(),
+                p.trans_a ? p.m : p.k, y.data(), p.trans_b ? p.k : p.n, 0.0f, z.data(), p.n);
+    const double sec = seconds_since(t);
+    if (r > 0) best = std::min(best, sec);
+  }
+  return 2.0 * p.m * p.n * p.k / best / 1e9;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t h = v.size() / 2;
@@ -128,6 +183,7 @@ int main(int argc, char** argv) {
   int vocab = 256;
   bool with_optimizer = false;
   bool ab = false;
+  bool products = false;
   std::string dump;
   std::vector<Config> configs = {
       {"small", 2, 4, 64, 64, 8},
@@ -146,6 +202,8 @@ int main(int argc, char** argv) {
       with_optimizer = true;
     } else if (arg == "--ab") {
       ab = true;
+    } else if (arg == "--products") {
+      products = true;
     } else if (arg == "--dump" && i + 1 < argc) {
       dump = argv[++i];
       with_optimizer = true;
@@ -153,7 +211,7 @@ int main(int argc, char** argv) {
       std::fprintf(
           stderr,
           "usage: bench_model [--steps N] [--vocab V] [--shape L,C,T,B,H] [--optimizer] [--ab] "
-          "[--dump DIR]\n");
+          "[--products] [--dump DIR]\n");
       return 2;
     }
   }
@@ -174,7 +232,7 @@ int main(int argc, char** argv) {
   std::printf("%-7s %6s %5s %8s %10s %12s %10s %8s %12s %22s %10s %12s\n", "config", "layers",
               "heads", "channels", "seq x B", "params", "ms/step", "fwd ms", "tokens/s",
               "model GFLOP/s", "sgemm GFLOP/s", "faults/step");
-  std::vector<std::string> ab_lines, paired_lines;
+  std::vector<std::string> ab_lines, paired_lines, product_lines;
   for (const Config& c : configs) {
     bench_gpt::ModelShape shape;
     shape.layers = c.layers;
@@ -272,6 +330,35 @@ int main(int argc, char** argv) {
                     share[share.size() / 2], share[share.size() / 2] / one[one.size() / 2]);
       ab_lines.push_back(line);
     }
+    if (products) {
+      char line[200];
+      std::snprintf(line, sizeof line, "\n%s: the linear layers' products alone (step %.1f ms, "
+                    "sgemm reference %.0f GFLOP/s)\n%-16s %-8s %18s %6s %9s %10s %10s", c.name,
+                    per_step * 1e3, blas, "layer", "product", "m x n x k", "trans", "per step",
+                    "GFLOP/s", "ms a step");
+      product_lines.push_back(line);
+      double flops = 0.0, ms = 0.0;
+      const char* kinds[] = {"forward", "input", "weight"};
+      int index = 0;
+      for (const Product& p : linear_products(c, vocab)) {
+        const double f = 2.0 * p.m * p.n * p.k * p.per_step;
+        const double g = product_gflops(p, 5);
+        char dims[40];
+        std::snprintf(dims, sizeof dims, "%dx%dx%d", p.m, p.n, p.k);
+        std::snprintf(line, sizeof line, "%-16s %-8s %18s %6s %9d %10.0f %10.2f", p.what,
+                      kinds[index++ % 3], dims, p.trans_a ? "T,N" : (p.trans_b ? "N,T" : "N,N"),
+                      p.per_step, g, f / g / 1e6);
+        product_lines.push_back(line);
+        flops += f;
+        ms += f / g / 1e6;
+      }
+      std::snprintf(line, sizeof line,
+                    "all: %.2f GFLOP a step at %.0f GFLOP/s, %.1f ms: %.0f%% of the step's time "
+                    "(%.0f%% of its FLOPs, attention's per-head products counted in full)",
+                    flops / 1e9, flops / ms / 1e6, ms, 100.0 * ms / (per_step * 1e3),
+                    100.0 * flops / model->train_flops(tokens, c.seq));
+      product_lines.push_back(line);
+    }
     char shape_text[32], blas_shape[48];
     std::snprintf(shape_text, sizeof shape_text, "%dx%d", c.seq, c.batch);
     std::snprintf(blas_shape, sizeof blas_shape, "%.2f (%.0f%% of sgemm)", gflops,
@@ -284,6 +371,7 @@ int main(int argc, char** argv) {
   }
   std::printf("\n");
   for (const std::string& l : paired_lines) std::printf("%s\n", l.c_str());
+  for (const std::string& l : product_lines) std::printf("%s\n", l.c_str());
   if (ab) {
     std::printf("\nnon-matrix kernels on 1 thread vs on %d (alternate steps, median ms)\n",
                 pipetrain::detail::parallel_threads());
