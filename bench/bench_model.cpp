@@ -61,16 +61,22 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// C[m x n] = A[m x k] * B[k x n] on fixed random operands, allocated once.
+// One matrix product C[m x n] = op(A) op(B), op a transpose where asked, and how many times a
+// training step computes it (--products; the reference product is one, untransposed).
+struct Product {
+  const char* what;
+  bool trans_a, trans_b;
+  int m, n, k, per_step;
+};
+
+// A product on fixed random operands, allocated once.
 class Sgemm {
  public:
-  Sgemm(int m, int n, int k)
-      : m_(m),
-        n_(n),
-        k_(k),
-        a_(static_cast<std::size_t>(m) * k),
-        b_(static_cast<std::size_t>(k) * n),
-        c_(static_cast<std::size_t>(m) * n) {
+  explicit Sgemm(const Product& p)
+      : p_(p),
+        a_(static_cast<std::size_t>(p.m) * p.k),
+        b_(static_cast<std::size_t>(p.k) * p.n),
+        c_(static_cast<std::size_t>(p.m) * p.n) {
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     for (float& x : a_) x = u(rng);
@@ -82,25 +88,19 @@ class Sgemm {
     double best = 1e30;
     for (int r = 0; r <= reps; ++r) {
       const auto t = Clock::now();
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m_, n_, k_, 1.0f, a_.data(), k_,
-                  b_.data(), n_, 0.0f, c_.data(), n_);
+      cblas_sgemm(CblasRowMajor, p_.trans_a ? CblasTrans : CblasNoTrans,
+                  p_.trans_b ? CblasTrans : CblasNoTrans, p_.m, p_.n, p_.k, 1.0f, a_.data(),
+                  p_.trans_a ? p_.m : p_.k, b_.data(), p_.trans_b ? p_.k : p_.n, 0.0f, c_.data(),
+                  p_.n);
       const double s = seconds_since(t);
       if (r > 0) best = std::min(best, s);
     }
-    return 2.0 * m_ * n_ * k_ / best / 1e9;
+    return 2.0 * p_.m * p_.n * p_.k / best / 1e9;
   }
 
  private:
-  int m_, n_, k_;
+  Product p_;
   std::vector<float> a_, b_, c_;
-};
-
-// One of the linear layers' products: C[m x n] = op(A) op(B), op a transpose where asked, and
-// how many times a training step computes it.
-struct Product {
-  const char* what;
-  bool trans_a, trans_b;
-  int m, n, k, per_step;
 };
 
 // The products of a step of config c at vocabulary v, as src/kernels/cpu/matmul.cpp calls them:
@@ -124,26 +124,6 @@ std::vector<Product> linear_products(const Config& c, int vocab) {
     out.push_back({y.name, true, false, y.out, y.in, t, y.count});   // weight gradient
   }
   return out;
-}
-
-// GFLOP/s of one product on fixed random operands, best of `reps` calls after a warm-up call.
-double product_gflops(const Product& p, int reps) {
-  const std::size_t a = static_cast<std::size_t>(p.m) * p.k, b = static_cast<std::size_t>(p.k) * p.n;
-  std::vector<float> x(a), y(b), z(static_cast<std::size_t>(p.m) * p.n);
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (float& v : x) v = u(rng);
-  for (float& v : y) v = u(rng);
-  double best = 1e30;
-  for (int r = 0; r <= reps; ++r) {
-    const auto t = Clock::now();
-    cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans,
-                p.trans_b ? CblasTrans : CblasNoTrans, p.m, p.n, p.k, 1.0f, x.data(),
-                p.trans_a ? p.m : p.k, y.data(), p.trans_b ? p.k : p.n, 0.0f, z.data(), p.n);
-    const double sec = seconds_since(t);
-    if (r > 0) best = std::min(best, sec);
-  }
-  return 2.0 * p.m * p.n * p.k / best / 1e9;
 }
 
 double median(std::vector<double> v) {
@@ -289,7 +269,8 @@ int main(int argc, char** argv) {
     const double faults_per_step = static_cast<double>(minor_faults() - faults) / steps;
     const std::int64_t tokens = static_cast<std::int64_t>(c.batch) * c.seq;
     const double gflops = model->train_flops(tokens, c.seq) / per_step / 1e9;
-    Sgemm reference(static_cast<int>(tokens), 4 * c.channels, c.channels);
+    Sgemm reference(Product{"reference", false, false, static_cast<int>(tokens),
+                            4 * c.channels, c.channels, 1});
     const double blas = reference.gflops(5);
     if (!dump.empty()) {
       std::ofstream out(dump + "/" + c.name + ".losses");
@@ -342,15 +323,16 @@ int main(int argc, char** argv) {
       int index = 0;
       for (const Product& p : linear_products(c, vocab)) {
         const double f = 2.0 * p.m * p.n * p.k * p.per_step;
-        const double g = product_gflops(p, 5);
+        const double g = Sgemm(p).gflops(5);
+        const double step_ms = f / g / 1e6;
         char dims[40];
         std::snprintf(dims, sizeof dims, "%dx%dx%d", p.m, p.n, p.k);
         std::snprintf(line, sizeof line, "%-16s %-8s %18s %6s %9d %10.0f %10.2f", p.what,
                       kinds[index++ % 3], dims, p.trans_a ? "T,N" : (p.trans_b ? "N,T" : "N,N"),
-                      p.per_step, g, f / g / 1e6);
+                      p.per_step, g, step_ms);
         product_lines.push_back(line);
         flops += f;
-        ms += f / g / 1e6;
+        ms += step_ms;
       }
       std::snprintf(line, sizeof line,
                     "all: %.2f GFLOP a step at %.0f GFLOP/s, %.1f ms: %.0f%% of the step's time "

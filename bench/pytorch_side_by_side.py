@@ -63,6 +63,14 @@ def load(dump, config):
     return params, decay, tokens, losses, float(tokens_per_s), int(threads)
 
 
+def adamw(p, decay, **options):
+    """AdamW as bench_model runs it: lr 1e-4, betas 0.9/0.95, eps 1e-8, decay 0.1 where
+    decay[name]."""
+    groups = [{"params": [v for k, v in p.items() if decay[k]], "weight_decay": 0.1},
+              {"params": [v for k, v in p.items() if not decay[k]], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, **options)
+
+
 def gpt_loss(p, idx, targets, layers, heads, sdpa=False):
     """GPT-2 as pipetrain computes it (src/nn: LayerNorm eps 1e-5, tanh GELU, tied wte);
     attention as pipetrain's CPU kernel does it, or (sdpa) through PyTorch's fused kernel."""
@@ -150,10 +158,7 @@ def torch_only(args):
     g = torch.Generator().manual_seed(99)
     data = torch.randint(0, args.vocab, (args.accum, 2, batch, t), generator=g).to(dev)
 
-    groups = [{"params": [v for k, v in p.items() if decay[k]], "weight_decay": 0.1},
-              {"params": [v for k, v in p.items() if not decay[k]], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
-                            **({"fused": True} if cuda else {}))
+    opt = adamw(p, decay, **({"fused": True} if cuda else {}))
 
     def loss_fn(idx, targets):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
@@ -200,8 +205,9 @@ def torch_only(args):
         # update, the rest (looser: bf16 rounding in other places moves the two apart).
         for which, tol in ((0, 2e-3), (-1, 1e-2)):
             if abs(compiled[which] - eager[which]) > tol * abs(eager[which]):
-                print(f"pytorch_side_by_side: eager and compiled {'first' if which == 0 else 'last'}"
-                      f" losses differ: {eager[which]} and {compiled[which]}", file=sys.stderr)
+                when = "first" if which == 0 else "last"
+                print(f"pytorch_side_by_side: eager and compiled {when} losses differ: "
+                      f"{eager[which]} and {compiled[which]}", file=sys.stderr)
                 return 1
     return 0
 
@@ -242,9 +248,7 @@ def main():
     torch.set_num_threads(threads)
     n = tokens.numel() // 2
     idx, targets = tokens[:n].view(batch, -1), tokens[n:].view(batch, -1)
-    groups = [{"params": [v for k, v in p.items() if decay[k]], "weight_decay": 0.1},
-              {"params": [v for k, v in p.items() if not decay[k]], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
+    opt = adamw(p, decay)
     got, times = [], []
     for _ in range(args.steps + 1):  # the first is the warm-up, as in bench_model
         t0 = time.perf_counter()
